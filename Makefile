@@ -1,0 +1,29 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+TPVGG   := $(VENV)/bin/tp-vgg
+STAMP   := $(VENV)/.installed-stamp
+PIP_OPTS ?= -q --disable-pip-version-check
+
+.PHONY: demo test test-slow install clean bench
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install $(PIP_OPTS) -c constraints.txt -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import tp_vgg, torchvision, torch_pruning, fvcore"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(TPVGG) prune --model cifar_vgg11_bn --width 0.25 --ratio 0.5 --out runs/demo
+	$(PY) -c "import torch; torch.load('runs/demo/pruned.pt', weights_only=True); print('runs/demo/pruned.pt loads with weights_only=True')"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf runs build *.egg-info

@@ -1,0 +1,24 @@
+"""tp-vgg: make a VGG smaller and faster with torch-pruning's DependencyGraph.
+
+Public API (one function per stage)::
+
+    model, spec = tp_vgg.build_model(tp_vgg.ModelSpec("cifar_vgg11_bn", width=0.25))
+    result = tp_vgg.prune(model, spec, tp_vgg.PruneConfig(ratio=0.5))
+    counts = tp_vgg.count(model, spec)          # MACs: one multiply-add = 1 (fvcore's "flop")
+    tp_vgg.save(path, model, spec, history=result.history)
+    model = tp_vgg.load(path)
+"""
+
+__version__ = "0.1.0"
+
+from tp_vgg.errors import UserError  # noqa: E402
+from tp_vgg.models import ModelSpec, build_model, list_models  # noqa: E402
+from tp_vgg.pruning import PruneConfig, PruneResult, prune  # noqa: E402
+from tp_vgg.counting import Counts, count  # noqa: E402
+from tp_vgg.checkpoint import Checkpoint, save, load, load_checkpoint  # noqa: E402
+
+__all__ = [
+    "__version__", "UserError", "ModelSpec", "build_model", "list_models",
+    "PruneConfig", "PruneResult", "prune", "Counts", "count",
+    "Checkpoint", "save", "load", "load_checkpoint",
+]

@@ -1,0 +1,71 @@
+"""The ``tp-vgg`` command line: parses arguments, builds dataclass configs and calls one library
+function per stage. User mistakes exit with code 2 and one line; Ctrl-C with 130."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from typing import List, Optional
+
+from tp_vgg.errors import UserError
+
+# Each module registers its subcommands with ``register(subparsers, parent)``.
+COMMAND_MODULES = ["tp_vgg.cli.pruning_cmds"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block)."""
+
+    def error(self, message: str):  # noqa: D102
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tp_vgg import __version__
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser = Parser(prog="tp-vgg", description="Prune VGG networks with torch-pruning's "
+                    "DependencyGraph; count MACs with fvcore (1 MAC = one multiply-add = fvcore's 'flop').")
+    parser.add_argument("--version", action="version", version=f"tp-vgg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub, common)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return int(args.func(args) or 0)
+    except UserError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"tp-vgg: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tp-vgg: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except MemoryError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"tp-vgg: error: out of memory ({e}); try a smaller --batch-size or model", file=sys.stderr)
+        return 2
+    except Exception as e:  # an internal error: one line unless --debug
+        if debug:
+            traceback.print_exc()
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"tp-vgg: internal error: {type(e).__name__}: {msg} (rerun with --debug for the "
+              "traceback, and please report it)", file=sys.stderr)
+        return 1

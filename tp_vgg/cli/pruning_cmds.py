@@ -1,0 +1,101 @@
+"""`tp-vgg models`, `tp-vgg prune` and `tp-vgg profile`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from tp_vgg import checkpoint, counting, pruning, report
+from tp_vgg.cli.common import Loaded, add_model_args, json_object, load_model, positive_int, ratio
+from tp_vgg.errors import UserError
+from tp_vgg.io import ensure_dir, write_json
+from tp_vgg.models import list_models
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("models", parents=[common], help="list the model zoo")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("prune", parents=[common], help="remove channels, write DIR/pruned.pt and report.json")
+    add_model_args(p)
+    add_prune_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("profile", parents=[common], help="MACs and params per layer and in total")
+    add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_profile)
+
+
+def add_prune_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pruning")
+    g.add_argument("--ratio", type=ratio, required=True, metavar="R",
+                   help="fraction of channels removed from every prunable layer, in [0, 1)")
+    g.add_argument("--importance", default="l1", choices=pruning.IMPORTANCES.names(),
+                   help="channel ranking criterion (default l1)")
+    g.add_argument("--global", dest="global_pruning", action="store_true",
+                   help="rank channels across layers instead of per layer")
+    g.add_argument("--max-layer-ratio", type=ratio, metavar="R",
+                   help="most any layer may lose (default 0.9 with --global)")
+    g.add_argument("--round-to", type=positive_int, metavar="K",
+                   help="keep a multiple of K channels per layer (rounds down)")
+    g.add_argument("--layer-ratios", type=json_object, metavar="JSON",
+                   help="per-layer ratios by module name, e.g. '{\"features.0\": 0.5}'")
+    g.add_argument("--output-layer", metavar="NAME",
+                   help="the layer producing the logits, when the graph cannot tell")
+    g.add_argument("--seed", type=int, default=0, help="seed for --importance random (default 0)")
+
+
+def prune_config(args: argparse.Namespace) -> pruning.PruneConfig:
+    return pruning.PruneConfig(
+        ratio=args.ratio, importance=args.importance, global_pruning=args.global_pruning,
+        max_layer_ratio=args.max_layer_ratio, round_to=args.round_to,
+        layer_ratios=args.layer_ratios or {}, seed=args.seed,
+        output_layer=args.output_layer)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    for name, desc in list_models().items():
+        print(f"{name:16s} {desc}")
+    print("\nor your own: --model package.module:factory | --model path/to/file.py:factory")
+    return 0
+
+
+def _check_out(out: str) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out!r} is a file; give a folder")
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    _check_out(args.out)
+    cfg = prune_config(args)
+    cfg.validate()
+    loaded: Loaded = load_model(args)
+    model, spec = loaded.model, loaded.spec
+    before = counting.count(model, spec)
+    result = pruning.prune(model, spec, cfg)
+    after = counting.count(model, spec)
+    rep = report.prune_report(spec, cfg, before, after, result.output_layers, len(result.history))
+    meta = dict(loaded.meta, importance=cfg.importance, ratio=cfg.ratio, config=rep["config"],
+                macs_before=before.macs, macs_after=after.macs,
+                params_before=before.params, params_after=after.params)
+    ensure_dir(args.out)
+    checkpoint.save(os.path.join(args.out, "pruned.pt"), model, spec,
+                    history=loaded.history + result.history,
+                    preprocessing=loaded.preprocessing, meta=meta)
+    write_json(os.path.join(args.out, "report.json"), rep)
+    print(report.format_prune_table(rep))
+    print(f"wrote {os.path.join(args.out, 'pruned.pt')} and report.json")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    loaded = load_model(args)
+    c = counting.count(loaded.model, loaded.spec)
+    if args.json:
+        print(json.dumps({"units": report.MAC_NOTE, **c.to_dict()}, indent=2))
+    else:
+        print(report.format_profile_table(c))
+    return 0
