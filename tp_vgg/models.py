@@ -253,6 +253,28 @@ def build_model(spec: ModelSpec) -> nn.Module:
     return entry.build(spec)
 
 
+def check_forward(model: nn.Module, spec: ModelSpec) -> torch.Size:
+    """Run the example input through ``model`` (eval mode, no grad; the mode is kept) and return
+    the logits' shape; a failure is the user's to fix (input size, channels, output key)."""
+    s = spec.resolved()
+    device = next(model.parameters()).device
+    training = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(s.example_input(device=device))
+    except UserError:
+        raise
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"{s.name} cannot run on a 1x{s.in_channels}x{s.input_size}x{s.input_size} "
+                        f"input ({type(e).__name__}: {msg}); check --input-size and --in-channels") from e
+    finally:
+        for m, t in training.items():
+            m.train(t)
+    return select_logits(out, s.output_key).shape
+
+
 def select_logits(output: Any, key: Optional[str] = None) -> torch.Tensor:
     """The logits tensor from a model's output: the tensor itself, ``output[key]`` of a dict
     (``key`` or the only tensor value or ``'logits'``/``'out'``), or an element of a tuple/list

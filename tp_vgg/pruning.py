@@ -8,6 +8,7 @@ the ``IMPORTANCES`` registry.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
@@ -218,14 +219,7 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
     if max_ratio is None:
         max_ratio = 0.9 if cfg.global_pruning else 1.0
     with _keep_mode(model):
-        with warnings.catch_warnings(), torch.enable_grad():
-            warnings.simplefilter("ignore")
-            pruner = tp.pruner.BasePruner(
-                model, example, importance=IMPORTANCES.get(cfg.importance)(cfg),
-                global_pruning=cfg.global_pruning, pruning_ratio=cfg.ratio,
-                pruning_ratio_dict=ratios or None, max_pruning_ratio=max_ratio,
-                iterative_steps=cfg.iterative_steps, ignored_layers=protected,
-                round_to=cfg.round_to, forward_fn=_forward_fn(spec))
+        pruner = _make_pruner(model, spec, cfg, example, ratios, protected, max_ratio)
         if not protected:
             # Found on the pruner's own graph (one trace, not two); BasePruner reads
             # ``ignored_layers`` when it ranks, so setting it here protects the logits layer.
@@ -237,6 +231,13 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
         _check_kept_channels(model, cfg, ratios, protected)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
+            if cfg.global_pruning:
+                # torch-pruning 1.6.1 checks max_pruning_ratio only *before* a step, so one global
+                # step can take a layer far past it. Rank globally here, cap each layer, and let
+                # torch-pruning remove exactly those per-layer counts.
+                ratios = {**_global_allocation(pruner, cfg, set(ratios), max_ratio), **ratios}
+                pruner = _make_pruner(model, spec, dataclasses.replace(cfg, global_pruning=False),
+                                      example, ratios, protected, 1.0)
             for step in range(cfg.iterative_steps):
                 pruner.step()
                 if between_steps is not None and step + 1 < cfg.iterative_steps:
@@ -247,6 +248,53 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
     return PruneResult(history=history, channels_before=before,
                        channels_after=out_channels(model),
                        output_layers=[names[m] for m in protected])
+
+
+def _make_pruner(model, spec, cfg, example, ratios, protected, max_ratio) -> tp.pruner.BasePruner:
+    with warnings.catch_warnings(), torch.enable_grad():
+        warnings.simplefilter("ignore")
+        return tp.pruner.BasePruner(
+            model, example, importance=IMPORTANCES.get(cfg.importance)(cfg),
+            global_pruning=cfg.global_pruning, pruning_ratio=cfg.ratio,
+            pruning_ratio_dict=ratios or None, max_pruning_ratio=max_ratio,
+            iterative_steps=cfg.iterative_steps, ignored_layers=protected,
+            round_to=cfg.round_to, forward_fn=_forward_fn(spec))
+
+
+def _global_allocation(pruner: tp.pruner.BasePruner, cfg: PruneConfig, fixed: set,
+                       max_ratio: float) -> Dict[nn.Module, float]:
+    """Per-layer ratios from one global ranking of all channels (importances normalized per
+    layer), removing the lowest-ranked channels until ``cfg.ratio`` of all channels are gone,
+    while no layer loses more than ``int(C * max_ratio)`` channels or its last channel."""
+    roots, scores = [], []
+    for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                          root_module_types=pruner.root_module_types):
+        root = group[0].dep.target.module
+        if root in fixed or not pruner.DG.is_out_channel_pruning_fn(group[0].dep.handler):
+            continue
+        imp = pruner.estimate_importance(group)
+        if imp is None:
+            continue
+        roots.append(root)
+        scores.append(imp.detach().float().cpu())
+    if not scores:
+        return {}
+    sizes = [len(s) for s in scores]
+    caps = [min(int(c * max_ratio), c - 1) for c in sizes]
+    owner = torch.cat([torch.full((c,), i) for i, c in enumerate(sizes)])
+    total = sum(sizes)
+    target = total - int(total * (1 - cfg.ratio))
+    removed = [0] * len(roots)
+    n = 0
+    for j in torch.cat(scores).argsort(stable=True).tolist():
+        if n >= target:
+            break
+        i = int(owner[j])
+        if removed[i] < caps[i]:
+            removed[i] += 1
+            n += 1
+    # torch-pruning keeps int(C * (1 - r)); r = (k - 0.5) / C makes that exactly C - k.
+    return {root: ((k - 0.5) / c if k else 0.0) for root, k, c in zip(roots, removed, sizes)}
 
 
 def replay(model: nn.Module, spec: ModelSpec, history: List[list],

@@ -12,7 +12,7 @@ from typing import List, Optional
 from tp_vgg.errors import UserError
 
 # Each module registers its subcommands with ``register(subparsers, parent)``.
-COMMAND_MODULES = ["tp_vgg.cli.pruning_cmds"]
+COMMAND_MODULES = ["tp_vgg.cli.pruning_cmds", "tp_vgg.cli.train_cmds"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -42,7 +42,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     debug = "--debug" in argv
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # argparse: --help, --version, or a one-line usage error
+            return int(e.code or 0) if not isinstance(e.code, str) else 2
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

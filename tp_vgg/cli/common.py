@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from tp_vgg.checkpoint import Checkpoint, default_preprocessing, load_checkpoint
 from tp_vgg.errors import UserError
-from tp_vgg.models import ModelSpec, build_model
+from tp_vgg.models import ModelSpec, build_model, check_forward
 
 MODEL_FLAGS = ("model_kwargs", "num_classes", "in_channels", "input_size", "width", "weights",
                "output_key")
@@ -61,9 +61,10 @@ def json_object(text: str) -> Dict[str, Any]:
     return obj
 
 
-def add_model_args(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
+def add_model_args(p: argparse.ArgumentParser, checkpoint: bool = True,
+                   required: bool = True) -> None:
     g = p.add_argument_group("model")
-    src = g.add_mutually_exclusive_group(required=True)
+    src = g.add_mutually_exclusive_group(required=required)
     src.add_argument("--model", metavar="SPEC",
                      help="zoo name (see `tp-vgg models`), package.module:factory or "
                           "path/to/file.py:factory")
@@ -113,4 +114,5 @@ def load_model(args: argparse.Namespace) -> Loaded:
                       dict(ckpt.meta), ckpt)
     spec = spec_from_args(args)
     model = build_model(spec)
+    check_forward(model, spec)
     return Loaded(model, spec, [], default_preprocessing(spec), {})
