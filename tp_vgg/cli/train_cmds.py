@@ -1,0 +1,381 @@
+"""`tp-vgg train`, `tp-vgg finetune`, `tp-vgg eval`, and the fine-tuning half of
+`tp-vgg prune --finetune-epochs`.
+
+Works under torchrun (``torchrun --nproc_per_node=2 $(which tp-vgg) train ...``): every rank
+trains its share of each batch, rank 0 alone prints and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from tp_vgg import distributed, train
+from tp_vgg.checkpoint import load_checkpoint
+from tp_vgg.cli.common import (Loaded, add_model_args, json_object, load_model, positive_float,
+                               positive_int, spec_from_args)
+from tp_vgg.data import DATASETS, Batches, BatchTransform, DataConfig, ImageData, load_data
+from tp_vgg.errors import UserError
+from tp_vgg.models import MODELS, build_model
+
+# Flags that set the training recipe; with --resume the saved recipe is used and these are refused.
+RECIPE = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
+          "schedule", "warmup_epochs", "step_size", "milestones", "gamma", "label_smoothing",
+          "grad_clip", "augment", "seed")
+RUNTIME = ("device", "amp", "channels_last", "compile", "progress")
+
+# Fine-tuning starts from trained weights: a fifth of the optimizer's default LR, no warm-up.
+FINETUNE_LR_SCALE = 0.2
+FINETUNE_DEFAULTS = {"warmup_epochs": 0.0}
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("train", parents=[common],
+                       help="train a model from scratch (or from torchvision weights); "
+                            "writes DIR/last.pt, best.pt, metrics.jsonl, config.json")
+    add_model_args(p, checkpoint=False, required=False)
+    add_data_args(p)
+    add_train_args(p)
+    add_run_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("finetune", parents=[common],
+                       help="train a (pruned) checkpoint's architecture from its weights")
+    p.add_argument("--checkpoint", metavar="FILE", help="the checkpoint to fine-tune (e.g. pruned.pt)")
+    add_data_args(p)
+    add_train_args(p)
+    add_run_args(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("eval", parents=[common],
+                       help="top-1, top-5 and loss averaged over the test images")
+    add_model_args(p)
+    add_data_args(p, required=True)
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--split", default="test", choices=["test", "train"],
+                   help="which split to evaluate (default test; imagefolder: val/ or test/)")
+    g.add_argument("--batch-size", type=positive_int, default=256, metavar="N")
+    g.add_argument("--device", metavar="DEV", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
+    g.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads (torch.set_num_threads)")
+    g.add_argument("--json", action="store_true",
+                   help="print a JSON object (top1, top5, loss, images) as the last line")
+    p.set_defaults(func=cmd_eval)
+
+
+def _add(g, *flags: str, **kw: Any) -> None:
+    """Add an option unless the parser already has it (another command module may add e.g.
+    --device to `prune`)."""
+    if any(f in g._option_string_actions for f in flags):  # shared by a parser's groups
+        return
+    g.add_argument(*flags, **kw)
+
+
+def add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    g = p.add_argument_group("data")
+    _add(g, "--data", metavar="NAME", required=required,
+         help=f"dataset: {', '.join(DATASETS.names())}")
+    _add(g, "--data-dir", metavar="DIR",
+         help="where the dataset lives (cifar10/cifar100: default ./data; imagefolder: a folder "
+              "with train/ and val/ or test/)")
+    _add(g, "--download", action="store_true", help="download cifar10/cifar100 (needs a network)")
+    _add(g, "--data-kwargs", type=json_object, metavar="JSON",
+         help="dataset options, e.g. fake: '{\"train_size\": 256}', imagefolder: '{\"image_size\": 32}'")
+
+
+def _milestones(text: str) -> List[int]:
+    try:
+        ms = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of epochs, e.g. 15,25")
+    if not ms or any(m < 1 for m in ms):
+        raise argparse.ArgumentTypeError(f"{text!r}: milestones are epochs >= 1, e.g. 15,25")
+    return sorted(ms)
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; accepted: a number in [0, 1)")
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside [0, 1)")
+    return v
+
+
+def _nonneg(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; accepted: a number >= 0")
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative; accepted: a number >= 0")
+    return v
+
+
+def add_train_args(p: argparse.ArgumentParser, epochs: bool = True) -> None:
+    """Training flags. Defaults are None here and come from TrainConfig, so that an explicitly
+    given flag can be told apart (refused with --resume)."""
+    d = train.TrainConfig()
+    g = p.add_argument_group("training")
+    if epochs:
+        _add(g, "--epochs", type=positive_int, metavar="N", help=f"default {d.epochs}")
+    _add(g, "--batch-size", type=positive_int, metavar="N",
+         help=f"per process (torchrun: global = N x processes); default {d.batch_size}")
+    _add(g, "--optimizer", metavar="NAME",
+         help=f"{', '.join(train.OPTIMIZERS.names())} (default {d.optimizer})")
+    _add(g, "--lr", type=positive_float, metavar="LR",
+         help="peak learning rate (default: sgd 0.05, adamw 0.001; finetune: a fifth of that)")
+    _add(g, "--momentum", type=_fraction, metavar="M", help=f"SGD momentum (default {d.momentum})")
+    _add(g, "--nesterov", action=argparse.BooleanOptionalAction, default=None,
+         help="Nesterov momentum (default on)")
+    _add(g, "--weight-decay", type=_nonneg, metavar="WD", help="default: sgd 5e-4, adamw 0.05")
+    _add(g, "--schedule", metavar="NAME",
+         help=f"{', '.join(train.SCHEDULES.names())} (default {d.schedule}), applied per step")
+    _add(g, "--warmup-epochs", type=_nonneg, metavar="E",
+         help=f"linear LR warm-up, may be fractional (default {d.warmup_epochs}; finetune 0)")
+    _add(g, "--step-size", type=positive_int, metavar="E", help="step schedule: epochs per decay")
+    _add(g, "--milestones", type=_milestones, metavar="E1,E2",
+         help="multistep schedule: epochs where the LR is multiplied by --gamma")
+    _add(g, "--gamma", type=positive_float, metavar="G", help="step/multistep decay factor (default 0.1)")
+    _add(g, "--label-smoothing", type=_fraction, metavar="S", help="default 0")
+    _add(g, "--grad-clip", type=positive_float, metavar="NORM", help="clip the gradient norm")
+    _add(g, "--augment", action=argparse.BooleanOptionalAction, default=None,
+         help="random crop (pad 4) and flip (no flip for digits); default on")
+    _add(g, "--seed", type=int, metavar="S", help="seeds init, data order, augmentation (default 0)")
+    r = p.add_argument_group("device")
+    _add(r, "--device", metavar="DEV", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
+    _add(r, "--amp", choices=train.AMP_MODES, default=None,
+         help="mixed precision on CUDA: auto (bf16 where supported, else fp16 + GradScaler), off")
+    _add(r, "--channels-last", action=argparse.BooleanOptionalAction, default=None,
+         help="channels_last memory format (default on)")
+    _add(r, "--compile", action="store_true", default=None, help="torch.compile the model")
+    _add(r, "--progress", choices=train.PROGRESS.names(), default=None,
+         help="auto (default: a tqdm bar on a terminal, one line per epoch otherwise), bar, plain, none")
+    _add(r, "--threads", type=positive_int, metavar="N", help="CPU threads (torch.set_num_threads)")
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--out", metavar="DIR",
+                   help="output folder (with --resume: default the checkpoint's folder)")
+    g.add_argument("--resume", metavar="LAST_PT",
+                   help="continue a run exactly from its DIR/last.pt (model, optimizer, scheduler, "
+                        "RNG, epoch); the saved recipe is used")
+
+
+def data_config(args: argparse.Namespace) -> DataConfig:
+    if not getattr(args, "data", None):
+        raise UserError(f"--data is required; accepted: {', '.join(DATASETS.names())}")
+    DATASETS.get(args.data)
+    return DataConfig(name=args.data, data_dir=args.data_dir, download=bool(args.download),
+                      kwargs=args.data_kwargs or {})
+
+
+def train_config(args: argparse.Namespace, finetune: bool = False) -> train.TrainConfig:
+    given = {k: getattr(args, k) for k in RECIPE + RUNTIME if getattr(args, k, None) is not None}
+    cfg = train.TrainConfig(**given)
+    if finetune:
+        if "lr" not in given:
+            cfg.lr = train.OPTIMIZERS.get(cfg.optimizer).lr * FINETUNE_LR_SCALE
+        for k, v in FINETUNE_DEFAULTS.items():
+            if k not in given:
+                setattr(cfg, k, v)
+    cfg.validate()
+    return cfg
+
+
+def _setup_runtime(args: argparse.Namespace) -> distributed.DistContext:
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    return distributed.from_env(os.environ)
+
+
+def _start_dist(ctx: distributed.DistContext, device: Optional[str]) -> distributed.DistContext:
+    return distributed.init(ctx, ctx.device(device))
+
+
+def _check_out(out: Optional[str]) -> str:
+    if not out:
+        raise UserError("--out DIR is required")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out!r} is a file; give a folder")
+    return out
+
+
+def _log(ctx: distributed.DistContext):
+    def log(msg: str) -> None:
+        if ctx.is_main:
+            print(msg, flush=True)
+    return log
+
+
+def _summary(result: train.FitResult, log) -> None:
+    if result.final is not None:
+        log(f"final test top-1 {100 * result.final.top1:.2f}%  top-5 {100 * result.final.top5:.2f}%  "
+            f"loss {result.final.loss:.4f}; best top-1 {100 * result.best_top1:.2f}%")
+    if result.out_dir:
+        log(f"wrote {os.path.join(result.out_dir, 'last.pt')}, best.pt, metrics.jsonl, config.json")
+
+
+def _run(ctx: distributed.DistContext, fn) -> int:
+    try:
+        fn()
+    finally:
+        distributed.shutdown(ctx)
+    return 0
+
+
+def _resume(args: argparse.Namespace, ctx: distributed.DistContext, command: str) -> int:
+    given = [k for k in RECIPE if getattr(args, k, None) is not None]
+    if given:
+        raise UserError(f"--{given[0].replace('_', '-')} cannot be given with --resume: the run "
+                        "continues with the configuration saved in its last.pt")
+    for flag in ("model", "checkpoint", "data"):
+        if getattr(args, flag, None):
+            raise UserError(f"--{flag} cannot be given with --resume: the run continues with the "
+                            "model and data saved in its last.pt")
+    point = train.ResumePoint.read(args.resume)
+    out = args.out or os.path.dirname(os.path.abspath(args.resume))
+    _check_out(out)
+    runtime = {k: getattr(args, k) for k in RUNTIME if getattr(args, k, None) is not None}
+    data = load_data(point.data)
+    ctx = _start_dist(ctx, runtime.get("device", point.config.device))
+    log = _log(ctx)
+    done = int(point.checkpoint.train_state["epoch"])
+    log(f"resuming {args.resume} after epoch {done}/{point.config.epochs}")
+    return _run(ctx, lambda: _summary(
+        train.resume(point, data, out, runtime=runtime, dist=ctx, log=log), log))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    ctx = _setup_runtime(args)
+    if args.resume:
+        return _resume(args, ctx, "train")
+    if not args.model:
+        raise UserError("one of --model or --resume is required")
+    out = _check_out(args.out)
+    cfg = train_config(args)
+    data_cfg = data_config(args)
+    data = load_data(data_cfg)
+    spec = spec_from_args(args)
+    if spec.num_classes is None and not spec.is_user_factory and \
+            "num_classes" in MODELS.get(spec.name).accepts:
+        spec = dataclasses.replace(spec, num_classes=data.num_classes)
+    train.seed_everything(cfg.seed)
+    model = build_model(spec)
+    ctx = _start_dist(ctx, cfg.device)
+    log = _log(ctx)
+    return _run(ctx, lambda: _summary(
+        train.fit(model, spec, data, cfg, out, data_cfg=data_cfg, dist=ctx, log=log), log))
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    ctx = _setup_runtime(args)
+    if args.resume:
+        if args.checkpoint:
+            raise UserError("--checkpoint cannot be given with --resume: the run continues with "
+                            "the model saved in its last.pt")
+        return _resume(args, ctx, "finetune")
+    if not args.checkpoint:
+        raise UserError("one of --checkpoint or --resume is required")
+    out = _check_out(args.out)
+    cfg = train_config(args, finetune=True)
+    data_cfg = data_config(args)
+    ck = load_checkpoint(args.checkpoint)
+    data = load_data(data_cfg)
+    train.seed_everything(cfg.seed)
+    ctx = _start_dist(ctx, cfg.device)
+    log = _log(ctx)
+    return _run(ctx, lambda: _summary(
+        train.finetune(ck, data, cfg, out, data_cfg=data_cfg, dist=ctx, log=log), log))
+
+
+def evaluate_on(model: torch.nn.Module, spec, data: ImageData, preprocessing: Dict[str, Any],
+                split: str = "test", batch_size: int = 256,
+                device: Optional[str] = None) -> train.EvalResult:
+    """Evaluate ``model`` on one split with the given (checkpoint's) preprocessing."""
+    dev = distributed.resolve_device(device)
+    pre = train.resolve_preprocessing(data, spec, preprocessing)
+    train.check_model_fits(model.to(dev), spec, data)
+    images, labels = data.split(split)
+    batches = Batches(images, labels, batch_size,
+                      BatchTransform(pre["mean"], pre["std"], pre["input_size"]), dev)
+    autocast, _, _ = train.make_amp(dev, "auto")
+    return train.evaluate(model, batches, spec.output_key, autocast)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    loaded: Loaded = load_model(args)
+    data = load_data(data_config(args))
+    res = evaluate_on(loaded.model, loaded.spec, data, loaded.preprocessing, args.split,
+                      args.batch_size, args.device)
+    split = data.test_split if args.split == "test" else "train"
+    print(f"{data.name} {split}: top-1 {100 * res.top1:.2f}%  top-5 {100 * res.top5:.2f}%  "
+          f"loss {res.loss:.4f}  ({res.images} images)")
+    if args.json:
+        print(json.dumps({"top1": res.top1, "top5": res.top5, "loss": res.loss, "images": res.images,
+                          "data": data.name, "split": split,
+                          "checkpoint": getattr(args, "checkpoint", None)}))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# `tp-vgg prune ... --finetune-epochs N --data D`: accuracy before, pruned, fine-tuned.
+
+def add_prune_finetune_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("fine-tuning after pruning")
+    _add(g, "--finetune-epochs", type=positive_int, metavar="N",
+         help="fine-tune the pruned model for N epochs on --data, then evaluate (report.json "
+              "gains accuracy before/pruned/finetuned; pruned.pt holds the fine-tuned weights)")
+    add_data_args(p)
+    add_train_args(p, epochs=False)
+
+
+@dataclass
+class PruneFinetune:
+    """Evaluate before pruning; after pruning evaluate, fine-tune (DIR/finetune/) and evaluate."""
+
+    args: argparse.Namespace
+    data_cfg: DataConfig
+    data: ImageData
+    cfg: train.TrainConfig
+    preprocessing: Dict[str, Any]
+    before: float
+
+    @classmethod
+    def begin(cls, args: argparse.Namespace, loaded: Loaded) -> Optional["PruneFinetune"]:
+        if not getattr(args, "finetune_epochs", None):
+            if getattr(args, "data", None):
+                raise UserError("--data is given without --finetune-epochs N; add it to fine-tune "
+                                "after pruning")
+            return None
+        if getattr(args, "threads", None):
+            torch.set_num_threads(args.threads)
+        data_cfg = data_config(args)
+        cfg = dataclasses.replace(train_config(args, finetune=True), epochs=args.finetune_epochs)
+        data = load_data(data_cfg)
+        pre = train.resolve_preprocessing(data, loaded.spec, loaded.preprocessing)
+        before = evaluate_on(loaded.model, loaded.spec, data, pre, device=cfg.device).top1
+        return cls(args, data_cfg, data, cfg, pre, before)
+
+    def finish(self, model, spec, history: List[list], meta: Dict[str, Any]) -> Dict[str, float]:
+        """Fine-tune ``model`` in place; return the accuracy dict (top-1 fractions)."""
+        pruned = evaluate_on(model, spec, self.data, self.preprocessing, device=self.cfg.device).top1
+        print(f"top-1 before pruning {100 * self.before:.2f}%, after pruning {100 * pruned:.2f}%; "
+              f"fine-tuning {self.cfg.epochs} epochs", flush=True)
+        res = train.fit(model, spec, self.data, self.cfg,
+                        os.path.join(self.args.out, "finetune"), data_cfg=self.data_cfg,
+                        history=history, preprocessing=self.preprocessing, meta=meta,
+                        command="finetune")
+        model.to("cpu", memory_format=torch.contiguous_format).eval()
+        return {"before": self.before, "pruned": pruned,
+                "finetuned": res.final.top1 if res.final else pruned}

@@ -1,0 +1,434 @@
+"""Datasets held in memory as uint8 tensors, batched and augmented on the device.
+
+A dataset is decoded once into ``uint8`` tensors (N x C x H x W) and labels; every epoch draws a
+seeded permutation (``DistributedSampler``, also with one process) and seeded per-sample crop and
+flip offsets, so the data order and augmentation of epoch ``e`` depend only on ``(seed, e)`` --
+a resumed run sees exactly the batches an uninterrupted one would, and N processes see together
+exactly the batches one process would. Augmentation (random crop with zero padding, horizontal
+flip) and normalization run batch-wise on the device, in one gather; there are no DataLoader
+workers.
+
+Datasets are entries of the ``DATASETS`` registry: ``loader(DataConfig) -> ImageData``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DistributedSampler
+
+from tp_vgg.errors import UserError
+from tp_vgg.registry import Registry
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
+
+
+@dataclass
+class DataConfig:
+    """Which dataset and where. ``kwargs`` are dataset options (``--data-kwargs``), e.g. for
+    ``fake``: ``train_size``, ``test_size``, ``num_classes``, ``image_size``, ``channels``."""
+
+    name: str = "digits"
+    data_dir: Optional[str] = None
+    download: bool = False
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ImageData:
+    """A dataset in memory: uint8 images (N x C x H x W) and int64 labels per split."""
+
+    name: str
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    class_names: List[str]
+    flip: bool = True          # horizontal flip is a valid augmentation (not for digits)
+    pad: int = 4               # random-crop padding
+    test_split: str = "test"   # the folder or split the test images came from
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train_images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_images.shape[-1])
+
+    def split(self, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        if name == "train":
+            return self.train_images, self.train_labels
+        if name in ("test", "val"):
+            return self.test_images, self.test_labels
+        raise UserError(f"unknown split {name!r}; accepted: train, test")
+
+    def stats(self) -> Tuple[List[float], List[float]]:
+        """Per-channel mean and std of the training images, in [0, 1] units."""
+        x = self.train_images
+        total = torch.zeros(x.shape[1], dtype=torch.float64)
+        sq = torch.zeros(x.shape[1], dtype=torch.float64)
+        for i in range(0, len(x), 4096):
+            chunk = x[i:i + 4096].to(torch.float64).div_(255)
+            total += chunk.sum(dim=(0, 2, 3))
+            sq += chunk.pow(2).sum(dim=(0, 2, 3))
+        n = x.shape[0] * x.shape[2] * x.shape[3]
+        mean = total / n
+        std = (sq / n - mean.pow(2)).clamp_min(1e-12).sqrt()
+        return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+
+    def preprocessing(self) -> Dict[str, Any]:
+        """The checkpoint's ``preprocessing`` entry for a model trained on these data."""
+        mean, std = self.stats()
+        return {"input_size": self.image_size, "in_channels": self.in_channels, "mean": mean,
+                "std": std, "class_names": list(self.class_names), "dataset": self.name,
+                "augment": {"crop_padding": self.pad, "horizontal_flip": self.flip}}
+
+
+DATASETS: Registry[Callable[[DataConfig], ImageData]] = Registry("dataset")
+
+
+def load_data(cfg: DataConfig) -> ImageData:
+    """Load (decode once) the dataset ``cfg`` names."""
+    loader = DATASETS.get(cfg.name)
+    return loader(cfg)
+
+
+def _options(cfg: DataConfig, accepted: Dict[str, Any]) -> Dict[str, Any]:
+    unknown = sorted(set(cfg.kwargs) - set(accepted))
+    if unknown:
+        raise UserError(f"--data-kwargs {unknown[0]!r} is not an option of dataset {cfg.name!r}; "
+                        f"accepted: {', '.join(accepted) or 'none'}")
+    return {**accepted, **cfg.kwargs}
+
+
+# --------------------------------------------------------------------------------------------
+# digits: scikit-learn's bundled 8x8 handwritten digits, offline.
+
+DIGITS_SPLIT_SEED = 0
+DIGITS_TEST_FRACTION = 0.2
+
+
+def _digits(cfg: DataConfig) -> ImageData:
+    opts = _options(cfg, {"image_size": 32})
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images).to(torch.float32).unsqueeze(1) / 16.0     # N x 1 x 8 x 8
+    size = int(opts["image_size"])
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    y = torch.from_numpy(d.target).long()
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
+    n_test = int(round(len(y) * DIGITS_TEST_FRACTION))
+    test, train = perm[:n_test], perm[n_test:]
+    return ImageData("digits", x[train], y[train], x[test], y[test],
+                     [str(i) for i in range(10)], flip=False)
+
+
+DATASETS.register("digits", _digits, "scikit-learn's 1,797 8x8 digits, 32x32 RGB, seeded 80/20 split")
+
+
+# --------------------------------------------------------------------------------------------
+# fake: synthetic class prototypes plus noise; learnable, for smoke tests.
+
+def _fake(cfg: DataConfig) -> ImageData:
+    opts = _options(cfg, {"train_size": 512, "test_size": 128, "num_classes": 10,
+                          "image_size": 32, "channels": 3, "seed": 0, "noise": 0.5})
+    for key in ("train_size", "test_size", "num_classes", "image_size", "channels"):
+        if not isinstance(opts[key], int) or opts[key] < 1:
+            raise UserError(f"--data-kwargs {key} must be a positive integer, got {opts[key]!r}")
+    g = torch.Generator().manual_seed(int(opts["seed"]))
+    k, c, s = opts["num_classes"], opts["channels"], opts["image_size"]
+    protos = F.interpolate(torch.rand(k, c, 4, 4, generator=g), size=(s, s), mode="bilinear",
+                           align_corners=False)
+
+    def make(n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        y = torch.randint(0, k, (n,), generator=g)
+        noise = torch.rand(n, c, s, s, generator=g)
+        x = (1 - opts["noise"]) * protos[y] + opts["noise"] * noise
+        return (x * 255).round().clamp(0, 255).to(torch.uint8), y
+
+    xtr, ytr = make(opts["train_size"])
+    xte, yte = make(opts["test_size"])
+    return ImageData("fake", xtr, ytr, xte, yte, [f"class{i}" for i in range(k)])
+
+
+DATASETS.register("fake", _fake, "synthetic prototypes + noise (--data-kwargs sets sizes)")
+
+
+# --------------------------------------------------------------------------------------------
+# cifar10 / cifar100 through torchvision.
+
+_CIFAR = {
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
+    "cifar100": ("CIFAR100", "cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
+}
+
+
+def _cifar(name: str) -> Callable[[DataConfig], ImageData]:
+    cls_name, folder, url = _CIFAR[name]
+
+    def load(cfg: DataConfig) -> ImageData:
+        _options(cfg, {})
+        import torchvision
+
+        root = cfg.data_dir or "data"
+        cls = getattr(torchvision.datasets, cls_name)
+        splits = []
+        for train in (True, False):
+            try:
+                ds = cls(root=root, train=train, download=cfg.download)
+            except RuntimeError as e:
+                raise UserError(
+                    f"{name} is not in --data-dir {root!r} (looked for {os.path.join(root, folder)}); "
+                    f"pass --download to fetch it (needs a network), or extract {url} there; "
+                    "a JPEG copy in train/ and test/ class folders works with --data imagefolder") from e
+            except OSError as e:  # no network, disk full, permission denied
+                raise UserError(f"could not get {name} into {root!r}: {e}") from e
+            images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+            splits.append((images, torch.as_tensor(ds.targets, dtype=torch.long)))
+            classes = list(ds.classes)
+        (xtr, ytr), (xte, yte) = splits
+        return ImageData(name, xtr, ytr, xte, yte, classes)
+
+    return load
+
+
+DATASETS.register("cifar10", _cifar("cifar10"), "CIFAR-10 via torchvision (--data-dir, --download)")
+DATASETS.register("cifar100", _cifar("cifar100"), "CIFAR-100 via torchvision (--data-dir, --download)")
+
+
+# --------------------------------------------------------------------------------------------
+# imagefolder: DIR/train/<class>/*.jpg and DIR/val/ or DIR/test/.
+
+def _list_images(folder: str, classes: Optional[List[str]]) -> Tuple[List[str], List[int], List[str]]:
+    found = sorted(d.name for d in os.scandir(folder) if d.is_dir())
+    if classes is None:
+        classes = found
+        if not classes:
+            raise UserError(f"{folder!r} holds no class folders; expected {folder}/<class>/<image>")
+    else:
+        extra = [c for c in found if c not in classes]
+        if extra:
+            raise UserError(f"class folder {os.path.join(folder, extra[0])!r} is not a class of the "
+                            f"training set ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})")
+    files, labels = [], []
+    for idx, c in enumerate(classes):
+        d = os.path.join(folder, c)
+        if not os.path.isdir(d):
+            continue
+        names = sorted(n for n in os.listdir(d) if n.lower().endswith(IMAGE_EXTENSIONS))
+        files += [os.path.join(d, n) for n in names]
+        labels += [idx] * len(names)
+    if not files:
+        raise UserError(f"{folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
+    return files, labels, classes
+
+
+def _decode_all(files: Sequence[str], size: Optional[int]) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    out: Optional[torch.Tensor] = None
+    for i, path in enumerate(files):
+        try:
+            img = decode_image(read_file(path), mode=ImageReadMode.RGB)
+        except (RuntimeError, ValueError, OSError) as e:
+            msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            raise UserError(f"cannot decode image {path!r}: {msg}") from e
+        if size is not None and tuple(img.shape[1:]) != (size, size):
+            img = _resize_center_crop(img, size)
+        if out is None:
+            if size is None:
+                size = img.shape[1]
+                if img.shape[1] != img.shape[2]:
+                    size = None
+            h, w = img.shape[1:]
+            out = torch.empty(len(files), 3, h, w, dtype=torch.uint8)
+        if img.shape != out.shape[1:]:
+            raise UserError(
+                f"image {path!r} is {img.shape[2]}x{img.shape[1]}, not {out.shape[3]}x{out.shape[2]} "
+                f"like {files[0]!r}; pass --data-kwargs '{{\"image_size\": S}}' to resize every image "
+                "(shorter side to S, centre crop)")
+        out[i] = img
+    assert out is not None
+    return out
+
+
+def _resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = img.shape[1:]
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    x = F.interpolate(img[None].float(), size=(nh, nw), mode="bilinear", align_corners=False,
+                      antialias=scale < 1)[0]
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return x[:, top:top + size, left:left + size].round().clamp(0, 255).to(torch.uint8)
+
+
+def _imagefolder(cfg: DataConfig) -> ImageData:
+    opts = _options(cfg, {"image_size": None})
+    root = cfg.data_dir
+    if not root:
+        raise UserError("--data imagefolder needs --data-dir DIR holding train/ and val/ or test/ "
+                        "class folders")
+    if not os.path.isdir(root):
+        raise UserError(f"--data-dir {root!r} does not exist or is not a folder")
+    train_dir = os.path.join(root, "train")
+    test_name = next((n for n in ("val", "test") if os.path.isdir(os.path.join(root, n))), None)
+    if not os.path.isdir(train_dir) or test_name is None:
+        missing = "train/" if not os.path.isdir(train_dir) else "val/ or test/"
+        raise UserError(f"--data-dir {root!r} has no {missing} folder; expected {root}/train/<class>/ "
+                        f"and {root}/val/<class>/ (or test/)")
+    size = opts["image_size"]
+    if size is not None and (not isinstance(size, int) or size < 1):
+        raise UserError(f"--data-kwargs image_size must be a positive integer, got {size!r}")
+    files, labels, classes = _list_images(train_dir, None)
+    xtr = _decode_all(files, size)
+    tfiles, tlabels, _ = _list_images(os.path.join(root, test_name), classes)
+    xte = _decode_all(tfiles, size or xtr.shape[-1])
+    return ImageData("imagefolder", xtr, torch.tensor(labels), xte, torch.tensor(tlabels),
+                     classes, test_split=test_name)
+
+
+DATASETS.register("imagefolder", _imagefolder,
+                  "--data-dir with train/ and val/ or test/ class folders (decoded once into memory)")
+
+
+# --------------------------------------------------------------------------------------------
+# Batching and augmentation on the device.
+
+class BatchTransform:
+    """uint8 batch -> normalized float batch at the model's input size, on the batch's device.
+
+    Training batches get a random crop (zero padding ``pad``) and, if ``flip``, a horizontal flip,
+    both done by one gather with per-sample offsets drawn beforehand (see :class:`Batches`).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], input_size: int,
+                 channels_last: bool = False):
+        self.mean255 = torch.tensor([m * 255 for m in mean]).view(1, -1, 1, 1)
+        self.inv_std255 = torch.tensor([1 / (s * 255) for s in std]).view(1, -1, 1, 1)
+        self.input_size = int(input_size)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def to(self, device: torch.device) -> "BatchTransform":
+        self.mean255 = self.mean255.to(device)
+        self.inv_std255 = self.inv_std255.to(device)
+        return self
+
+    @staticmethod
+    def crop_flip(x: torch.Tensor, pad: int, oy: torch.Tensor, ox: torch.Tensor,
+                  flip: Optional[torch.Tensor]) -> torch.Tensor:
+        """Per-sample crop at (oy, ox) of the zero-padded batch, mirrored where ``flip``."""
+        b, _, h, w = x.shape
+        xp = F.pad(x, (pad, pad, pad, pad)) if pad else x
+        ar_h = torch.arange(h, device=x.device)
+        ar_w = torch.arange(w, device=x.device)
+        rows = oy[:, None] + ar_h                                      # B x H
+        cols = ox[:, None] + ar_w                                      # B x W
+        if flip is not None:
+            cols = torch.where(flip[:, None], ox[:, None] + (w - 1 - ar_w), cols)
+        bidx = torch.arange(b, device=x.device)[:, None, None]
+        out = xp[bidx, :, rows[:, :, None], cols[:, None, :]]          # B x H x W x C
+        return out.permute(0, 3, 1, 2)                                 # channels_last strides
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                              align_corners=False, antialias=x.shape[-1] > self.input_size)
+        x = (x - self.mean255) * self.inv_std255
+        return x.contiguous(memory_format=self.memory_format)
+
+
+def _fits_on_device(nbytes: int, device: torch.device) -> bool:
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes < 0.4 * free
+
+
+class Batches:
+    """Iterate one split of in-memory data in batches of normalized tensors on ``device``.
+
+    ``train=True``: a shuffled epoch (``DistributedSampler`` with ``seed``, padded to a multiple of
+    ``world_size``) and random crop/flip, all seeded by ``(seed, epoch)`` and per sample, so the
+    union of the ranks' batches equals one process's batches. ``train=False``: samples in order,
+    rank ``r`` taking ``r::world_size`` with no padding, so sums over ranks count each sample once.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                 transform: BatchTransform, device: torch.device | str = "cpu", *,
+                 train: bool = False, pad: int = 4, flip: bool = True, augment: bool = True,
+                 seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.device = torch.device(device)
+        nbytes = images.numel() * images.element_size()
+        self.on_device = _fits_on_device(nbytes, self.device)
+        if self.on_device:
+            self.images, self.labels = images.to(self.device), labels.to(self.device)
+        else:  # copied per batch from pinned host memory
+            self.images, self.labels = images.pin_memory(), labels.pin_memory()
+        self.batch_size = int(batch_size)
+        self.transform = transform.to(self.device)
+        self.train, self.augment = train, augment and train
+        self.pad, self.flip = pad, flip
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.epoch = 0
+        n = len(labels)
+        if train:
+            self.sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank,
+                                              shuffle=True, seed=seed, drop_last=False)
+            self.num_samples = len(self.sampler)
+        else:
+            self.sampler = None
+            self.num_samples = len(range(rank, n, world_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if self.sampler is not None:
+            self.sampler.set_epoch(self.epoch)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def _indices(self) -> torch.Tensor:
+        if self.sampler is None:
+            return torch.arange(self.rank, len(self.labels), self.world_size)
+        return torch.tensor(list(iter(self.sampler)), dtype=torch.long)
+
+    def _offsets(self) -> Optional[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
+        """Crop offsets and flips for every sample of this epoch (same on every rank)."""
+        if not self.augment:
+            return None
+        n = len(self.labels)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch * 7919 + 12345) % (2**63))
+        oy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
+        ox = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
+        flip = torch.rand(n, generator=g) < 0.5 if self.flip else None
+        return oy, ox, flip
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        idx = self._indices()
+        offsets = self._offsets()
+        dev = self.device
+        idx_dev = idx.to(dev) if self.on_device else idx
+        for start in range(0, len(idx), self.batch_size):
+            i = idx_dev[start:start + self.batch_size]
+            x, y = self.images[i], self.labels[i]
+            if not self.on_device:
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            if offsets is not None:
+                ic = idx[start:start + self.batch_size]
+                oy, ox, flip = (None if t is None else t[ic].to(dev, non_blocking=True)
+                                for t in offsets)
+                x = BatchTransform.crop_flip(x, self.pad, oy, ox, flip)
+            yield self.transform(x), y

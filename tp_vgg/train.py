@@ -1,0 +1,633 @@
+"""The training engine: one function per stage.
+
+* :func:`train_one_epoch` -- one pass over the training batches (AMP via an injected autocast
+  context, optional GradScaler, per-step LR schedule, NaN/inf guard);
+* :func:`evaluate` -- loss, top-1 and top-5 averaged over samples (summed over ranks);
+* :func:`fit` -- the epoch loop: writes ``last.pt`` every epoch and ``best.pt`` on a better test
+  top-1 (atomic, weights_only-loadable), ``metrics.jsonl`` and the resolved ``config.json``;
+  :func:`resume` continues a run exactly from its ``last.pt``; :func:`finetune` trains a
+  (pruned) checkpoint's architecture and weights.
+
+Every epoch's randomness is a function of ``(seed, epoch, rank)``: the data order and augmentation
+(:class:`tp_vgg.data.Batches`) and the global RNGs (re-seeded at each epoch start; dropout), so a run
+resumed from the end of epoch ``e`` -- also after a SIGKILL mid-epoch ``e + 1`` -- repeats exactly
+what the uninterrupted run did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from tp_vgg import checkpoint as ckpt_io
+from tp_vgg.data import BatchTransform, Batches, DataConfig, ImageData
+from tp_vgg.distributed import DistContext
+from tp_vgg.errors import UserError
+from tp_vgg.io import ensure_dir, write_json, write_text
+from tp_vgg.models import ModelSpec, select_logits
+from tp_vgg.registry import Registry
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration.
+
+@dataclass
+class TrainConfig:
+    """How to train. ``None`` means "the optimizer's default" (see :meth:`resolved`).
+
+    ``batch_size`` is per process (torchrun: the global batch is ``batch_size x world_size``).
+    ``warmup_epochs`` may be fractional; the schedule is applied per step.
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: Optional[float] = None              # sgd 0.05, adamw 1e-3
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: Optional[float] = None    # sgd 5e-4, adamw 0.05
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    step_size: int = 30                     # step: decay every step_size epochs
+    milestones: Optional[List[int]] = None  # multistep: default [epochs/2, 3*epochs/4]
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    grad_clip: Optional[float] = None
+    augment: bool = True
+    seed: int = 0
+    # runtime: may differ on --resume without changing the result (except amp)
+    device: Optional[str] = None            # None/auto: CUDA when present, else CPU
+    amp: str = "auto"                       # auto (bf16/fp16 on CUDA, off on CPU) | bf16 | fp16 | off
+    channels_last: bool = True
+    compile: bool = False
+    progress: str = "auto"                  # auto (bar on a TTY, else plain) | bar | plain | none
+
+    RUNTIME = ("device", "amp", "channels_last", "compile", "progress")
+
+    def resolved(self) -> "TrainConfig":
+        opt = OPTIMIZERS.get(self.optimizer)
+        milestones = self.milestones
+        if self.schedule == "multistep" and not milestones:
+            milestones = sorted({max(1, self.epochs // 2), max(1, (3 * self.epochs) // 4)})
+        return dataclasses.replace(
+            self, lr=opt.lr if self.lr is None else self.lr,
+            weight_decay=opt.weight_decay if self.weight_decay is None else self.weight_decay,
+            milestones=list(milestones) if milestones else None)
+
+    def validate(self) -> None:
+        OPTIMIZERS.get(self.optimizer)
+        SCHEDULES.get(self.schedule)
+        PROGRESS.get(self.progress)
+        if self.amp not in AMP_MODES:
+            raise UserError(f"--amp {self.amp!r} is not accepted; accepted: {', '.join(AMP_MODES)}")
+        for name in ("epochs", "batch_size", "step_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"--lr must be a number > 0, got {self.lr!r}")
+        if self.weight_decay is not None and not self.weight_decay >= 0:
+            raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay!r}")
+        if not 0 <= self.momentum < 1:
+            raise UserError(f"--momentum must be in [0, 1), got {self.momentum!r}")
+        if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
+            raise UserError("--nesterov needs --momentum > 0; pass --no-nesterov or a momentum")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if not self.warmup_epochs >= 0:
+            raise UserError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise UserError(f"--grad-clip must be > 0, got {self.grad_clip!r}")
+        for m in self.milestones or []:
+            if not isinstance(m, int) or not 0 < m <= self.epochs:
+                raise UserError(f"--milestones must be epochs in 1..{self.epochs}, got {m!r}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class OptimizerEntry:
+    build: Callable[[Any, TrainConfig], torch.optim.Optimizer]
+    lr: float
+    weight_decay: float
+
+
+OPTIMIZERS: Registry[OptimizerEntry] = Registry("optimizer")
+OPTIMIZERS.register("sgd", OptimizerEntry(
+    lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum,
+                                      nesterov=c.nesterov and c.momentum > 0,
+                                      weight_decay=c.weight_decay),
+    lr=0.05, weight_decay=5e-4), "SGD with momentum (default 0.9) and Nesterov")
+OPTIMIZERS.register("adamw", OptimizerEntry(
+    lambda params, c: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
+    lr=1e-3, weight_decay=0.05), "AdamW (decoupled weight decay)")
+
+
+# A schedule maps (config, steps per epoch) to the LR multiplier of a step after warm-up.
+def _cosine(c: TrainConfig, spe: int) -> Callable[[int], float]:
+    total, warm = c.epochs * spe, int(round(c.warmup_epochs * spe))
+    return lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, total - warm))))
+
+
+def _step(c: TrainConfig, spe: int) -> Callable[[int], float]:
+    return lambda s: c.gamma ** ((s // spe) // c.step_size)
+
+
+def _multistep(c: TrainConfig, spe: int) -> Callable[[int], float]:
+    ms = c.milestones or []
+    return lambda s: c.gamma ** sum(1 for m in ms if s // spe >= m)
+
+
+SCHEDULES: Registry[Callable[[TrainConfig, int], Callable[[int], float]]] = Registry("schedule")
+SCHEDULES.register("cosine", _cosine, "cosine decay to 0 after warm-up, per step")
+SCHEDULES.register("step", _step, "x gamma every --step-size epochs")
+SCHEDULES.register("multistep", _multistep, "x gamma at each of --milestones (epochs)")
+SCHEDULES.register("constant", lambda c, spe: (lambda s: 1.0), "constant after warm-up")
+
+
+def lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup_epochs``, then the schedule; one call per optimizer step."""
+    after = SCHEDULES.get(cfg.schedule)(cfg, steps_per_epoch)
+    warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+
+    def f(step: int) -> float:
+        return (step + 1) / warm if step < warm else after(step)
+    return f
+
+
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+def make_amp(device: torch.device, mode: str):
+    """``(autocast_factory, scaler_or_None, resolved_mode)``: autocast on CUDA only; bf16 where
+    supported, else fp16 with a GradScaler."""
+    if mode not in AMP_MODES:
+        raise UserError(f"--amp {mode!r} is not accepted; accepted: {', '.join(AMP_MODES)}")
+    if device.type != "cuda":
+        if mode in ("bf16", "fp16"):
+            raise UserError(f"--amp {mode} needs a CUDA device (training on {device}); use --amp off")
+        return contextlib.nullcontext, None, "off"
+    if mode == "off":
+        return contextlib.nullcontext, None, "off"
+    if mode == "auto":
+        mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if mode == "fp16" else None
+    return partial(torch.autocast, "cuda", dtype=dtype), scaler, mode
+
+
+# --------------------------------------------------------------------------------------------
+# Progress: a tqdm bar on a terminal, nothing per step otherwise (fit prints a line per epoch).
+
+class Progress:
+    """Per-step progress; the base class shows nothing."""
+
+    def start(self, epoch: int, epochs: int, steps: int) -> None: ...
+
+    def update(self, steps: int, **postfix: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TqdmProgress(Progress):
+    def __init__(self) -> None:
+        self.bar = None
+
+    def start(self, epoch: int, epochs: int, steps: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                        dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, steps: int, **postfix: Any) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(postfix, refresh=False)
+            self.bar.update(steps)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+PROGRESS: Registry[Callable[[], Progress]] = Registry("progress mode")
+PROGRESS.register("auto", lambda: TqdmProgress() if sys.stderr.isatty() else Progress())
+PROGRESS.register("bar", TqdmProgress)
+PROGRESS.register("plain", Progress)
+PROGRESS.register("none", Progress)
+
+
+# --------------------------------------------------------------------------------------------
+# One epoch, evaluation.
+
+@dataclass
+class Engine:
+    """What one training step needs. ``model`` may be DDP-wrapped or compiled."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
+    criterion: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+    autocast: Callable[[], Any] = contextlib.nullcontext
+    scaler: Optional[torch.amp.GradScaler] = None
+    grad_clip: Optional[float] = None
+    output_key: Optional[str] = None
+    dist: DistContext = field(default_factory=DistContext)
+    check_every: int = 10   # steps between NaN checks / progress updates (each one syncs)
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    top1: float
+    images: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / max(self.seconds, 1e-9)
+
+
+def train_one_epoch(engine: Engine, batches: Batches, epoch: int = 0,
+                    progress: Optional[Progress] = None, epochs: Optional[int] = None) -> EpochStats:
+    """One pass over ``batches``; loss and top-1 averaged over the samples of all ranks."""
+    model, opt, scaler = engine.model, engine.optimizer, engine.scaler
+    progress = progress or Progress()
+    model.train()
+    dev = batches.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    correct = torch.zeros((), dtype=torch.int64, device=dev)
+    seen = 0
+    last_checked = 0
+    progress.start(epoch, epochs or epoch + 1, len(batches))
+    t0 = time.perf_counter()
+    for step, (x, y) in enumerate(batches, 1):
+        with engine.autocast():
+            logits = select_logits(model(x), engine.output_key)
+            loss = engine.criterion(logits, y)
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if engine.grad_clip:
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(model.parameters(), engine.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            if engine.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), engine.grad_clip)
+            opt.step()
+        if engine.scheduler is not None:
+            engine.scheduler.step()
+        n = y.shape[0]
+        seen += n
+        loss_sum += loss.detach().double() * n
+        correct += (logits.detach().argmax(1) == y).sum()
+        if step % engine.check_every == 0 or step == len(batches):
+            _check_finite(engine, loss_sum, epoch, step)
+            done = step - last_checked
+            last_checked = step
+            progress.update(done, loss=f"{loss_sum.item() / seen:.4f}",
+                            acc=f"{100 * correct.item() / seen:.1f}%",
+                            img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    seconds = time.perf_counter() - t0
+    progress.close()
+    totals = engine.dist.all_reduce_sum(
+        torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=dev)]))
+    n_all = max(totals[2].item(), 1.0)
+    return EpochStats(loss=totals[0].item() / n_all, top1=totals[1].item() / n_all,
+                      images=int(totals[2].item()), seconds=seconds)
+
+
+def _check_finite(engine: Engine, loss_sum: torch.Tensor, epoch: int, step: int) -> None:
+    bad = (~torch.isfinite(loss_sum)).to(torch.int64).reshape(1)
+    engine.dist.all_reduce_max(bad)
+    if bad.item():
+        lr = engine.optimizer.param_groups[0]["lr"]
+        raise TrainingDiverged(f"the training loss became NaN or infinite at epoch {epoch + 1}, "
+                               f"by step {step} (lr {lr:.4g}); try a lower --lr, --warmup-epochs "
+                               "or --grad-clip")
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    top1: float
+    top5: float
+    images: int
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, batches: Batches, output_key: Optional[str] = None,
+             autocast: Callable[[], Any] = contextlib.nullcontext,
+             dist: Optional[DistContext] = None, num_classes: Optional[int] = None) -> EvalResult:
+    """Cross-entropy, top-1 and top-5 (top-k for k = min(5, classes)), each averaged over
+    samples -- summed over batches and ranks, then divided by the number of samples."""
+    dist = dist or DistContext()
+    training = model.training
+    model.eval()
+    dev = batches.device
+    sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss, top1, top5, count
+    try:
+        for x, y in batches:
+            with autocast():
+                logits = select_logits(model(x), output_key)
+            logits = logits.float()
+            if num_classes is not None and logits.shape[-1] != num_classes:
+                raise UserError(f"the model has {logits.shape[-1]} outputs but the data have "
+                                f"{num_classes} classes")
+            k = min(5, logits.shape[-1])
+            top = logits.topk(k, dim=1).indices
+            hit = top == y[:, None]
+            sums[0] += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+            sums[1] += hit[:, 0].sum()
+            sums[2] += hit.any(1).sum()
+            sums[3] += y.shape[0]
+    finally:
+        model.train(training)
+    dist.all_reduce_sum(sums)
+    n = max(sums[3].item(), 1.0)
+    return EvalResult(loss=sums[0].item() / n, top1=sums[1].item() / n, top5=sums[2].item() / n,
+                      images=int(sums[3].item()))
+
+
+# --------------------------------------------------------------------------------------------
+# Preprocessing, seeding, RNG state.
+
+def resolve_preprocessing(data: ImageData, spec: ModelSpec,
+                          stored: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The preprocessing to use: ``stored`` (a checkpoint's) where it has mean/std, else the
+    data's statistics; input size and channels from the model."""
+    pre = data.preprocessing()
+    if stored and stored.get("mean") is not None and stored.get("std") is not None:
+        pre.update(mean=list(stored["mean"]), std=list(stored["std"]))
+    s = spec.resolved()
+    pre.update(input_size=s.input_size, in_channels=s.in_channels)
+    if len(pre["mean"]) != data.in_channels:
+        raise UserError(f"the stored preprocessing has {len(pre['mean'])} channel means but "
+                        f"{data.name} images have {data.in_channels} channels")
+    return pre
+
+
+def check_model_fits(model: nn.Module, spec: ModelSpec, data: ImageData) -> None:
+    """The model takes the data's channels and has one output per class."""
+    s = spec.resolved()
+    if s.in_channels != data.in_channels:
+        raise UserError(f"the model takes {s.in_channels}-channel input but {data.name} images have "
+                        f"{data.in_channels} channels")
+    from tp_vgg.pruning import _keep_mode
+
+    dev = next(model.parameters()).device
+    with _keep_mode(model), torch.no_grad():
+        model.eval()
+        out = select_logits(model(s.example_input(batch=2, device=dev)), s.output_key)
+    if out.shape[-1] != data.num_classes:
+        raise UserError(f"the model has {out.shape[-1]} outputs but {data.name} has "
+                        f"{data.num_classes} classes; pass --num-classes {data.num_classes} "
+                        "(train) or use a checkpoint trained on these classes")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 65_537 + rank * 257 + 1) % 2**62
+
+
+def rng_state() -> Dict[str, Any]:
+    """torch, CUDA, numpy and Python RNG states as tensors and plain values (weights_only-safe)."""
+    keys, pos, has_gauss, cached = np.random.get_state()[1:]
+    version, pstate, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": int(version), "state": torch.tensor(pstate, dtype=torch.int64),
+                   "gauss": gauss},
+    }
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+
+
+# --------------------------------------------------------------------------------------------
+# The epoch loop.
+
+@dataclass
+class FitResult:
+    epochs: int                         # epochs completed
+    best_top1: float
+    final: Optional[EvalResult]
+    records: List[Dict[str, Any]]
+    model: nn.Module                    # the trained (unwrapped) model
+    out_dir: Optional[str] = None
+
+
+def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
+        out_dir: Optional[str] = None, *, data_cfg: Optional[DataConfig] = None,
+        history: Optional[List[list]] = None, preprocessing: Optional[Dict[str, Any]] = None,
+        meta: Optional[Dict[str, Any]] = None, dist: Optional[DistContext] = None,
+        resume_state: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print,
+        command: str = "train") -> FitResult:
+    """Train ``model`` (built from ``spec``, pruned by ``history``) on ``data``.
+
+    With ``out_dir``, rank 0 writes ``last.pt`` each epoch (with the training state for
+    :func:`resume`), ``best.pt`` on a better test top-1, ``metrics.jsonl`` and ``config.json``.
+    ``resume_state`` is a ``last.pt``'s ``train_state``: training continues after its epoch.
+    """
+    dist = dist or DistContext()
+    cfg.validate()
+    cfg = cfg.resolved()
+    device = dist.device(cfg.device)
+    autocast, scaler, amp_mode = make_amp(device, cfg.amp)
+    history = list(history or [])
+    pre = resolve_preprocessing(data, spec, preprocessing)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    check_model_fits(model, spec, data)
+
+    transform = BatchTransform(pre["mean"], pre["std"], pre["input_size"], cfg.channels_last)
+    train_b = Batches(data.train_images, data.train_labels, cfg.batch_size, transform, device,
+                      train=True, pad=data.pad, flip=data.flip, augment=cfg.augment, seed=cfg.seed,
+                      rank=dist.rank, world_size=dist.world_size)
+    test_b = Batches(data.test_images, data.test_labels, cfg.batch_size, transform, device,
+                     rank=dist.rank, world_size=dist.world_size)
+    optimizer = OPTIMIZERS.get(cfg.optimizer).build(model.parameters(), cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, len(train_b)))
+
+    start_epoch, best, records = 0, -1.0, []
+    if resume_state is not None:
+        start_epoch = int(resume_state["epoch"])
+        best = float(resume_state.get("best_top1", -1.0))
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        if scaler is not None and resume_state.get("scaler"):
+            scaler.load_state_dict(resume_state["scaler"])
+        if resume_state.get("rng"):
+            set_rng_state(resume_state["rng"])
+        records = [r for r in _read_records(out_dir) if r.get("epoch", 0) <= start_epoch]
+
+    raw = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    engine = Engine(model, optimizer, scheduler,
+                    nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), autocast, scaler,
+                    cfg.grad_clip, spec.output_key, dist)
+
+    writes = out_dir is not None and dist.is_main
+    resolved = {"command": command, "train": cfg.to_dict(),
+                "runtime": {"device": str(device), "amp": amp_mode, "world_size": dist.world_size,
+                            "backend": dist.backend, "threads": torch.get_num_threads(),
+                            "torch": torch.__version__},
+                "data": dataclasses.asdict(data_cfg) if data_cfg else {"name": data.name},
+                "model": spec.to_dict(), "pruning_steps": len(history), "preprocessing": pre}
+    if writes:
+        ensure_dir(out_dir)
+        write_json(os.path.join(out_dir, "config.json"), resolved)
+    quiet = cfg.progress == "none" or not dist.is_main
+    say = (lambda s: None) if quiet else log
+    progress = Progress() if quiet else PROGRESS.get(cfg.progress)()
+    if start_epoch >= cfg.epochs:
+        say(f"nothing to do: the run already completed its {cfg.epochs} epochs")
+    final: Optional[EvalResult] = None
+    for epoch in range(start_epoch, cfg.epochs):
+        seed_everything(_epoch_seed(cfg.seed, epoch, dist.rank))
+        train_b.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        stats = train_one_epoch(engine, train_b, epoch, progress, cfg.epochs)
+        final = evaluate(model, test_b, spec.output_key, autocast, dist)
+        improved = final.top1 > best
+        best = max(best, final.top1)
+        rec = {"epoch": epoch + 1, "lr": lr, "train_loss": stats.loss, "train_top1": stats.top1,
+               "test_loss": final.loss, "test_top1": final.top1, "test_top5": final.top5,
+               "images_per_s": stats.images_per_s * dist.world_size, "epoch_s": stats.seconds,
+               "best_top1": best}
+        records.append(rec)
+        if writes:
+            meta_e = dict(meta or {}, epoch=epoch + 1, test_top1=final.top1, test_top5=final.top5,
+                          test_loss=final.loss, dataset=data.name, train=cfg.to_dict())
+            state = {"epoch": epoch + 1, "best_top1": best, "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(),
+                     "scaler": scaler.state_dict() if scaler is not None else {},
+                     "rng": rng_state(), "config": cfg.to_dict(),
+                     "data": dataclasses.asdict(data_cfg) if data_cfg else {"name": data.name},
+                     "command": command}
+            ckpt_io.save(os.path.join(out_dir, "last.pt"), raw, spec, history, pre, meta_e, state)
+            if improved:
+                ckpt_io.save(os.path.join(out_dir, "best.pt"), raw, spec, history, pre, meta_e)
+            write_text(os.path.join(out_dir, "metrics.jsonl"),
+                       "".join(json.dumps(r) + "\n" for r in records))
+        say(f"epoch {epoch + 1}/{cfg.epochs}  lr {lr:.4g}  train loss {stats.loss:.4f} "
+            f"top-1 {100 * stats.top1:.2f}%  test loss {final.loss:.4f} top-1 {100 * final.top1:.2f}% "
+            f"top-5 {100 * final.top5:.2f}%  {stats.images_per_s * dist.world_size:.0f} img/s  "
+            f"{stats.seconds:.1f}s")
+    dist.barrier()
+    return FitResult(epochs=cfg.epochs, best_top1=best, final=final, records=records,
+                     model=raw, out_dir=out_dir)
+
+
+def _read_records(out_dir: Optional[str]) -> List[Dict[str, Any]]:
+    path = os.path.join(out_dir, "metrics.jsonl") if out_dir else None
+    if not path or not os.path.exists(path):
+        return []
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return out
+
+
+def finetune(checkpoint: str | ckpt_io.Checkpoint, data: ImageData, cfg: TrainConfig,
+             out_dir: Optional[str] = None, **kwargs: Any) -> FitResult:
+    """Train a checkpoint's (pruned) architecture starting from its weights."""
+    ck = ckpt_io.load_checkpoint(checkpoint) if isinstance(checkpoint, str) else checkpoint
+    model = ck.build()
+    kwargs.setdefault("preprocessing", ck.preprocessing)
+    kwargs.setdefault("meta", {k: v for k, v in ck.meta.items() if k not in ("train",)})
+    kwargs.setdefault("command", "finetune")
+    return fit(model, ck.spec, data, cfg, out_dir, history=ck.history, **kwargs)
+
+
+@dataclass
+class ResumePoint:
+    """What a ``last.pt`` holds to continue a run."""
+
+    checkpoint: ckpt_io.Checkpoint
+    config: TrainConfig
+    data: DataConfig
+    command: str
+
+    @classmethod
+    def read(cls, path: str) -> "ResumePoint":
+        ck = ckpt_io.load_checkpoint(path)
+        st = ck.train_state
+        if not st or "optimizer" not in st or "config" not in st:
+            raise UserError(f"--resume {path!r} holds no training state; give the last.pt that "
+                            "tp-vgg train or finetune wrote")
+        return cls(ck, TrainConfig.from_dict(st["config"]), DataConfig(**st["data"]),
+                   st.get("command", "train"))
+
+
+def resume(point: ResumePoint, data: ImageData, out_dir: Optional[str] = None,
+           runtime: Optional[Dict[str, Any]] = None, **kwargs: Any) -> FitResult:
+    """Continue the run of ``point`` exactly; ``runtime`` may change device/progress/compile."""
+    ck = point.checkpoint
+    cfg = point.config
+    if runtime:
+        bad = [k for k in runtime if k not in TrainConfig.RUNTIME]
+        if bad:
+            raise UserError(f"{bad[0]} cannot change on resume")
+        cfg = dataclasses.replace(cfg, **runtime)
+    model = ck.build()
+    meta = {k: v for k, v in ck.meta.items()
+            if k not in ("epoch", "test_top1", "test_top5", "test_loss", "dataset", "train")}
+    return fit(model, ck.spec, data, cfg, out_dir or os.path.dirname(os.path.abspath(ck.path)),
+               data_cfg=point.data, history=ck.history, preprocessing=ck.preprocessing, meta=meta,
+               resume_state=ck.train_state, command=point.command, **kwargs)
