@@ -1,0 +1,156 @@
+"""`tp-vgg export`, `tp-vgg report` and `tp-vgg sweep`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import List, Tuple
+
+import torch
+
+from tp_vgg import export, mdreport
+from tp_vgg.cli import latency_args, pruning_cmds, train_cmds
+from tp_vgg.cli.common import add_model_args, load_model, positive_int
+from tp_vgg.errors import UserError
+from tp_vgg.io import ensure_dir, write_json
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("export", parents=[common],
+                       help="write a (pruned) model for inference: ONNX (checked with onnxruntime) "
+                            "and/or a torch.export program, optionally with BN folded into convs")
+    add_model_args(p)
+    g = p.add_argument_group("export")
+    g.add_argument("--onnx", metavar="OUT.onnx", help="write ONNX (dynamic batch axis)")
+    g.add_argument("--pt2", metavar="OUT.pt2",
+                   help="write a torch.export program (load with torch.export.load)")
+    g.add_argument("--fuse-bn", action="store_true",
+                   help="fold each BatchNorm into the conv before it (inference form)")
+    g.add_argument("--opset", type=positive_int, default=17, metavar="N", help="ONNX opset (default 17)")
+    g.add_argument("--no-check", action="store_true",
+                   help="skip running the ONNX file with onnxruntime against PyTorch")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", parents=[common],
+                       help="write RUN_DIR/report.md with tables and PNG plots from the run's "
+                            "report.json / sweep.json / metrics.jsonl")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by prune, sweep, train or finetune")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("sweep", parents=[common],
+                       help="prune at several ratios (DIR/ratio_R/, each like `tp-vgg prune`), "
+                            "then write DIR/sweep.json and DIR/report.md with the trade-off curves")
+    add_model_args(p)
+    pruning_cmds.add_prune_args(p)
+    for action in p._actions:  # --ratio comes from --ratios here
+        if action.dest == "ratio":
+            action.required = False
+            action.help = argparse.SUPPRESS
+    p.add_argument("--ratios", required=True, metavar="R1,R2",
+                   help="comma-separated pruning ratios, e.g. 0.1,0.3,0.5,0.7")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    train_cmds.add_prune_finetune_args(p)  # --finetune-epochs N --data D [training flags]
+    latency_args.add_prune_latency_args(p)
+    p.set_defaults(func=cmd_sweep)
+
+
+# --------------------------------------------------------------------------------------------
+
+def _check_target(flag: str, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f"{flag} {path!r}: folder {folder!r} does not exist")
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path!r} is a folder; give a file name")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if not args.onnx and not args.pt2:
+        raise UserError("nothing to write: give --onnx OUT.onnx and/or --pt2 OUT.pt2")
+    for flag, path in (("--onnx", args.onnx), ("--pt2", args.pt2)):
+        if path:
+            _check_target(flag, path)
+    if args.onnx and not export.onnx_available():
+        raise UserError("--onnx needs the onnx package: pip install 'tp-vgg[export]'")
+    loaded = load_model(args)
+    model, spec = loaded.model.eval(), loaded.spec
+    if args.fuse_bn:
+        n = export.count_bn(model)
+        fused = export.fuse_bn(model)
+        diff = export.max_abs_diff(model, fused, spec)
+        print(f"folded {n - export.count_bn(fused)} of {n} BatchNorm layers into the convs "
+              f"(max |output difference| {diff:.2g})")
+        model = fused
+    if args.onnx:
+        chk = export.export_onnx(model, spec, args.onnx, opset=args.opset, check=not args.no_check)
+        if chk.checked:
+            print(f"wrote {args.onnx} (opset {args.opset}); onnxruntime matches PyTorch "
+                  f"(max |difference| {chk.max_abs_diff:.2g}, outputs up to {chk.max_abs_output:.2g})")
+        else:
+            why = "--no-check" if args.no_check else "onnxruntime is not installed"
+            print(f"wrote {args.onnx} (opset {args.opset}); not run with onnxruntime ({why})")
+    if args.pt2:
+        export.export_program(model, spec, args.pt2)
+        print(f"wrote {args.pt2} (torch.export program; torch.export.load(path).module())")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    written = mdreport.write_report(args.run_dir)
+    print(f"wrote {written.markdown}" + (f" and {len(written.plots)} plots in "
+                                         f"{os.path.join(args.run_dir, 'plots')}" if written.plots else ""))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+
+def parse_ratios(text: str) -> List[float]:
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            r = float(part)
+        except ValueError:
+            r = float("nan")
+        if not 0.0 <= r < 1.0:
+            raise UserError(f"--ratios {text!r}: {part!r} is not a number in [0, 1); "
+                            "accepted: comma-separated ratios, e.g. 0.1,0.3,0.5,0.7")
+        out.append(r)
+    return sorted(dict.fromkeys(out))
+
+
+def run_dir_name(ratio: float) -> str:
+    """0.5 -> 'ratio_0.50', 0.125 -> 'ratio_0.125'."""
+    text = f"{ratio:.4f}".rstrip("0")
+    return "ratio_" + (text if len(text.split(".")[1]) >= 2 else f"{ratio:.2f}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    if getattr(args, "ratio", None) is not None:
+        raise UserError("--ratio is not a sweep option; give --ratios R1,R2,...")
+    ratios = parse_ratios(args.ratios)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out!r} is a file; give a folder")
+    if getattr(args, "data", None) and not getattr(args, "finetune_epochs", None):
+        raise UserError("--data is given without --finetune-epochs N; add it to fine-tune each "
+                        "pruned model")
+    latency_args.keep_original(args, torch.nn.Identity())  # check --latency before any work
+    ensure_dir(args.out)
+    runs = [{"ratio": r, "dir": run_dir_name(r)} for r in ratios]
+    sweep = {"model": args.model or args.checkpoint, "ratios": ratios, "runs": runs,
+             "finetune_epochs": getattr(args, "finetune_epochs", None),
+             "data": getattr(args, "data", None), "latency": getattr(args, "latency", None)}
+    write_json(os.path.join(args.out, mdreport.SWEEP_FILE), sweep)
+    for i, run in enumerate(runs):
+        t0 = time.perf_counter()
+        print(f"== sweep {i + 1}/{len(runs)}: ratio {run['ratio']} -> "
+              f"{os.path.join(args.out, run['dir'])}", flush=True)
+        ns = argparse.Namespace(**vars(args))
+        ns.ratio, ns.out = run["ratio"], os.path.join(args.out, run["dir"])
+        pruning_cmds.cmd_prune(ns)
+        run["seconds"] = round(time.perf_counter() - t0, 2)
+        write_json(os.path.join(args.out, mdreport.SWEEP_FILE), sweep)
+    written = mdreport.write_report(args.out)
+    print(f"wrote {os.path.join(args.out, mdreport.SWEEP_FILE)} and {written.markdown}")
+    return 0

@@ -1,0 +1,307 @@
+"""Measured inference latency, and how much of the MAC reduction it turns into speed.
+
+Every model in a comparison runs in the same process on the same input, interleaved: each round
+times one forward pass of every model (the order alternates between rounds), after warm-up
+passes that let oneDNN/cuDNN pick and cache their kernels. A slow stretch of a shared machine
+therefore hits all models alike, and the medians discard outliers. On CUDA each pass is timed
+with device events and the device is synchronized; on the CPU with ``time.perf_counter``.
+
+Figures::
+
+    speed-up   = median latency of the original / median latency of the pruned model
+    MAC ratio  = MACs of the original / MACs of the pruned model (fvcore, batch 1)
+    efficiency = speed-up / MAC ratio     (1.0: every MAC removed saved its share of time)
+
+Models are measured in their deployment form (:func:`prepare`): a copy in eval mode on the
+device and dtype asked for, optionally channels-last and with BatchNorm folded into the convs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from tp_vgg.errors import UserError
+from tp_vgg.models import ModelSpec
+
+DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16,
+                                  "bf16": torch.bfloat16}
+
+# Channel multiple that the fast CPU (oneDNN, AVX-512: 16 fp32 lanes) and GPU (tensor cores: 8
+# fp16 values) convolution kernels are blocked on; see BENCHMARKS.md "Deployment-friendly widths".
+DEVICE_ROUND_TO: Dict[str, int] = {"cpu": 16, "cuda": 8}
+
+
+@dataclass
+class LatencyConfig:
+    """How to measure. ``repeats`` timed passes per model and batch size, after ``warmup``."""
+
+    batch_sizes: Tuple[int, ...] = (1,)
+    device: str = "cpu"
+    dtype: str = "fp32"
+    channels_last: bool = False
+    fuse_bn: bool = False
+    warmup: int = 3
+    repeats: int = 20
+    threads: Optional[int] = None  # torch.set_num_threads for the measurement; None: leave as is
+
+    def validate(self) -> None:
+        check_device(self.device)
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype {self.dtype!r} is not supported; accepted: {', '.join(DTYPES)}")
+        if not self.batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
+                                       for b in self.batch_sizes):
+            raise UserError(f"--batch-sizes {list(self.batch_sizes)!r} must be positive integers, "
+                            "e.g. 1,64")
+        for what, v, low in (("warmup", self.warmup, 0), ("repeats", self.repeats, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise UserError(f"--{what} must be an integer >= {low}, got {v!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise UserError(f"--threads must be a positive integer, got {self.threads!r}")
+
+
+def check_device(device: str) -> torch.device:
+    """``torch.device(device)`` for 'cpu', 'cuda' or 'cuda:N' that exists here, else UserError."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"--device {device!r} is not a device; accepted: cpu, cuda, cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device!r} is not supported; accepted: cpu, cuda, cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device!r} but CUDA is not available on this machine; "
+                            "accepted here: cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device!r}: this machine has {torch.cuda.device_count()} "
+                            "CUDA device(s)")
+    return dev
+
+
+def default_round_to(device: str = "cpu") -> int:
+    """The channel multiple that suits ``device``'s convolution kernels (``--round-to auto``)."""
+    return DEVICE_ROUND_TO[torch.device(device).type]
+
+
+def parse_batch_sizes(text: str) -> Tuple[int, ...]:
+    """'1,64' -> (1, 64); UserError naming the bad value otherwise."""
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            v = int(part)
+        except ValueError:
+            v = 0
+        if v < 1:
+            raise UserError(f"--batch-sizes {text!r}: {part!r} is not a positive integer; "
+                            "accepted: comma-separated integers >= 1, e.g. 1,64")
+        out.append(v)
+    return tuple(dict.fromkeys(out))
+
+
+@dataclass
+class Timing:
+    """Latency of one model at one batch size, in milliseconds."""
+
+    median_ms: float
+    p25_ms: float
+    p75_ms: float
+    min_ms: float
+    runs: int
+
+    @classmethod
+    def from_samples(cls, samples_ms: Sequence[float]) -> "Timing":
+        s = sorted(samples_ms)
+        q = statistics.quantiles(s, n=4, method="inclusive") if len(s) > 1 else [s[0]] * 3
+        return cls(median_ms=statistics.median(s), p25_ms=q[0], p75_ms=q[2], min_ms=s[0],
+                   runs=len(s))
+
+
+@dataclass
+class Comparison:
+    """Original vs pruned at one batch size."""
+
+    batch_size: int
+    original: Timing
+    pruned: Timing
+    speedup: float
+    mac_ratio: float
+    efficiency: float
+
+    @classmethod
+    def of(cls, batch_size: int, original: Timing, pruned: Timing, mac_ratio: float) -> "Comparison":
+        speedup = original.median_ms / pruned.median_ms
+        return cls(batch_size, original, pruned, speedup, mac_ratio, speedup / mac_ratio)
+
+
+@dataclass
+class LatencyReport:
+    """``timings[batch_size][model name]``, the comparisons when there are two models, and the
+    settings and machine they were measured on."""
+
+    config: LatencyConfig
+    timings: Dict[int, Dict[str, Timing]]
+    comparisons: List[Comparison] = field(default_factory=list)
+    macs: Dict[str, int] = field(default_factory=dict)
+    environment: Dict[str, object] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "units": "milliseconds per forward pass of a whole batch; median of interleaved runs "
+                     "after warm-up; efficiency = speed-up / MAC ratio",
+            "config": dataclasses.asdict(self.config),
+            "environment": self.environment,
+            "macs": self.macs,
+            "timings": {str(b): {n: dataclasses.asdict(t) for n, t in d.items()}
+                        for b, d in self.timings.items()},
+            "comparisons": [dataclasses.asdict(c) for c in self.comparisons],
+        }
+
+
+def environment(device: torch.device) -> Dict[str, object]:
+    env: Dict[str, object] = {"device": str(device), "torch": torch.__version__,
+                              "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        env["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        env["mkldnn"] = torch.backends.mkldnn.is_available()
+    return env
+
+
+def prepare(model: nn.Module, cfg: LatencyConfig) -> nn.Module:
+    """A copy of ``model`` in its measured form: eval mode, on ``cfg.device`` in ``cfg.dtype``,
+    BN folded when ``cfg.fuse_bn``, channels-last when ``cfg.channels_last``."""
+    m = copy.deepcopy(model).eval()
+    if cfg.fuse_bn:
+        from tp_vgg.export import fuse_bn
+        m = fuse_bn(m)
+    m = m.to(device=check_device(cfg.device), dtype=DTYPES[cfg.dtype])
+    if cfg.channels_last:
+        m = m.to(memory_format=torch.channels_last)
+    return m
+
+
+def _input(spec: ModelSpec, batch: int, cfg: LatencyConfig, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    s = spec.resolved()
+    x = torch.randn(batch, s.in_channels, s.input_size, s.input_size, generator=g)
+    x = x.to(device=check_device(cfg.device), dtype=DTYPES[cfg.dtype])
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+    """A function that runs ``fn`` once and returns its wall time in ms (device time on CUDA)."""
+    if device.type == "cuda":
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+
+        def cuda_time(fn):
+            torch.cuda.synchronize(device)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end))
+        return cuda_time
+
+    def cpu_time(fn):
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+    return cpu_time
+
+
+def _run_dtype_check(name: str, fn: Callable[[], object], cfg: LatencyConfig) -> None:
+    try:
+        fn()
+    except (RuntimeError, NotImplementedError) as e:
+        if cfg.dtype != "fp32" and ("not implemented" in str(e) or "Half" in str(e)
+                                    or "BFloat16" in str(e)):
+            raise UserError(f"--dtype {cfg.dtype} is not supported for {name} on {cfg.device}: "
+                            f"{str(e).splitlines()[0][:160]}; accepted here: fp32") from e
+        raise
+
+
+def measure(models: Dict[str, nn.Module], spec: ModelSpec, cfg: LatencyConfig,
+            prepared: bool = False) -> Dict[int, Dict[str, Timing]]:
+    """Median latency of each model at each batch size, all models interleaved.
+
+    ``models`` are copied and prepared (:func:`prepare`) unless ``prepared`` is true.
+    """
+    cfg.validate()
+    dev = check_device(cfg.device)
+    ready = models if prepared else {n: prepare(m, cfg) for n, m in models.items()}
+    names = list(ready)
+    timer = _timer(dev)
+    old_threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    out: Dict[int, Dict[str, Timing]] = {}
+    try:
+        with torch.inference_mode():
+            for b in cfg.batch_sizes:
+                x = _input(spec, b, cfg)
+                calls = {n: (lambda m=ready[n]: m(x)) for n in names}
+                for n in names:
+                    _run_dtype_check(n, calls[n], cfg)
+                    for _ in range(cfg.warmup):
+                        calls[n]()
+                samples: Dict[str, List[float]] = {n: [] for n in names}
+                for r in range(cfg.repeats):
+                    order = names if r % 2 == 0 else names[::-1]
+                    for n in order:
+                        samples[n].append(timer(calls[n]))
+                out[b] = {n: Timing.from_samples(samples[n]) for n in names}
+    finally:
+        torch.set_num_threads(old_threads)
+    return out
+
+
+def compare(original: nn.Module, pruned: nn.Module, spec: ModelSpec, cfg: LatencyConfig,
+            macs_original: int, macs_pruned: int) -> LatencyReport:
+    """Latency of ``original`` and ``pruned`` (interleaved), speed-up, MAC ratio, efficiency."""
+    timings = measure({"original": original, "pruned": pruned}, spec, cfg)
+    mac_ratio = macs_original / max(macs_pruned, 1)
+    comps = [Comparison.of(b, t["original"], t["pruned"], mac_ratio) for b, t in timings.items()]
+    env = environment(check_device(cfg.device))
+    if cfg.threads is not None:
+        env["threads"] = cfg.threads
+    return LatencyReport(cfg, timings, comps, {"original": int(macs_original),
+                                               "pruned": int(macs_pruned)}, env)
+
+
+def single(model: nn.Module, spec: ModelSpec, cfg: LatencyConfig, macs: int) -> LatencyReport:
+    """Latency of one model (no comparison)."""
+    timings = measure({"model": model}, spec, cfg)
+    env = environment(check_device(cfg.device))
+    return LatencyReport(cfg, timings, [], {"model": int(macs)}, env)
+
+
+def format_latency_table(rep: LatencyReport) -> str:
+    from tp_vgg.report import _table
+
+    c = rep.config
+    head = (f"latency on {rep.environment.get('device')} ({rep.environment.get('threads')} threads), "
+            f"{c.dtype}{', channels-last' if c.channels_last else ''}"
+            f"{', BN folded' if c.fuse_bn else ''}; median of {c.repeats} interleaved runs "
+            f"after {c.warmup} warm-up")
+    if rep.comparisons:
+        rows = [[str(k.batch_size), f"{k.original.median_ms:.2f}", f"{k.pruned.median_ms:.2f}",
+                 f"{k.speedup:.2f}x", f"{k.mac_ratio:.2f}x", f"{k.efficiency:.2f}"]
+                for k in rep.comparisons]
+        table = _table(["batch", "original ms", "pruned ms", "speed-up", "MAC ratio", "efficiency"],
+                       rows)
+        return head + "\n" + table + "\n(efficiency = speed-up / MAC ratio)"
+    rows = [[str(b), f"{t['model'].median_ms:.2f}", f"{t['model'].p25_ms:.2f}-{t['model'].p75_ms:.2f}",
+             f"{b * 1e3 / t['model'].median_ms:.1f}"] for b, t in rep.timings.items()]
+    return head + "\n" + _table(["batch", "median ms", "IQR ms", "images/s"], rows)
