@@ -248,10 +248,6 @@ def _decode_all(files: Sequence[str], size: Optional[int]) -> torch.Tensor:
         if size is not None and tuple(img.shape[1:]) != (size, size):
             img = _resize_center_crop(img, size)
         if out is None:
-            if size is None:
-                size = img.shape[1]
-                if img.shape[1] != img.shape[2]:
-                    size = None
             h, w = img.shape[1:]
             out = torch.empty(len(files), 3, h, w, dtype=torch.uint8)
         if img.shape != out.shape[1:]:

@@ -518,8 +518,15 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
                     nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), autocast, scaler,
                     cfg.grad_clip, spec.output_key, dist)
 
+    quiet = cfg.progress == "none" or not dist.is_main
+    say = (lambda s: None) if quiet else log
+    if start_epoch >= cfg.epochs:
+        say(f"nothing to do: the run already completed its {cfg.epochs} epochs")
+        return FitResult(epochs=cfg.epochs, best_top1=best, final=None, records=records,
+                         model=raw, out_dir=None)
     writes = out_dir is not None and dist.is_main
-    resolved = {"command": command, "train": cfg.to_dict(),
+    resolved = {"command": command, "resumed_after_epoch": start_epoch or None,
+                "train": cfg.to_dict(),
                 "runtime": {"device": str(device), "amp": amp_mode, "world_size": dist.world_size,
                             "backend": dist.backend, "threads": torch.get_num_threads(),
                             "torch": torch.__version__},
@@ -528,11 +535,7 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
     if writes:
         ensure_dir(out_dir)
         write_json(os.path.join(out_dir, "config.json"), resolved)
-    quiet = cfg.progress == "none" or not dist.is_main
-    say = (lambda s: None) if quiet else log
     progress = Progress() if quiet else PROGRESS.get(cfg.progress)()
-    if start_epoch >= cfg.epochs:
-        say(f"nothing to do: the run already completed its {cfg.epochs} epochs")
     final: Optional[EvalResult] = None
     for epoch in range(start_epoch, cfg.epochs):
         seed_everything(_epoch_seed(cfg.seed, epoch, dist.rank))

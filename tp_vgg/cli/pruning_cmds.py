@@ -7,6 +7,7 @@ import json
 import os
 
 from tp_vgg import checkpoint, counting, pruning, report
+from tp_vgg.cli import latency_args, train_cmds
 from tp_vgg.cli.common import Loaded, add_model_args, json_object, load_model, positive_int, ratio
 from tp_vgg.errors import UserError
 from tp_vgg.io import ensure_dir, write_json
@@ -21,11 +22,17 @@ def register(sub, common) -> None:
     add_model_args(p)
     add_prune_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    train_cmds.add_prune_finetune_args(p)  # --finetune-epochs N --data D [training flags]
+    latency_args.add_prune_latency_args(p)  # --latency [B1,B2]
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("profile", parents=[common], help="MACs and params per layer and in total")
     add_model_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--latency", action="store_true",
+                   help="also time the model (a pruned checkpoint: against its unpruned model, "
+                        "interleaved) and print speed-up and efficiency = speed-up / MAC ratio")
+    latency_args.add_measure_args(p)
     p.set_defaults(func=cmd_profile)
 
 
@@ -74,17 +81,24 @@ def cmd_prune(args: argparse.Namespace) -> int:
     cfg.validate()
     loaded: Loaded = load_model(args)
     model, spec = loaded.model, loaded.spec
+    ft = train_cmds.PruneFinetune.begin(args, loaded)  # with --finetune-epochs: top-1 before
+    original = latency_args.keep_original(args, model)  # with --latency: the unpruned copy
     before = counting.count(model, spec)
     result = pruning.prune(model, spec, cfg)
     after = counting.count(model, spec)
-    rep = report.prune_report(spec, cfg, before, after, result.output_layers, len(result.history))
+    acc = {}
+    if ft is not None:  # fine-tune in place (DIR/finetune/), then pruned.pt holds those weights
+        acc = {"accuracy": ft.finish(model, spec, loaded.history + result.history, loaded.meta)}
+    rep = report.prune_report(spec, cfg, before, after, result.output_layers, len(result.history),
+                              **acc, **latency_args.prune_latency(args, original, model, spec,
+                                                                  before, after))
     meta = dict(loaded.meta, importance=cfg.importance, ratio=cfg.ratio, config=rep["config"],
                 macs_before=before.macs, macs_after=after.macs,
-                params_before=before.params, params_after=after.params)
+                params_before=before.params, params_after=after.params, **acc)
     ensure_dir(args.out)
     checkpoint.save(os.path.join(args.out, "pruned.pt"), model, spec,
                     history=loaded.history + result.history,
-                    preprocessing=loaded.preprocessing, meta=meta)
+                    preprocessing=ft.preprocessing if ft else loaded.preprocessing, meta=meta)
     write_json(os.path.join(args.out, "report.json"), rep)
     print(report.format_prune_table(rep))
     print(f"wrote {os.path.join(args.out, 'pruned.pt')} and report.json")
@@ -94,8 +108,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     loaded = load_model(args)
     c = counting.count(loaded.model, loaded.spec)
+    lat = latency_args.profile_latency(args, loaded, c)  # None without --latency
     if args.json:
-        print(json.dumps({"units": report.MAC_NOTE, **c.to_dict()}, indent=2))
+        extra = {"latency": lat.to_dict()} if lat else {}
+        print(json.dumps({"units": report.MAC_NOTE, **c.to_dict(), **extra}, indent=2))
     else:
         print(report.format_profile_table(c))
+        if lat:
+            print(latency_args.latency.format_latency_table(lat))
     return 0

@@ -1,0 +1,86 @@
+"""torchrun + DistributedDataParallel on CPU (gloo): 2 processes reach the weights of 1 process
+with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import tp_vgg
+from tp_vgg import checkpoint, distributed
+from tp_vgg.data import DataConfig, load_data
+from tp_vgg.errors import UserError
+from tp_vgg.models import ModelSpec, build_model
+from tp_vgg.train import TrainConfig, fit, seed_everything
+
+DATA_KWARGS = {"train_size": 128, "test_size": 30}
+
+
+def test_from_env_reads_torchrun_variables():
+    ctx = distributed.from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+    assert (ctx.rank, ctx.world_size, ctx.local_rank, ctx.enabled, ctx.is_main) == (1, 2, 1, True, False)
+    single = distributed.from_env({})
+    assert single.world_size == 1 and single.is_main and not single.enabled
+    with pytest.raises(UserError, match="RANK/WORLD_SIZE"):
+        distributed.from_env({"WORLD_SIZE": "two"})
+
+
+def test_device_names_are_checked():
+    assert distributed.resolve_device("cpu").type == "cpu"
+    with pytest.raises(UserError, match="--device 'gpu0' is not a device"):
+        distributed.resolve_device("gpu0")
+
+
+def _launcher():
+    bindir = os.path.dirname(sys.executable)
+    torchrun = os.path.join(bindir, "torchrun")
+    if not os.path.exists(torchrun):
+        torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not installed")
+    entry = os.path.join(bindir, "tp-vgg")  # the documented `torchrun ... $(which tp-vgg) train`
+    return [torchrun], ([entry] if os.path.exists(entry) else ["-m", "tp_vgg"])
+
+
+def test_torchrun_two_cpu_processes_match_one_process(tmp_path):
+    # A model without BatchNorm: per-process BN statistics would differ by design.
+    spec = ModelSpec("cifar_vgg11", width=0.125, num_classes=10).resolved()
+    data_cfg = DataConfig("fake", kwargs=DATA_KWARGS)
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.02, warmup_epochs=0.5, progress="none")
+    seed_everything(cfg.seed)  # what `tp-vgg train` does before building the model
+    one = fit(build_model(spec), spec, load_data(data_cfg), cfg, str(tmp_path / "one"), data_cfg=data_cfg)
+
+    launcher, script = _launcher()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(tp_vgg.__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1")
+    out = tmp_path / "two"
+    cmd = launcher + ["--standalone", "--nproc_per_node=2"] + script + [
+        "train", "--model", "cifar_vgg11", "--width", "0.125", "--data", "fake",
+        "--data-kwargs", json.dumps(DATA_KWARGS), "--epochs", "2", "--batch-size", "16",
+        "--lr", "0.02", "--warmup-epochs", "0.5", "--device", "cpu", "--progress", "plain",
+        "--out", str(out)]
+    r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("epoch 2/2") == 1  # rank 0 alone prints
+
+    two = checkpoint.load_checkpoint(str(out / "last.pt"))
+    seed_everything(cfg.seed)
+    init = build_model(spec).state_dict()
+    assert any(not torch.allclose(init[k], v, atol=1e-3) for k, v in two.state_dict.items())  # it trained
+    for k, v in one.model.state_dict().items():
+        assert torch.allclose(v.cpu(), two.state_dict[k], rtol=1e-4, atol=1e-5), k
+    cfg2 = json.loads((out / "config.json").read_text())
+    assert cfg2["runtime"]["world_size"] == 2 and cfg2["runtime"]["backend"] == "gloo"
+    rec1 = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[-1])
+    rec2 = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    # test metrics reduced over both ranks' shards: every one of the 30 test images counted once
+    assert rec2["test_top1"] == pytest.approx(rec1["test_top1"])
+    assert rec2["test_loss"] == pytest.approx(rec1["test_loss"], rel=1e-4)
+    assert rec2["train_loss"] == pytest.approx(rec1["train_loss"], rel=1e-4)
