@@ -10,7 +10,7 @@ from typing import List, Tuple
 import torch
 
 from tp_vgg import export, mdreport
-from tp_vgg.cli import latency_args, pruning_cmds, train_cmds
+from tp_vgg.cli import latency_args, pruning_cmds
 from tp_vgg.cli.common import add_model_args, load_model, positive_int
 from tp_vgg.errors import UserError
 from tp_vgg.io import ensure_dir, write_json
@@ -38,20 +38,14 @@ def register(sub, common) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by prune, sweep, train or finetune")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("sweep", parents=[common],
+    # sweep takes every `prune` option (the same actions, so new prune flags apply here too),
+    # with --ratios in place of --ratio; each run is one cmd_prune into DIR/ratio_R/.
+    p = sub.add_parser("sweep", parents=[sub.choices["prune"]], conflict_handler="resolve",
                        help="prune at several ratios (DIR/ratio_R/, each like `tp-vgg prune`), "
                             "then write DIR/sweep.json and DIR/report.md with the trade-off curves")
-    add_model_args(p)
-    pruning_cmds.add_prune_args(p)
-    for action in p._actions:  # --ratio comes from --ratios here
-        if action.dest == "ratio":
-            action.required = False
-            action.help = argparse.SUPPRESS
-    p.add_argument("--ratios", required=True, metavar="R1,R2",
-                   help="comma-separated pruning ratios, e.g. 0.1,0.3,0.5,0.7")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    train_cmds.add_prune_finetune_args(p)  # --finetune-epochs N --data D [training flags]
-    latency_args.add_prune_latency_args(p)
+    g = p.add_argument_group("sweep")
+    g.add_argument("--ratios", required=True, metavar="R1,R2",
+                   help="comma-separated pruning ratios, e.g. 0.1,0.3,0.5,0.7 (replaces --ratio)")
     p.set_defaults(func=cmd_sweep)
 
 
@@ -126,9 +120,14 @@ def run_dir_name(ratio: float) -> str:
     return "ratio_" + (text if len(text.split(".")[1]) >= 2 else f"{ratio:.2f}")
 
 
+NOT_FOR_SWEEP = {"ratio": "--ratio", "target_speedup": "--target-speedup",
+                 "target_macs": "--target-macs"}
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
-    if getattr(args, "ratio", None) is not None:
-        raise UserError("--ratio is not a sweep option; give --ratios R1,R2,...")
+    for dest, flag in NOT_FOR_SWEEP.items():
+        if getattr(args, dest, None) is not None:
+            raise UserError(f"{flag} is not a sweep option; give --ratios R1,R2,...")
     ratios = parse_ratios(args.ratios)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out!r} is a file; give a folder")
