@@ -15,8 +15,12 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PY) -c "import tp_vgg, torchvision, torch_pruning, fvcore"
 	touch $(STAMP)
 
+# The whole pipeline on scikit-learn's bundled digits (offline): train a CIFAR-form VGG, prune half
+# of its channels, fine-tune, and print top-1, MACs and params before and after.
 demo: $(STAMP)
-	$(TPVGG) prune --model cifar_vgg11_bn --width 0.25 --ratio 0.5 --out runs/demo
+	$(TPVGG) train --model cifar_vgg11_bn --width 0.25 --data digits --epochs 6 --progress plain --out runs/demo/train
+	$(TPVGG) prune --checkpoint runs/demo/train/last.pt --ratio 0.5 --finetune-epochs 4 --data digits --progress plain --out runs/demo
+	$(TPVGG) eval --checkpoint runs/demo/pruned.pt --data digits
 	$(PY) -c "import torch; torch.load('runs/demo/pruned.pt', weights_only=True); print('runs/demo/pruned.pt loads with weights_only=True')"
 
 test: $(STAMP)
