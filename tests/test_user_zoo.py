@@ -1,0 +1,274 @@
+"""The user-model zoo (tests/user_models/): VGGs the way people write them, loaded by import
+string and by file path, pruned at 0.3 and 0.7 with every registered criterion; and the patterns
+torch-pruning cannot follow, which tp-vgg must detect and explain instead of mis-pruning."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import tp_vgg
+from tp_vgg import PruneConfig, UserError
+from tp_vgg.models import ModelSpec, build_model, select_logits
+from tp_vgg.pruning import IMPORTANCES, out_channels
+from tp_vgg.verify import zero_removed_channels
+
+from conftest import randomize
+
+USER_MODELS = Path(__file__).parent / "user_models"
+
+# Spec options per model (the rest default: 3 channels, 32x32, logits = the output tensor).
+ZOO = {
+    "vgg_seq_linear": {},
+    "vgg_gap_head": {},
+    "vgg_conv_head": {},
+    "vgg_no_bn": {},
+    "vgg_bn_after_relu": {},
+    "vgg_activations": {},
+    "vgg_modulelist": {},
+    "vgg_moduledict": {},
+    "vgg_dropout": {},
+    "vgg_gray28": {"in_channels": 1, "input_size": 28},
+    "vgg_64": {"input_size": 64},
+    "vgg_tuple_out": {},
+    "vgg_dict_out": {},
+    "vgg_dict_named": {"output_key": "scores"},
+    "vgg_strided": {},
+    "vgg_functional": {},
+}
+# Criteria that need something a model may lack: the criterion must refuse it with a UserError.
+NEEDS = {"bn-scale": ("BatchNorm", lambda m: any(isinstance(x, nn.BatchNorm2d) for x in m.modules()))}
+DATA_CRITERIA = {"taylor"}  # rank from gradients: given a tiny fake batch
+
+
+def user_spec(name: str, form: str, monkeypatch, **extra) -> ModelSpec:
+    if form == "import":
+        monkeypatch.syspath_prepend(str(USER_MODELS))
+        target = f"{name}:make"
+    else:
+        target = f"{USER_MODELS / name}.py:make"
+    return ModelSpec(target, num_classes=7, **{**ZOO.get(name, {}), **extra}).resolved()
+
+
+def test_the_zoo_has_every_file_and_at_least_twelve_models():
+    files = sorted(p.stem for p in USER_MODELS.glob("vgg_*.py"))
+    assert files == sorted(ZOO) and len(files) >= 12
+
+
+def _gradients(name: str, spec: ModelSpec):
+    if name not in DATA_CRITERIA:
+        return {}
+    from tp_vgg.criteria import GradientBatches
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, spec.in_channels, spec.input_size, spec.input_size, generator=g)
+    y = torch.randint(0, spec.num_classes, (4,), generator=g)
+    return {"gradients": GradientBatches([(x, y)], max_batches=1, output_key=spec.output_key)}
+
+
+@pytest.mark.parametrize("importance", IMPORTANCES.names())
+@pytest.mark.parametrize("ratio", [0.3, 0.7])
+@pytest.mark.parametrize("form", ["import", "file"])
+@pytest.mark.parametrize("name", list(ZOO))
+def test_user_model_prunes_correctly(name, form, ratio, importance, monkeypatch, tmp_path):
+    spec = user_spec(name, form, monkeypatch)
+    torch.manual_seed(0)
+    original = randomize(build_model(spec)).eval()
+    model = copy.deepcopy(original)
+    cfg = PruneConfig(ratio=ratio, importance=importance, seed=1)
+    if importance in NEEDS and not NEEDS[importance][1](model):
+        with pytest.raises(UserError, match=NEEDS[importance][0]):
+            tp_vgg.prune(model, spec, cfg)
+        return
+    result = tp_vgg.prune(model, spec, cfg, **_gradients(importance, spec))
+
+    # something was pruned, the logits layer was not
+    before, after = out_channels(original), out_channels(model)
+    assert any(after[n] < before[n] for n in before)
+    assert all(after[n] == before[n] for n in result.output_layers)
+    # forward works and the logits keep their shape
+    x = spec.example_input(batch=2)
+    with torch.no_grad():
+        want_shape = select_logits(original(x), spec.output_key).shape
+        got = select_logits(model(x), spec.output_key)
+    assert got.shape == want_shape == (2, 7)
+    # masked equivalence: pruned == original with the removed channels zeroed
+    zeroed = zero_removed_channels(copy.deepcopy(original), spec, result.history)
+    with torch.no_grad():
+        want = select_logits(zeroed(x), spec.output_key)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    # the checkpoint reloads exactly
+    path = str(tmp_path / "pruned.pt")
+    tp_vgg.save(path, model, spec, history=result.history)
+    loaded = tp_vgg.load(path)
+    assert list(loaded.state_dict()) == list(model.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
+                                                 model.state_dict().values()))
+    with torch.no_grad():
+        assert torch.equal(select_logits(loaded(x), spec.output_key), got)
+
+
+def test_frozen_parameters_are_pruned_and_stay_frozen(monkeypatch):
+    """A user who froze the model (requires_grad=False) still gets it pruned: autograd tracing
+    would otherwise see no layer and silently prune nothing."""
+    spec = user_spec("vgg_seq_linear", "file", monkeypatch)
+    model = build_model(spec).requires_grad_(False)
+    result = tp_vgg.prune(model, spec, PruneConfig(ratio=0.5))
+    assert result.channels_after["features.0"] == 4
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+# --- multi-output models --------------------------------------------------------------------
+
+def test_tuple_and_dict_logits_are_found(monkeypatch):
+    for name, layer in (("vgg_tuple_out", "fc"), ("vgg_dict_out", "head")):
+        spec = user_spec(name, "file", monkeypatch)
+        result = tp_vgg.prune(build_model(spec), spec, PruneConfig(ratio=0.5))
+        assert result.output_layers == [layer]
+
+
+def test_dict_with_several_tensors_asks_for_output_key(run_cli, tmp_path):
+    model = f"{USER_MODELS / 'vgg_dict_named.py'}:make"
+    r = run_cli("prune", "--model", model, "--ratio", "0.5", "--out", tmp_path / "o")
+    assert r.code == 2 and "name the logits with --output-key" in r.err
+    r = run_cli("prune", "--model", model, "--ratio", "0.5", "--output-key", "logits",
+                "--out", tmp_path / "o")
+    assert r.code == 2 and "--output-key 'logits' is not in the model's output; keys: embedding, scores" in r.err
+    assert not (tmp_path / "o").exists()
+    r = run_cli("prune", "--model", model, "--ratio", "0.5", "--output-key", "scores",
+                "--out", tmp_path / "o")
+    assert r.code == 0, r.err
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["output_layers"] == ["scores"]
+    loaded = tp_vgg.load(str(tmp_path / "o" / "pruned.pt"))
+    assert loaded(torch.randn(1, 3, 32, 32))["scores"].shape == (1, 10)
+
+
+# --- through the command line ---------------------------------------------------------------
+
+@pytest.mark.parametrize("form", ["import", "file"])
+def test_cli_grayscale_28(run_cli, tmp_path, monkeypatch, form):
+    monkeypatch.syspath_prepend(str(USER_MODELS))
+    model = "vgg_gray28:make" if form == "import" else f"{USER_MODELS / 'vgg_gray28.py'}:make"
+    r = run_cli("prune", "--model", model, "--in-channels", "1", "--input-size", "28",
+                "--ratio", "0.5", "--out", tmp_path)
+    assert r.code == 0, r.err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["after"]["macs"] < report["before"]["macs"]
+    ckpt = torch.load(tmp_path / "pruned.pt", weights_only=True)
+    assert ckpt["preprocessing"]["in_channels"] == 1 and ckpt["preprocessing"]["input_size"] == 28
+    loaded = tp_vgg.load(str(tmp_path / "pruned.pt"))
+    assert loaded(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_cli_grayscale_without_in_channels_says_what_to_pass(run_cli, tmp_path):
+    r = run_cli("prune", "--model", f"{USER_MODELS / 'vgg_gray28.py'}:make", "--ratio", "0.5",
+                "--out", tmp_path / "o")
+    assert r.code == 2 and "cannot run on a 1x3x32x32 input" in r.err and "--in-channels" in r.err
+    assert not (tmp_path / "o").exists()
+
+
+# --- patterns torch-pruning cannot follow: detected, explained, nothing written --------------
+
+def _unsupported(name: str, factory: str = "make") -> str:
+    return f"{USER_MODELS / name}.py:{factory}"
+
+
+UNSUPPORTED = {
+    "hard-coded view width": (
+        "unsupported_view_width", [],
+        ["after pruning, the model's forward fails", "unsupported_view_width.py:17",
+         "`x = x.view(-1, 16 * 4 * 4)`", "torch.flatten(x, 1)", "x.view(x.size(0), -1)"]),
+    "hard-coded reshape(1, 256)": (
+        "unsupported_reshape_batch1", [],
+        ["unsupported_reshape_batch1.py:15", "reshape(1, 256)", "torch.flatten(x, 1)"]),
+    "bare parameter, wrong dimension guessed": (
+        "unsupported_bare_param", ["--ratio", "0.3"],
+        ["parameter 'extra' is used outside any module", "cut dimension 3 (1x1x8x8 -> 1x1x8x",
+         "--layer-ratios '{\"block1.4\": 0}'"]),
+    "channel mean (only masked equivalence sees it)": (
+        "unsupported_channel_mean", [],
+        ["no longer computes what the original computes with the removed channels zeroed",
+         "first layer whose output differs is 'body.0'", "--layer-ratios '{\"stem.0\": 0}'"]),
+    "no Conv2d/Linear modules": (
+        "unsupported_no_modules", [],
+        ["the model has no Conv2d or Linear module", "parameters outside modules: w1, w2, fc"]),
+    "features under torch.no_grad()": (
+        "unsupported_no_grad", [],
+        ["2 Conv2d/Linear layer(s) (backbone.0, backbone.3) are not traced", "torch.no_grad()",
+         "nothing would be pruned"]),
+    "output layer named wrong": (
+        "vgg_seq_linear", ["--output-layer", "features.0"],
+        ["pruning changed the logits from shape (1, 10) to (1, 5)", "--output-layer NAME"]),
+    "output layer not a layer": (
+        "vgg_seq_linear", ["--output-layer", "features.2"],
+        ["--output-layer 'features.2' is a ReLU; accepted: the Conv2d or Linear"]),
+}
+
+
+@pytest.mark.parametrize("case", list(UNSUPPORTED))
+def test_unsupported_pattern_is_explained_and_nothing_written(run_cli, tmp_path, case):
+    name, extra, phrases = UNSUPPORTED[case]
+    args = {"--ratio": "0.5"}
+    if "--ratio" in extra:
+        args = {}
+    out = tmp_path / "out"
+    r = run_cli("prune", "--model", _unsupported(name), *[x for kv in args.items() for x in kv],
+                *extra, "--out", out)
+    assert r.code == 2, r.err
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.err, r.err
+    for phrase in phrases:
+        assert phrase in lines[0], (phrase, lines[0])
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_following_the_advice_works(run_cli, tmp_path):
+    """The --layer-ratios each message suggests prunes the model correctly."""
+    r = run_cli("prune", "--model", _unsupported("unsupported_bare_param"), "--ratio", "0.3",
+                "--layer-ratios", '{"block1.4": 0}', "--out", tmp_path / "a")
+    assert r.code == 0, r.err
+    r = run_cli("prune", "--model", _unsupported("unsupported_channel_mean"), "--ratio", "0.5",
+                "--layer-ratios", '{"stem.0": 0}', "--out", tmp_path / "b")
+    assert r.code == 0, r.err
+    assert tp_vgg.load(str(tmp_path / "b" / "pruned.pt")).body[0].out_channels == 8
+
+
+def test_a_per_channel_bare_parameter_is_pruned_and_said(tmp_path):
+    """A (1, C, 1, 1) parameter outside modules: torch-pruning's guess is right; the result
+    passes the masked-equivalence check and a note says what happened."""
+    spec = ModelSpec(_unsupported("unsupported_bare_param", "make_scale")).resolved()
+    original = randomize(build_model(spec)).eval()
+    model = copy.deepcopy(original)
+    result = tp_vgg.prune(model, spec, PruneConfig(ratio=0.5))
+    assert tuple(model.extra.shape) == (1, 8, 1, 1)
+    assert any("parameter 'extra' is used outside any module" in n for n in result.notes)
+    x = spec.example_input(batch=2)
+    with torch.no_grad():
+        got, plain = model(x), original(x)
+    assert got.shape == plain.shape
+    tp_vgg.save(str(tmp_path / "m.pt"), model, spec, history=result.history)
+    reloaded = tp_vgg.load(str(tmp_path / "m.pt"))
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), got)
+
+
+def test_a_guess_that_would_cut_everything_leaves_the_layer_and_says_so():
+    """At 0.5, cutting 8 of the spatial parameter's 8 columns is refused by torch-pruning: the
+    coupled layer keeps its channels, and the notes say why rather than staying silent."""
+    spec = ModelSpec(_unsupported("unsupported_bare_param")).resolved()
+    model = build_model(spec)
+    result = tp_vgg.prune(model, spec, PruneConfig(ratio=0.5))
+    assert result.channels_after["block1.4"] == 16
+    assert any("layer 'block1.4' kept all its 16 channels" in n and "'extra'" in n
+               for n in result.notes)
+
+
+def test_library_callers_get_the_same_user_error():
+    spec = ModelSpec(_unsupported("unsupported_view_width")).resolved()
+    with pytest.raises(UserError, match=r"torch.flatten\(x, 1\)"):
+        tp_vgg.prune(build_model(spec), spec, PruneConfig(ratio=0.5))
