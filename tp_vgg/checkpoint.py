@@ -17,9 +17,11 @@ DependencyGraph and loads the weights.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import pickle
-import zipfile
+import re
+import shutil
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -48,7 +50,10 @@ class Checkpoint:
     def build(self, device: str | torch.device = "cpu") -> nn.Module:
         """The exact model: spec -> unpruned model -> replayed pruning -> weights."""
         model = build_model(self.spec)
-        replay(model, self.spec, self.history)
+        try:
+            replay(model, self.spec, self.history)
+        except UserError as e:
+            raise UserError(f"checkpoint {self.path!r}: {e}") from e
         _load_weights(model, self.state_dict, self.path)
         return model.to(device)
 
@@ -76,8 +81,9 @@ def _plain(obj: Any) -> Any:
 
 def save(path: str, model: nn.Module, spec: ModelSpec, history: Optional[List[list]] = None,
          preprocessing: Optional[Dict[str, Any]] = None, meta: Optional[Dict[str, Any]] = None,
-         train_state: Optional[Dict[str, Any]] = None) -> None:
-    """Write the checkpoint atomically (temp file, then rename)."""
+         train_state: Optional[Dict[str, Any]] = None, atomic: bool = True) -> None:
+    """Write the checkpoint atomically (temp file, then rename); ``atomic=False`` writes ``path``
+    directly (when it is already a temp name of the caller's)."""
     from tp_vgg import __version__
 
     payload = {
@@ -92,7 +98,25 @@ def save(path: str, model: nn.Module, spec: ModelSpec, history: Optional[List[li
     }
     if train_state is not None:
         payload["train_state"] = train_state
-    write_with(path, lambda tmp: torch.save(payload, tmp))
+    if atomic:
+        write_with(path, lambda tmp: _torch_save(payload, tmp))
+    else:
+        _torch_save(payload, path)
+
+
+def _torch_save(payload: Dict[str, Any], path: str) -> None:
+    """torch.save, whose write failures (a full disk) are RuntimeErrors: made OSErrors, so that
+    the atomic writer removes its temp file and says which file could not be written."""
+    try:
+        torch.save(payload, path)
+    except RuntimeError as e:
+        try:
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        except OSError:
+            free = -1
+        raise OSError(errno.ENOSPC if 0 <= free < (1 << 20) else errno.EIO,
+                      f"torch.save failed ({_first_line(e)}); is the disk full? "
+                      f"({free} bytes free)") from e
 
 
 def load_checkpoint(path: str) -> Checkpoint:
@@ -104,14 +128,17 @@ def load_checkpoint(path: str) -> Checkpoint:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        # Random bytes also fail in the weights-only unpickler ("Unsupported operand"); only a
+        # reference to a class or function ("Unsupported global") is a pickled Python object.
+        if "Unsupported global" in str(e):
             raise UserError(
                 f"checkpoint {path!r} holds pickled Python objects (e.g. a whole model saved with "
                 "torch.save(model)); tp-vgg never unpickles them, since unpickling runs arbitrary "
                 "code -- use a tp-vgg checkpoint") from e
-        raise UserError(f"checkpoint {path!r} is corrupt or truncated: {_first_line(e)}") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError,
-            IndexError, KeyError, TypeError) as e:
+        op = re.search(r"Unsupported operand \d+", str(e))
+        raise UserError(f"checkpoint {path!r} is corrupt, truncated or not a PyTorch file: "
+                        f"{op.group(0) if op else _first_line(e)}") from e
+    except Exception as e:  # junk bytes fail anywhere in the unpickler (IndexError, KeyError, ...)
         raise UserError(f"checkpoint {path!r} is corrupt, truncated or not a PyTorch file: "
                         f"{_first_line(e)}") from e
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:

@@ -194,7 +194,12 @@ def _load_factory(target: str) -> Callable[..., Any]:
         path = os.path.abspath(where)
         if not os.path.isfile(path):
             raise UserError(f"model file {where!r} does not exist (from --model {target!r})")
-        mod_name = "tp_vgg_user_" + hashlib.sha1(path.encode()).hexdigest()[:12]
+        try:  # keyed by path and content: an edited file is imported afresh in this process
+            with open(path, "rb") as f:
+                content = f.read()
+        except OSError as e:
+            raise UserError(f"cannot read model file {where!r}: {e.strerror}") from e
+        mod_name = "tp_vgg_user_" + hashlib.sha1(path.encode() + b"\0" + content).hexdigest()[:12]
         module = sys.modules.get(mod_name)
         if module is None:
             spec = importlib.util.spec_from_file_location(mod_name, path)
