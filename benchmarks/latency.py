@@ -63,14 +63,15 @@ def variants(spec: ModelSpec, ratios: List[float], round_tos: List[int]):
 
 
 def run(model_name: str, batch_sizes, ratios, round_tos, forms, repeats, warmup, device, threads,
-        log) -> List[Dict]:
+        clock, log) -> List[Dict]:
     spec = ModelSpec(model_name).resolved()
     models, macs, meta = variants(spec, ratios, round_tos)
     rows = []
     for form in forms:
         for b in batch_sizes:
             cfg = latency.LatencyConfig(batch_sizes=(b,), device=device, warmup=warmup,
-                                        repeats=repeats, threads=threads, **FORMS[form])
+                                        repeats=repeats, threads=threads, clock=clock,
+                                        **FORMS[form])
             load0 = os.getloadavg()[0]
             t0 = time.perf_counter()
             timings = latency.measure(models, spec, cfg)[b]
@@ -87,6 +88,7 @@ def run(model_name: str, batch_sizes, ratios, round_tos, forms, repeats, warmup,
                        "pruned_iqr_ms": f"{t.p25_ms:.2f}-{t.p75_ms:.2f}",
                        "speedup": round(c.speedup, 3), "mac_ratio": round(c.mac_ratio, 3),
                        "efficiency": round(c.efficiency, 3), "repeats": repeats,
+                       "threads": threads or torch.get_num_threads(), "clock": clock,
                        "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2),
                        "channels": meta[name]["channels"]}
                 rows.append(row)
@@ -110,6 +112,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--clock", default="wall", choices=latency.CLOCKS,
+                   help="thread: CPU time of the one timing thread (needs --threads 1); not "
+                        "slowed by other jobs on a shared machine")
     p.add_argument("--tag", default="", help="suffix for the result files")
     a = p.parse_args(argv)
     ratios = [float(x) for x in a.ratios.split(",")]
@@ -121,7 +126,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for name in a.models.split(","):
         bs = latency.parse_batch_sizes(a.batch_sizes or DEFAULT_BATCHES.get(name, "1"))
         rows += run(name, bs, ratios, round_tos, forms, a.repeats, a.warmup, a.device, a.threads,
-                    lambda s: print(s, flush=True))
+                    a.clock, lambda s: print(s, flush=True))
     dev = torch.device(a.device).type
     stem = os.path.join(HERE, "results", f"latency_{dev}{a.tag}")
     with open(stem + ".csv", "w", newline="") as f:

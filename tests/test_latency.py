@@ -155,9 +155,24 @@ def test_parse_batch_sizes_rejects(text):
         latency.parse_batch_sizes(text)
 
 
-def test_default_round_to_is_a_kernel_friendly_multiple():
-    assert latency.default_round_to("cpu") in (8, 16)
+def test_default_round_to_follows_the_device(monkeypatch):
     assert latency.default_round_to("cuda") == 8
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert latency.default_round_to("cpu") == 16
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert latency.default_round_to("cpu") == 8
+
+
+def test_prune_round_to_auto_records_the_resolved_multiple(run_cli, tmp_path):
+    r = run_cli("prune", "--model", "cifar_vgg11", "--width", "0.5", "--ratio", "0.3",
+                "--round-to", "auto", "--device", "cpu", "--out", tmp_path)
+    assert r.code == 0, r.err
+    rep = json.loads((tmp_path / "report.json").read_text())
+    k = latency.default_round_to("cpu")
+    assert rep["config"]["round_to"] == k
+    convs = [l for l in rep["layers"] if l["type"] == "Conv2d"]
+    assert all(l["out_channels_after"] % k == 0 for l in convs)
+    assert convs[0]["out_channels_after"] == int(32 * 0.7) // k * k
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,6 +192,9 @@ def test_prune_latency_goes_into_report_json(pruned_run):
     rep = json.loads((pruned_run / "report.json").read_text())
     lat = rep["latency"]
     assert [c["batch_size"] for c in lat["comparisons"]] == [1, 2]
+    # measured in the deployment form unless told otherwise
+    assert lat["config"]["channels_last"] and lat["config"]["fuse_bn"]
+    assert lat["config"]["dtype"] == "fp32" and lat["config"]["device"] == "cpu"
     for c in lat["comparisons"]:
         assert c["mac_ratio"] == rep["before"]["macs"] / rep["after"]["macs"]
         assert math.isclose(c["efficiency"], c["speedup"] / c["mac_ratio"], rel_tol=1e-12)
@@ -199,15 +217,28 @@ def test_profile_latency_of_a_pruned_checkpoint(run_cli, pruned_run):
 
 def test_profile_latency_of_a_plain_model_prints_a_table(run_cli):
     r = run_cli("profile", "--model", "cifar_vgg11", "--width", "0.125", "--latency",
-                "--batch-sizes", "1,2", "--repeats", "2")
+                "--batch-sizes", "1,2", "--repeats", "2", "--no-channels-last", "--no-fuse-bn")
     assert r.code == 0, r.err
     assert "images/s" in r.out and "median ms" in r.out
+    assert "channels-last" not in r.out and "BN folded" not in r.out
+
+
+def test_default_batch_sizes_follow_the_input_size(run_cli):
+    r = run_cli("profile", "--model", "cifar_vgg11", "--width", "0.125", "--latency",
+                "--repeats", "1", "--warmup", "0", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["latency"]["config"]["batch_sizes"] == [1, 64]
+    from tp_vgg.cli.latency_args import default_batch_sizes
+    assert default_batch_sizes(ModelSpec("vgg16_bn")) == "1,8"
 
 
 CLI_MISTAKES = [
     (["profile", "--latency", "--batch-sizes", "0,4"], "--batch-sizes '0,4': '0' is not a positive integer"),
     (["profile", "--latency", "--dtype", "half"], "--dtype 'half' is not supported; accepted: fp32"),
     (["profile", "--batch-sizes", "4"], "--batch-sizes only applies with --latency"),
+    (["profile", "--no-fuse-bn"], "--fuse-bn only applies with --latency"),
+    (["prune", "--ratio", "0.5", "--round-to", "eight"], "'eight' is not a whole number; accepted: "
+                                                         "an integer >= 1 or auto"),
     (["profile", "--latency", "--repeats", "0"], "--repeats must be an integer >= 1"),
     (["prune", "--ratio", "0.5", "--latency", "1,x"], "--latency '1,x': 'x' is not a positive integer"),
 ]

@@ -34,9 +34,12 @@ from tp_vgg.models import ModelSpec
 DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16,
                                   "bf16": torch.bfloat16}
 
-# Channel multiple that the fast CPU (oneDNN, AVX-512: 16 fp32 lanes) and GPU (tensor cores: 8
-# fp16 values) convolution kernels are blocked on; see BENCHMARKS.md "Deployment-friendly widths".
-DEVICE_ROUND_TO: Dict[str, int] = {"cpu": 16, "cuda": 8}
+# The channel multiple convolution kernels are blocked on: oneDNN on the CPU computes channels in
+# blocks of the SIMD width (16 fp32 lanes with AVX-512, 8 with AVX2), padding a partial block, so
+# 145 channels cost what 160 do (measured: benchmarks/conv_widths.py); GPU tensor cores take fp16
+# channels in multiples of 8. Used by ``--round-to auto``.
+CPU_ROUND_TO = {"AVX512": 16}
+CUDA_ROUND_TO = 8
 
 
 @dataclass
@@ -51,6 +54,9 @@ class LatencyConfig:
     warmup: int = 3
     repeats: int = 20
     threads: Optional[int] = None  # torch.set_num_threads for the measurement; None: leave as is
+    # "wall": elapsed time (CUDA: device events). "thread": CPU time of the calling thread, for
+    # --threads 1 on a shared machine: time spent descheduled by other jobs is not counted.
+    clock: str = "wall"
 
     def validate(self) -> None:
         check_device(self.device)
@@ -65,6 +71,11 @@ class LatencyConfig:
                 raise UserError(f"--{what} must be an integer >= {low}, got {v!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise UserError(f"--threads must be a positive integer, got {self.threads!r}")
+        if self.clock not in CLOCKS:
+            raise UserError(f"--clock {self.clock!r} is not accepted; accepted: {', '.join(CLOCKS)}")
+        if self.clock == "thread" and (self.threads != 1 or torch.device(self.device).type != "cpu"):
+            raise UserError("--clock thread measures one CPU thread; it needs --device cpu and "
+                            "--threads 1")
 
 
 def check_device(device: str) -> torch.device:
@@ -86,8 +97,11 @@ def check_device(device: str) -> torch.device:
 
 
 def default_round_to(device: str = "cpu") -> int:
-    """The channel multiple that suits ``device``'s convolution kernels (``--round-to auto``)."""
-    return DEVICE_ROUND_TO[torch.device(device).type]
+    """The channel multiple that suits ``device``'s convolution kernels (``--round-to auto``):
+    16 on AVX-512 CPUs, 8 on other CPUs and on CUDA GPUs."""
+    if torch.device(device).type == "cuda":
+        return CUDA_ROUND_TO
+    return CPU_ROUND_TO.get(torch.backends.cpu.get_cpu_capability(), 8)
 
 
 def parse_batch_sizes(text: str) -> Tuple[int, ...]:
@@ -199,8 +213,18 @@ def _input(spec: ModelSpec, batch: int, cfg: LatencyConfig, seed: int = 0) -> to
     return x
 
 
-def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
-    """A function that runs ``fn`` once and returns its wall time in ms (device time on CUDA)."""
+CLOCKS = ("wall", "thread")
+
+
+def _timer(device: torch.device, clock: str = "wall") -> Callable[[Callable[[], object]], float]:
+    """A function that runs ``fn`` once and returns its time in ms: wall time (device time from
+    CUDA events on a GPU), or the calling thread's CPU time (``clock='thread'``)."""
+    if clock == "thread":
+        def thread_time(fn):
+            t0 = time.thread_time()
+            fn()
+            return (time.thread_time() - t0) * 1e3
+        return thread_time
     if device.type == "cuda":
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
@@ -242,7 +266,7 @@ def measure(models: Dict[str, nn.Module], spec: ModelSpec, cfg: LatencyConfig,
     dev = check_device(cfg.device)
     ready = models if prepared else {n: prepare(m, cfg) for n, m in models.items()}
     names = list(ready)
-    timer = _timer(dev)
+    timer = _timer(dev, cfg.clock)
     old_threads = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
