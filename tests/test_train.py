@@ -20,7 +20,7 @@ from tp_vgg.train import (TrainConfig, TrainingDiverged, evaluate, finetune, fit
 
 FAKE = ["--data", "fake", "--data-kwargs", '{"train_size": 96, "test_size": 40}']
 TINY = ["--model", "cifar_vgg11_bn", "--width", "0.125"]
-QUIET = ["--progress", "plain", "--threads", "2"]
+QUIET = ["--progress", "plain", "--threads", "1"]
 
 # A small user model; after ``nan_after`` training forwards its output turns NaN.
 NET = '''
@@ -51,6 +51,16 @@ def net_file(tmp_path):
     path = tmp_path / "net.py"
     path.write_text(NET)
     return str(path)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Training tests run on one thread: on a loaded 2-core machine two OpenMP threads wait on
+    each other at every small op (measured: ~10x slower). The caller's setting is restored."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 class ConstantLogits(nn.Module):

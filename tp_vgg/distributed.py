@@ -42,6 +42,12 @@ class DistContext:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return t
 
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Give every rank rank 0's buffers (BN running statistics)."""
+        if self.enabled:
+            for b in module.buffers():
+                dist.broadcast(b, src=0)
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
