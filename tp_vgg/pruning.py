@@ -100,6 +100,7 @@ class PruneResult:
     channels_before: Dict[str, int]     # out channels of every Conv2d/Linear
     channels_after: Dict[str, int]
     output_layers: List[str]            # layers that produce the logits (never pruned)
+    notes: List[str] = field(default_factory=list)  # what the criterion did not prune, and why
 
 
 def _forward_fn(spec: ModelSpec):
@@ -197,11 +198,14 @@ def _check_kept_channels(model: nn.Module, cfg: PruneConfig, ratios: Dict[nn.Mod
 
 def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
           example: Optional[torch.Tensor] = None,
-          between_steps: Optional[Callable[[int, nn.Module], None]] = None) -> PruneResult:
+          between_steps: Optional[Callable[[int, nn.Module], None]] = None,
+          gradients: Optional[Callable[[nn.Module], None]] = None) -> PruneResult:
     """Prune ``model`` in place and return what was removed.
 
     ``between_steps(step, model)`` is called after each of ``cfg.iterative_steps`` steps but the
-    last (e.g. to fine-tune). The model's train/eval mode is kept.
+    last (e.g. to fine-tune). ``gradients(model)`` fills ``.grad`` for criteria that need it
+    (``taylor``; see :class:`tp_vgg.criteria.GradientBatches`); it runs before every ranking and
+    the gradients are cleared afterwards. The model's train/eval mode is kept.
     """
     cfg.validate()
     device = next(model.parameters()).device
@@ -229,9 +233,13 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
                                 "name it with --output-layer NAME")
             pruner.ignored_layers = [s for m in protected for s in m.modules()]
         _check_kept_channels(model, cfg, ratios, protected)
+        notes = _criterion_hook(pruner, "check", model, gradients) or []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
+            ranked = False
             if cfg.global_pruning:
+                _criterion_hook(pruner, "prepare", model, gradients)
+                ranked = True
                 # torch-pruning 1.6.1 checks max_pruning_ratio only *before* a step, so one global
                 # step can take a layer far past it. Rank globally here, cap each layer, and let
                 # torch-pruning remove exactly those per-layer counts.
@@ -239,15 +247,29 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
                 pruner = _make_pruner(model, spec, dataclasses.replace(cfg, global_pruning=False),
                                       example, ratios, protected, 1.0)
             for step in range(cfg.iterative_steps):
+                if not ranked:
+                    _criterion_hook(pruner, "prepare", model, gradients)
+                ranked = False
                 pruner.step()
                 if between_steps is not None and step + 1 < cfg.iterative_steps:
                     between_steps(step, model)
         history = [[name, bool(is_out), [int(i) for i in idxs]]
                    for name, is_out, idxs in pruner.pruning_history()]
+    if gradients is not None:
+        model.zero_grad(set_to_none=True)
     names = {m: n for n, m in model.named_modules()}
     return PruneResult(history=history, channels_before=before,
                        channels_after=out_channels(model),
-                       output_layers=[names[m] for m in protected])
+                       output_layers=[names[m] for m in protected], notes=list(notes))
+
+
+def _criterion_hook(pruner: tp.pruner.BasePruner, hook: str, model: nn.Module, gradients):
+    """Call the criterion's optional ``check(pruner, model, gradients)`` or
+    ``prepare(model, gradients)`` hook (see :mod:`tp_vgg.criteria`)."""
+    fn = getattr(pruner.importance, hook, None)
+    if fn is None:
+        return None
+    return fn(pruner, model, gradients) if hook == "check" else fn(model, gradients)
 
 
 def _make_pruner(model, spec, cfg, example, ratios, protected, max_ratio) -> tp.pruner.BasePruner:
@@ -266,35 +288,53 @@ def _global_allocation(pruner: tp.pruner.BasePruner, cfg: PruneConfig, fixed: se
     """Per-layer ratios from one global ranking of all channels (importances normalized per
     layer), removing the lowest-ranked channels until ``cfg.ratio`` of all channels are gone,
     while no layer loses more than ``int(C * max_ratio)`` channels or its last channel."""
-    roots, scores = [], []
-    for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
-                                          root_module_types=pruner.root_module_types):
-        root = group[0].dep.target.module
-        if root in fixed or not pruner.DG.is_out_channel_pruning_fn(group[0].dep.handler):
-            continue
-        imp = pruner.estimate_importance(group)
-        if imp is None:
-            continue
-        roots.append(root)
-        scores.append(imp.detach().float().cpu())
-    if not scores:
-        return {}
-    sizes = [len(s) for s in scores]
-    caps = [min(int(c * max_ratio), c - 1) for c in sizes]
-    owner = torch.cat([torch.full((c,), i) for i, c in enumerate(sizes)])
-    total = sum(sizes)
-    target = total - int(total * (1 - cfg.ratio))
-    removed = [0] * len(roots)
-    n = 0
-    for j in torch.cat(scores).argsort(stable=True).tolist():
-        if n >= target:
-            break
-        i = int(owner[j])
-        if removed[i] < caps[i]:
-            removed[i] += 1
-            n += 1
-    # torch-pruning keeps int(C * (1 - r)); r = (k - 0.5) / C makes that exactly C - k.
-    return {root: ((k - 0.5) / c if k else 0.0) for root, k, c in zip(roots, removed, sizes)}
+    return GlobalRanking(pruner, fixed).allocate(cfg.ratio, max_ratio)
+
+
+class GlobalRanking:
+    """One global ranking of every channel of the rankable layers (scored once); ``allocate``
+    turns a total ratio into per-layer ratios. A larger ratio only removes more channels."""
+
+    def __init__(self, pruner: tp.pruner.BasePruner, fixed: set):
+        roots, scores = [], []
+        for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                              root_module_types=pruner.root_module_types):
+            root = group[0].dep.target.module
+            if root in fixed or not pruner.DG.is_out_channel_pruning_fn(group[0].dep.handler):
+                continue
+            imp = pruner.estimate_importance(group)
+            if imp is None:
+                continue
+            roots.append(root)
+            scores.append(imp.detach().float().cpu())
+        self.roots = roots
+        self.sizes = [len(s) for s in scores]
+        self.owner = (torch.cat([torch.full((c,), i) for i, c in enumerate(self.sizes)]).tolist()
+                      if scores else [])
+        self.order = torch.cat(scores).argsort(stable=True).tolist() if scores else []
+
+    def removed(self, ratio: float, max_ratio: float) -> List[int]:
+        """Channels each root loses: the lowest-ranked go first until ``ratio`` of all ranked
+        channels are gone, while no layer loses more than ``int(C * max_ratio)`` or its last."""
+        caps = [min(int(c * max_ratio), c - 1) for c in self.sizes]
+        total = sum(self.sizes)
+        target = total - int(total * (1 - ratio))
+        removed = [0] * len(self.roots)
+        n = 0
+        for j in self.order:
+            if n >= target:
+                break
+            i = self.owner[j]
+            if removed[i] < caps[i]:
+                removed[i] += 1
+                n += 1
+        return removed
+
+    def allocate(self, ratio: float, max_ratio: float) -> Dict[nn.Module, float]:
+        removed = self.removed(ratio, max_ratio)
+        # torch-pruning keeps int(C * (1 - r)); r = (k - 0.5) / C makes that exactly C - k.
+        return {root: ((k - 0.5) / c if k else 0.0)
+                for root, k, c in zip(self.roots, removed, self.sizes)}
 
 
 def replay(model: nn.Module, spec: ModelSpec, history: List[list],
@@ -308,3 +348,8 @@ def replay(model: nn.Module, spec: ModelSpec, history: List[list],
         graph = build_graph(model, spec, example)
         graph.load_pruning_history([[n, bool(o), list(i)] for n, o, i in history])
     return model
+
+
+# The criteria beyond l1/l2/random register themselves into IMPORTANCES (imported last: they use
+# IMPORTANCES and _keep_mode from this module).
+from tp_vgg import criteria  # noqa: E402,F401

@@ -72,6 +72,8 @@ class TrainConfig:
     grad_clip: Optional[float] = None
     augment: bool = True
     seed: int = 0
+    sparsity: Optional[str] = None          # sparsity regularizer (tp_vgg.sparsity), e.g. bn-l1
+    sparsity_reg: float = 1e-4
     # runtime: may differ on --resume without changing the result (except amp)
     device: Optional[str] = None            # None/auto: CUDA when present, else CPU
     amp: str = "auto"                       # auto (bf16/fp16 on CUDA, off on CPU) | bf16 | fp16 | off
@@ -118,6 +120,10 @@ class TrainConfig:
         for m in self.milestones or []:
             if not isinstance(m, int) or not 0 < m <= self.epochs:
                 raise UserError(f"--milestones must be epochs in 1..{self.epochs}, got {m!r}")
+        if self.sparsity is not None:
+            from tp_vgg import sparsity
+
+            sparsity.check(self.sparsity, self.sparsity_reg)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -257,6 +263,8 @@ class Engine:
     output_key: Optional[str] = None
     dist: DistContext = field(default_factory=DistContext)
     check_every: int = 10   # steps between NaN checks / progress updates (each one syncs)
+    regularize: Optional[Callable[[], None]] = None  # adds to the gradients (sparsity training)
+    after_step: Optional[Callable[[], None]] = None  # after each optimizer step (keep zeros)
 
 
 @dataclass
@@ -291,16 +299,23 @@ def train_one_epoch(engine: Engine, batches: Batches, epoch: int = 0,
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
-            if engine.grad_clip:
+            if engine.grad_clip or engine.regularize:
                 scaler.unscale_(opt)
+            if engine.regularize:
+                engine.regularize()
+            if engine.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), engine.grad_clip)
             scaler.step(opt)
             scaler.update()
         else:
             loss.backward()
+            if engine.regularize:
+                engine.regularize()
             if engine.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), engine.grad_clip)
             opt.step()
+        if engine.after_step is not None:
+            engine.after_step()
         if engine.scheduler is not None:
             engine.scheduler.step()
         n = y.shape[0]
@@ -469,8 +484,14 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
         history: Optional[List[list]] = None, preprocessing: Optional[Dict[str, Any]] = None,
         meta: Optional[Dict[str, Any]] = None, dist: Optional[DistContext] = None,
         resume_state: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print,
-        command: str = "train") -> FitResult:
+        command: str = "train", after_step: Optional[Callable[[], None]] = None,
+        on_epoch_end: Optional[Callable[[int, nn.Module], None]] = None) -> FitResult:
     """Train ``model`` (built from ``spec``, pruned by ``history``) on ``data``.
+
+    ``after_step()`` runs after every optimizer step (a checkpoint whose meta has
+    ``unstructured`` keeps its zero weights at zero by default); ``on_epoch_end(epoch, model)``
+    after each epoch (1-based). ``cfg.sparsity`` adds a sparsity regularizer to the gradients and
+    writes ``sparsity.json``/``bn_gamma.png`` (BN gamma before and after) to ``out_dir``.
 
     With ``out_dir``, rank 0 writes ``last.pt`` each epoch (with the training state for
     :func:`resume`), ``best.pt`` on a better test top-1, ``metrics.jsonl`` and ``config.json``.
@@ -508,6 +529,15 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
             set_rng_state(resume_state["rng"])
         records = [r for r in _read_records(out_dir) if r.get("epoch", 0) <= start_epoch]
 
+    regularizer = None
+    if cfg.sparsity:
+        from tp_vgg.sparsity import Regularizer
+
+        regularizer = Regularizer(model, spec, cfg.sparsity, cfg.sparsity_reg)
+    if after_step is None and (meta or {}).get("unstructured"):
+        from tp_vgg.unstructured import ZeroMask
+
+        after_step = ZeroMask.from_zeros(model)  # fine-tuning keeps pruned weights at zero
     raw = model
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -516,7 +546,8 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
         model = torch.compile(model)
     engine = Engine(model, optimizer, scheduler,
                     nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), autocast, scaler,
-                    cfg.grad_clip, spec.output_key, dist)
+                    cfg.grad_clip, spec.output_key, dist, regularize=regularizer,
+                    after_step=after_step)
 
     quiet = cfg.progress == "none" or not dist.is_main
     say = (lambda s: None) if quiet else log
@@ -542,10 +573,7 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
         train_b.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(engine, train_b, epoch, progress, cfg.epochs)
-        # The unwrapped model: DDP's forward would join collectives, and ranks may hold unequal
-        # numbers of test batches; BN buffers are made rank 0's first.
-        dist.broadcast_buffers(raw)
-        final = evaluate(raw, test_b, spec.output_key, autocast, dist)
+        final = evaluate(model, test_b, spec.output_key, autocast, dist)
         improved = final.top1 > best
         best = max(best, final.top1)
         rec = {"epoch": epoch + 1, "lr": lr, "train_loss": stats.loss, "train_top1": stats.top1,
@@ -571,6 +599,13 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
             f"top-1 {100 * stats.top1:.2f}%  test loss {final.loss:.4f} top-1 {100 * final.top1:.2f}% "
             f"top-5 {100 * final.top5:.2f}%  {stats.images_per_s * dist.world_size:.0f} img/s  "
             f"{stats.seconds:.1f}s")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, raw)
+    if regularizer is not None:
+        from tp_vgg import sparsity
+
+        sparsity.finish(regularizer, out_dir if writes else None,
+                        log if dist.is_main else (lambda s: None))
     dist.barrier()
     return FitResult(epochs=cfg.epochs, best_top1=best, final=final, records=records,
                      model=raw, out_dir=out_dir)

@@ -12,7 +12,8 @@ from typing import List, Optional
 from tp_vgg.errors import UserError
 
 # Each module registers its subcommands with ``register(subparsers, parent)``.
-COMMAND_MODULES = ["tp_vgg.cli.pruning_cmds", "tp_vgg.cli.train_cmds", "tp_vgg.cli.report_cmds"]
+COMMAND_MODULES = ["tp_vgg.cli.pruning_cmds", "tp_vgg.cli.train_cmds", "tp_vgg.cli.report_cmds",
+                   "tp_vgg.cli.methods_cmds"]
 
 
 class Parser(argparse.ArgumentParser):

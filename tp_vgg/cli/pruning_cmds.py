@@ -7,7 +7,7 @@ import json
 import os
 
 from tp_vgg import checkpoint, counting, pruning, report
-from tp_vgg.cli import latency_args, train_cmds
+from tp_vgg.cli import latency_args, methods_cmds, train_cmds
 from tp_vgg.cli.common import Loaded, add_model_args, json_object, load_model, positive_int, ratio
 from tp_vgg.errors import UserError
 from tp_vgg.io import ensure_dir, write_json
@@ -24,6 +24,7 @@ def register(sub, common) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     train_cmds.add_prune_finetune_args(p)  # --finetune-epochs N --data D [training flags]
     latency_args.add_prune_latency_args(p)  # --latency [B1,B2]
+    methods_cmds.add_prune_method_args(p)  # --target-*, --iterative-steps, --unstructured, ...
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("profile", parents=[common], help="MACs and params per layer and in total")
@@ -38,8 +39,9 @@ def register(sub, common) -> None:
 
 def add_prune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pruning")
-    g.add_argument("--ratio", type=ratio, required=True, metavar="R",
-                   help="fraction of channels removed from every prunable layer, in [0, 1)")
+    g.add_argument("--ratio", type=ratio, metavar="R",
+                   help="fraction of channels removed from every prunable layer, in [0, 1) "
+                        "(or give --target-speedup / --target-macs)")
     g.add_argument("--importance", default="l1", choices=pruning.IMPORTANCES.names(),
                    help="channel ranking criterion (default l1)")
     g.add_argument("--global", dest="global_pruning", action="store_true",
@@ -77,21 +79,30 @@ def _check_out(out: str) -> None:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     _check_out(args.out)
-    cfg = prune_config(args)
-    cfg.validate()
+    methods = methods_cmds.PruneMethods.from_args(args)  # targets, iterative steps, unstructured
+    if not args.unstructured:
+        cfg = methods.config(prune_config(args))
+        cfg.validate()
     loaded: Loaded = load_model(args)
     model, spec = loaded.model, loaded.spec
-    ft = train_cmds.PruneFinetune.begin(args, loaded)  # with --finetune-epochs: top-1 before
+    ft = train_cmds.PruneFinetune.begin(  # with --finetune-epochs: top-1 before
+        args, loaded, data_used=methods.needs_data)
+    if args.unstructured:
+        return methods_cmds.prune_unstructured(args, loaded, ft)
+    methods.start(loaded, ft)  # data for --importance taylor / fine-tuning between steps
     original = latency_args.keep_original(args, model)  # with --latency: the unpruned copy
     before = counting.count(model, spec)
-    result = pruning.prune(model, spec, cfg)
+    cfg = methods.solve(model, spec, cfg, before)  # --target-*: the ratio that reaches it
+    result = pruning.prune(model, spec, cfg, **methods.prune_kwargs(spec))
     after = counting.count(model, spec)
     acc = {}
     if ft is not None:  # fine-tune in place (DIR/finetune/), then pruned.pt holds those weights
         acc = {"accuracy": ft.finish(model, spec, loaded.history + result.history, loaded.meta)}
+    methods.finish(model, acc.get("accuracy"))
     rep = report.prune_report(spec, cfg, before, after, result.output_layers, len(result.history),
                               **acc, **latency_args.prune_latency(args, original, model, spec,
-                                                                  before, after))
+                                                                  before, after),
+                              **methods.report(after, result))
     meta = dict(loaded.meta, importance=cfg.importance, ratio=cfg.ratio, config=rep["config"],
                 macs_before=before.macs, macs_after=after.macs,
                 params_before=before.params, params_after=after.params, **acc)
@@ -101,6 +112,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                     preprocessing=ft.preprocessing if ft else loaded.preprocessing, meta=meta)
     write_json(os.path.join(args.out, "report.json"), rep)
     print(report.format_prune_table(rep))
+    methods.print_summary(after, result)
     print(f"wrote {os.path.join(args.out, 'pruned.pt')} and report.json")
     return 0
 

@@ -28,7 +28,7 @@ from tp_vgg.models import MODELS, build_model
 # Flags that set the training recipe; with --resume the saved recipe is used and these are refused.
 RECIPE = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
           "schedule", "warmup_epochs", "step_size", "milestones", "gamma", "label_smoothing",
-          "grad_clip", "augment", "seed")
+          "grad_clip", "augment", "seed", "sparsity", "sparsity_reg")
 RUNTIME = ("device", "amp", "channels_last", "compile", "progress")
 
 # Fine-tuning starts from trained weights: a fifth of the optimizer's default LR, no warm-up.
@@ -352,9 +352,11 @@ class PruneFinetune:
     before: float
 
     @classmethod
-    def begin(cls, args: argparse.Namespace, loaded: Loaded) -> Optional["PruneFinetune"]:
+    def begin(cls, args: argparse.Namespace, loaded: Loaded,
+              data_used: bool = False) -> Optional["PruneFinetune"]:
+        """``data_used``: another flag uses --data (e.g. --importance taylor)."""
         if not getattr(args, "finetune_epochs", None):
-            if getattr(args, "data", None):
+            if getattr(args, "data", None) and not data_used:
                 raise UserError("--data is given without --finetune-epochs N; add it to fine-tune "
                                 "after pruning")
             return None
