@@ -573,7 +573,10 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
         train_b.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(engine, train_b, epoch, progress, cfg.epochs)
-        final = evaluate(model, test_b, spec.output_key, autocast, dist)
+        # The unwrapped model: DDP's forward would join collectives, and ranks may hold unequal
+        # numbers of test batches; BN buffers are made rank 0's first.
+        dist.broadcast_buffers(raw)
+        final = evaluate(raw, test_b, spec.output_key, autocast, dist)
         improved = final.top1 > best
         best = max(best, final.top1)
         rec = {"epoch": epoch + 1, "lr": lr, "train_loss": stats.loss, "train_top1": stats.top1,
