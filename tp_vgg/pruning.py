@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from tp_vgg import checks
 from tp_vgg.errors import UserError
 from tp_vgg.models import ModelSpec, select_logits
 from tp_vgg.registry import Registry
@@ -105,15 +106,57 @@ class PruneResult:
 
 def _forward_fn(spec: ModelSpec):
     def fn(model, inputs):
-        return select_logits(model(inputs), spec.output_key)
+        logits = select_logits(model(inputs), spec.output_key)
+        if not isinstance(logits, torch.Tensor) or logits.grad_fn is None:
+            raise UserError(
+                "the logits are not connected to the model's layers in autograd (forward uses "
+                ".detach(), .data, torch.no_grad() or NumPy), so torch-pruning cannot trace which "
+                "layers produce them; keep forward differentiable")
+        return logits
     return fn
+
+
+@contextlib.contextmanager
+def _traceable(model: nn.Module):
+    """torch-pruning traces through autograd: frozen parameters (``requires_grad=False``) would
+    hide their layers from the graph and leave them unpruned. Unfreeze while tracing."""
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+
+
+def _trace_failed(e: Exception, what: str, layer: str = "NAME") -> UserError:
+    """A failure inside torch-pruning while tracing or pruning, said in one line."""
+    import json
+
+    from tp_vgg.checks import _first_line, _user_frame
+
+    frame = _user_frame(e)
+    at = f" at {frame.filename}:{frame.lineno} `{(frame.line or '').strip()}`" if frame else ""
+    return UserError(
+        f"torch-pruning could not {what}{at} ({type(e).__name__}: {_first_line(e)}): the model "
+        "uses an operation it cannot follow (e.g. torch.chunk/split or indexing over channels, "
+        "sizes written as numbers, parameters outside modules); rewrite it, or keep the layers "
+        f"around it unpruned with --layer-ratios '{json.dumps({layer: 0})}' (--debug shows the "
+        "traceback)")
 
 
 def build_graph(model: nn.Module, spec: ModelSpec, example: torch.Tensor) -> tp.DependencyGraph:
     """torch-pruning's DependencyGraph of ``model``; the model's train/eval mode is kept."""
-    with _keep_mode(model), torch.enable_grad():  # the graph is traced through autograd
-        return tp.DependencyGraph().build_dependency(
-            model, example_inputs=example, forward_fn=_forward_fn(spec), verbose=False)
+    with _keep_mode(model), _traceable(model):  # the graph is traced through autograd
+        try:
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=example, forward_fn=_forward_fn(spec), verbose=False)
+        except UserError:
+            raise
+        except Exception as e:
+            raise _trace_failed(e, "trace the model") from e
 
 
 @contextlib.contextmanager
@@ -212,26 +255,44 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
     if example is None:
         example = spec.example_input(device=device)
     before = out_channels(model)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     modules = dict(model.named_modules())
     protected: List[nn.Module] = []
     if cfg.output_layer is not None:
         if cfg.output_layer not in modules:
             raise UserError(f"--output-layer {cfg.output_layer!r} is not a module of the model")
         protected = [modules[cfg.output_layer]]
+        if not any(isinstance(m, PRUNABLE) for m in protected[0].modules()):
+            raise UserError(f"--output-layer {cfg.output_layer!r} is a "
+                            f"{type(protected[0]).__name__}; accepted: the Conv2d or Linear that "
+                            "produces the logits")
     ratios = _resolve_layer_ratios(model, cfg.layer_ratios)
     max_ratio = cfg.max_layer_ratio
     if max_ratio is None:
         max_ratio = 0.9 if cfg.global_pruning else 1.0
     with _keep_mode(model):
+        # the unpruned model, for the masked-equivalence check (when cheap; not across fine-tuning)
+        reference = None if between_steps is not None and cfg.iterative_steps > 1 else \
+            checks.reference_copy(model)
+        expect = checks.logits_shape(model, spec, example) \
+            if reference is None and cfg.output_layer is not None else None
         pruner = _make_pruner(model, spec, cfg, example, ratios, protected, max_ratio)
+        bare = checks.bare_parameters(pruner.DG)
+        removed = checks.RemovedChannels(model, pruner.DG)
         if not protected:
             # Found on the pruner's own graph (one trace, not two); BasePruner reads
             # ``ignored_layers`` when it ranks, so setting it here protects the logits layer.
             protected = find_output_layers(pruner.DG)
             if not protected:
-                raise UserError("cannot tell which layer produces the logits; "
-                                "name it with --output-layer NAME")
+                raise UserError(checks.no_output_layer_message(model, bare))
             pruner.ignored_layers = [s for m in protected for s in m.modules()]
+        untraced = checks.untraced_layers(pruner.DG, model)
+        if untraced:
+            prunable = [m for m in model.modules() if isinstance(m, PRUNABLE)
+                        and m in pruner.DG.module2node and m not in protected]
+            if not prunable and (cfg.ratio > 0 or any(r > 0 for r in ratios.values())):
+                raise UserError(checks.untraced_message(untraced) + "; nothing would be pruned: "
+                                "keep forward differentiable for the layers to prune")
         _check_kept_channels(model, cfg, ratios, protected)
         notes = _criterion_hook(pruner, "check", model, gradients) or []
         with torch.random.fork_rng(devices=[]):
@@ -250,13 +311,24 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
                 if not ranked:
                     _criterion_hook(pruner, "prepare", model, gradients)
                 ranked = False
-                pruner.step()
+                _step(pruner, model, removed)
                 if between_steps is not None and step + 1 < cfg.iterative_steps:
                     between_steps(step, model)
         history = [[name, bool(is_out), [int(i) for i in idxs]]
                    for name, is_out, idxs in pruner.pruning_history()]
+        checks.check_pruned(model, spec, example, reference, removed, expect, bare,
+                            coupled=lambda: checks.coupled_bare_parameters(pruner.DG, model))
+        if untraced:
+            notes = list(notes) + [checks.untraced_message(untraced) + "; they keep all channels"]
+        if bare:
+            notes = list(notes) + checks.bare_parameter_notes(
+                model, bare, checks.coupled_bare_parameters(pruner.DG, model), before,
+                out_channels(model))
     if gradients is not None:
         model.zero_grad(set_to_none=True)
+    for n, p in model.named_parameters():  # torch-pruning's new Parameters require grad
+        if n in frozen:
+            p.requires_grad_(False)
     names = {m: n for n, m in model.named_modules()}
     return PruneResult(history=history, channels_before=before,
                        channels_after=out_channels(model),
@@ -273,14 +345,44 @@ def _criterion_hook(pruner: tp.pruner.BasePruner, hook: str, model: nn.Module, g
 
 
 def _make_pruner(model, spec, cfg, example, ratios, protected, max_ratio) -> tp.pruner.BasePruner:
-    with warnings.catch_warnings(), torch.enable_grad():
+    importance = IMPORTANCES.get(cfg.importance)(cfg)
+    with warnings.catch_warnings(), _traceable(model):
         warnings.simplefilter("ignore")
-        return tp.pruner.BasePruner(
-            model, example, importance=IMPORTANCES.get(cfg.importance)(cfg),
-            global_pruning=cfg.global_pruning, pruning_ratio=cfg.ratio,
-            pruning_ratio_dict=ratios or None, max_pruning_ratio=max_ratio,
-            iterative_steps=cfg.iterative_steps, ignored_layers=protected,
-            round_to=cfg.round_to, forward_fn=_forward_fn(spec))
+        try:
+            return tp.pruner.BasePruner(
+                model, example, importance=importance,
+                global_pruning=cfg.global_pruning, pruning_ratio=cfg.ratio,
+                pruning_ratio_dict=ratios or None, max_pruning_ratio=max_ratio,
+                iterative_steps=cfg.iterative_steps, ignored_layers=protected,
+                round_to=cfg.round_to, forward_fn=_forward_fn(spec))
+        except UserError:
+            raise
+        except Exception as e:
+            raise _trace_failed(e, "trace the model") from e
+
+
+def _step(pruner: tp.pruner.BasePruner, model: nn.Module,
+          removed: Optional[checks.RemovedChannels] = None) -> None:
+    """``pruner.step()``, group by group, so that a failure names the layer being pruned (and
+    ``removed`` records each group's channels for the masked-equivalence check)."""
+    names = {m: n for n, m in model.named_modules()}
+    groups = pruner.step(interactive=True)
+    while True:
+        try:
+            group = next(groups)
+        except StopIteration:
+            return
+        except UserError:
+            raise
+        except Exception as e:
+            raise _trace_failed(e, "rank the channels") from e
+        try:
+            if removed is not None:
+                removed.record(group)
+            group.prune()
+        except Exception as e:
+            root = names.get(group[0].dep.target.module, "?")
+            raise _trace_failed(e, f"prune layer {root!r}", root) from e
 
 
 def _global_allocation(pruner: tp.pruner.BasePruner, cfg: PruneConfig, fixed: set,
@@ -346,7 +448,13 @@ def replay(model: nn.Module, spec: ModelSpec, history: List[list],
         example = spec.example_input(device=next(model.parameters()).device)
     with _keep_mode(model):
         graph = build_graph(model, spec, example)
-        graph.load_pruning_history([[n, bool(o), list(i)] for n, o, i in history])
+        try:
+            graph.load_pruning_history([[n, bool(o), list(i)] for n, o, i in history])
+        except Exception as e:
+            raise UserError(
+                f"the saved pruning history does not fit the model {spec.name} builds now "
+                f"({type(e).__name__}: {str(e).strip()[:120]}): its code or arguments changed "
+                "since the checkpoint was written") from e
     return model
 
 

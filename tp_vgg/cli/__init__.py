@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import time
 import traceback
 from typing import List, Optional
 
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    started = time.time()
+    args = None
     try:
         parser = build_parser()
         try:
@@ -57,19 +61,57 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"tp-vgg: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("tp-vgg: interrupted", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"tp-vgg: interrupted{_kept(args, started)}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 1
-    except MemoryError as e:
-        if debug:
-            traceback.print_exc()
-        print(f"tp-vgg: error: out of memory ({e}); try a smaller --batch-size or model", file=sys.stderr)
-        return 2
     except Exception as e:  # an internal error: one line unless --debug
         if debug:
             traceback.print_exc()
+        if _out_of_memory(e):
+            print(f"tp-vgg: error: {_oom_message(e, args)}{_kept(args, started)}", file=sys.stderr)
+            return 2
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         print(f"tp-vgg: internal error: {type(e).__name__}: {msg} (rerun with --debug for the "
               "traceback, and please report it)", file=sys.stderr)
         return 1
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, MemoryError):
+        return True
+    import torch
+
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    return isinstance(e, RuntimeError) and any(
+        s in str(e) for s in ("out of memory", "can't allocate memory", "Cannot allocate memory"))
+
+
+def _oom_message(e: BaseException, args: Optional[argparse.Namespace]) -> str:
+    text = str(e).strip().splitlines()
+    what = text[0][:160] if text else type(e).__name__
+    batch = getattr(args, "batch_size", None)
+    if isinstance(batch, int) and batch > 1:
+        return (f"out of memory at --batch-size {batch} ({what}); try --batch-size {batch // 2}")
+    return (f"out of memory ({what}); try a smaller model (--width), a smaller --input-size"
+            + (" or --batch-size" if batch else "") + ", or free memory")
+
+
+def _kept(args: Optional[argparse.Namespace], since: float) -> str:
+    """After an interrupted or failed training run: where its last checkpoint is kept."""
+    out = getattr(args, "out", None)
+    resume = getattr(args, "resume", None)
+    if not out and resume:
+        out = os.path.dirname(os.path.abspath(resume))
+    if not out:
+        return ""
+    found = [p for p in (os.path.join(out, "last.pt"), os.path.join(out, "finetune", "last.pt"))
+             if os.path.isfile(p) and os.path.getmtime(p) >= since]
+    if not found:
+        return ""
+    path = max(found, key=os.path.getmtime)
+    cmd = "train" if getattr(args, "command", None) == "train" else "finetune"
+    return f"; {path} (the last finished epoch) is kept: continue with tp-vgg {cmd} --resume {path}"

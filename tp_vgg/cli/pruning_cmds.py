@@ -10,7 +10,7 @@ from tp_vgg import checkpoint, counting, pruning, report
 from tp_vgg.cli import latency_args, methods_cmds, train_cmds
 from tp_vgg.cli.common import Loaded, add_model_args, json_object, load_model, positive_int, ratio
 from tp_vgg.errors import UserError
-from tp_vgg.io import ensure_dir, write_json
+from tp_vgg.io import atomic_path, ensure_dir, write_json
 from tp_vgg.models import list_models
 
 
@@ -107,10 +107,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 macs_before=before.macs, macs_after=after.macs,
                 params_before=before.params, params_after=after.params, **acc)
     ensure_dir(args.out)
-    checkpoint.save(os.path.join(args.out, "pruned.pt"), model, spec,
-                    history=loaded.history + result.history,
-                    preprocessing=ft.preprocessing if ft else loaded.preprocessing, meta=meta)
-    write_json(os.path.join(args.out, "report.json"), rep)
+    # Both files or neither: pruned.pt is written whole under a temp name, report.json is
+    # written (atomically), and only then is pruned.pt renamed into place.
+    with atomic_path(os.path.join(args.out, "pruned.pt")) as ckpt_tmp:
+        checkpoint.save(ckpt_tmp, model, spec, history=loaded.history + result.history,
+                        preprocessing=ft.preprocessing if ft else loaded.preprocessing, meta=meta,
+                        atomic=False)
+        write_json(os.path.join(args.out, "report.json"), rep)
     print(report.format_prune_table(rep))
     methods.print_summary(after, result)
     print(f"wrote {os.path.join(args.out, 'pruned.pt')} and report.json")
