@@ -14,7 +14,8 @@ Two ways to prune the same model:
   checks the ratio, records the history, L1 filter norms).
 
 Each (model, method) runs in a fresh subprocess: the model is built, the peak-RSS counter is
-reset (/proc/self/clear_refs), then ``--repeats`` prunes of fresh copies are timed; peak memory
+reset (/proc/self/clear_refs), then ``--repeats`` prunes of fresh copies are timed (wall and
+process CPU time: the latter counts both threads' work, not waiting for other jobs); peak memory
 is the growth of the process's peak RSS over its RSS before the first prune. ``--profile`` adds
 where the time goes (cProfile, one prune of vgg16_bn@224 per method), grouped by stage.
 
@@ -96,19 +97,21 @@ def one(name: str, size: int, method: str, repeats: int, ratio: float) -> Dict:
     spec, template, _ = _setup(name, size)
     rss0 = _status_kb("VmRSS")
     ok = _reset_peak()
-    times = []
+    times, cpu = [], []
     peak_growth = 0
     for _ in range(repeats):
         model = copy.deepcopy(template)
         rss_before = _status_kb("VmRSS")
         _reset_peak()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         prune_once(method, model, spec, ratio)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         peak_growth = max(peak_growth, _status_kb("VmHWM") - rss_before)
         del model
     return {"model": name, "input": size, "method": method, "ratio": ratio,
             "median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3),
+            "cpu_s": round(statistics.median(cpu), 3),
             "runs": repeats, "peak_extra_mb": round(peak_growth / 1024, 1) if ok else None,
             "model_rss_mb": round(rss0 / 1024, 1)}
 
@@ -185,7 +188,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             row["load"] = round(os.getloadavg()[0], 2)
             rows.append(row)
             print(f"{name:15s} @{size:<3} {method:7s} median {row['median_s']:6.2f} s "
-                  f"(min {row['min_s']:.2f})  peak +{row['peak_extra_mb']} MB over the model's "
+                  f"(min {row['min_s']:.2f}, CPU {row['cpu_s']:.2f})  peak +{row['peak_extra_mb']} MB over the model's "
                   f"{row['model_rss_mb']} MB RSS  (load {row['load']})", flush=True)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     stem = os.path.join(HERE, "results", "prune_cost")

@@ -16,7 +16,7 @@ from tp_vgg.errors import UserError
 from tp_vgg.models import ModelSpec, build_model
 
 TINY = ModelSpec("cifar_vgg11_bn", width=0.125, num_classes=10).resolved()
-QUICK = dict(warmup=1, repeats=3)
+QUICK = dict(warmup=1, repeats=3, threads=1)  # one thread: no OpenMP stalls on a busy machine
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ class Recorder(nn.Module):
 def test_models_are_interleaved_after_warmup():
     log: list = []
     models = {"a": Recorder("a", log), "b": Recorder("b", log)}
-    cfg = latency.LatencyConfig(batch_sizes=(2, 3), warmup=2, repeats=4)
+    cfg = latency.LatencyConfig(batch_sizes=(2, 3), warmup=2, repeats=4, threads=1)
     out = latency.measure(models, TINY, cfg, prepared=True)
     assert list(out) == [2, 3] and set(out[2]) == {"a", "b"}
     assert all(t.runs == 4 and t.median_ms > 0 for d in out.values() for t in d.values())
@@ -71,9 +71,10 @@ def test_models_are_interleaved_after_warmup():
         assert names[6:] == ["a", "b", "b", "a", "a", "b", "b", "a"]
 
 
-def test_compare_reports_speedup_mac_ratio_efficiency(tiny_pair):
+@pytest.mark.parametrize("clock", ["wall", "thread"])
+def test_compare_reports_speedup_mac_ratio_efficiency(tiny_pair, clock):
     original, pruned, macs_o, macs_p = tiny_pair
-    cfg = latency.LatencyConfig(batch_sizes=(1, 4), **QUICK)
+    cfg = latency.LatencyConfig(batch_sizes=(1, 4), clock=clock, **QUICK)
     rep = latency.compare(original, pruned, TINY, cfg, macs_o, macs_p)
     assert [c.batch_size for c in rep.comparisons] == [1, 4]
     for c in rep.comparisons:
@@ -131,6 +132,8 @@ def test_cuda_path_uses_events(tiny_pair):
     (dict(warmup=-1), "--warmup must be an integer >= 0"),
     (dict(device="tpu"), "--device 'tpu' is not a device; accepted: cpu, cuda, cuda:N"),
     (dict(threads=0), "--threads must be a positive integer"),
+    (dict(clock="cycles"), "--clock 'cycles' is not accepted; accepted: wall, thread"),
+    (dict(clock="thread", threads=2), "--clock thread measures one CPU thread"),
 ])
 def test_bad_config_is_a_user_error(kwargs, message):
     with pytest.raises(UserError) as e:
@@ -184,7 +187,7 @@ def pruned_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("lat") / "run"
     assert main(["prune", "--model", "cifar_vgg11_bn", "--width", "0.125", "--ratio", "0.5",
-                 "--out", str(out), "--latency", "1,2"]) == 0
+                 "--out", str(out), "--latency", "1,2", "--threads", "1"]) == 0
     return out
 
 
@@ -204,7 +207,7 @@ def test_prune_latency_goes_into_report_json(pruned_run):
 def test_profile_latency_of_a_pruned_checkpoint(run_cli, pruned_run):
     r = run_cli("profile", "--checkpoint", pruned_run / "pruned.pt", "--latency",
                 "--batch-sizes", "3", "--repeats", "2", "--warmup", "0", "--channels-last",
-                "--fuse-bn", "--json")
+                "--fuse-bn", "--threads", "1", "--json")
     assert r.code == 0, r.err
     data = json.loads(r.out)
     report = json.loads((pruned_run / "report.json").read_text())
@@ -217,7 +220,8 @@ def test_profile_latency_of_a_pruned_checkpoint(run_cli, pruned_run):
 
 def test_profile_latency_of_a_plain_model_prints_a_table(run_cli):
     r = run_cli("profile", "--model", "cifar_vgg11", "--width", "0.125", "--latency",
-                "--batch-sizes", "1,2", "--repeats", "2", "--no-channels-last", "--no-fuse-bn")
+                "--batch-sizes", "1,2", "--repeats", "2", "--no-channels-last", "--no-fuse-bn",
+                "--threads", "1")
     assert r.code == 0, r.err
     assert "images/s" in r.out and "median ms" in r.out
     assert "channels-last" not in r.out and "BN folded" not in r.out
@@ -225,7 +229,7 @@ def test_profile_latency_of_a_plain_model_prints_a_table(run_cli):
 
 def test_default_batch_sizes_follow_the_input_size(run_cli):
     r = run_cli("profile", "--model", "cifar_vgg11", "--width", "0.125", "--latency",
-                "--repeats", "1", "--warmup", "0", "--json")
+                "--repeats", "1", "--warmup", "0", "--threads", "1", "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["latency"]["config"]["batch_sizes"] == [1, 64]
     from tp_vgg.cli.latency_args import default_batch_sizes

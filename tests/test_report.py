@@ -23,7 +23,8 @@ def prune_run(tmp_path_factory):
     from tp_vgg.cli import main
 
     out = tmp_path_factory.mktemp("rep") / "run"
-    assert main(["prune", *TINY, "--ratio", "0.5", "--out", str(out), "--latency", "1"]) == 0
+    assert main(["prune", *TINY, "--ratio", "0.5", "--out", str(out), "--latency", "1",
+                 "--threads", "1"]) == 0
     return out
 
 
@@ -108,7 +109,7 @@ def test_report_mistakes_exit_2_with_one_line(run_cli, tmp_path, setup, message)
 def test_sweep_prunes_each_ratio_and_plots_the_trade_off(run_cli, tmp_path):
     out = tmp_path / "sweep"
     r = run_cli("sweep", *TINY, "--ratios", "0.5,0.25", "--round-to", "2", "--latency", "2",
-                "--out", out)
+                "--threads", "1", "--out", out)
     assert r.code == 0, r.err
     sweep = json.loads((out / "sweep.json").read_text())
     assert sweep["ratios"] == [0.25, 0.5]
