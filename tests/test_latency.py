@@ -178,6 +178,21 @@ def test_prune_round_to_auto_records_the_resolved_multiple(run_cli, tmp_path):
     assert convs[0]["out_channels_after"] == int(32 * 0.7) // k * k
 
 
+def test_round_to_auto_shrinks_the_multiple_for_small_layers(run_cli, tmp_path):
+    """16 channels pruned by 70% keep int(4.8) = 4: auto halves 16 -> 8 -> 4 instead of failing."""
+    r = run_cli("prune", "--model", "cifar_vgg11_bn", "--width", "0.25", "--ratio", "0.7",
+                "--round-to", "auto", "--device", "cpu", "--out", tmp_path)
+    assert r.code == 0, r.err
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["config"]["round_to"] == 4
+    convs = [l for l in rep["layers"] if l["type"] == "Conv2d"]
+    assert convs[0]["out_channels_after"] == 4
+    assert all(l["out_channels_after"] % 4 == 0 for l in convs)
+    r = run_cli("prune", "--model", "cifar_vgg11_bn", "--width", "0.25", "--ratio", "0.7",
+                "--round-to", "16", "--out", tmp_path / "explicit")
+    assert r.code == 2 and "with 0 of its 16 channels" in r.err  # an explicit K is kept as given
+
+
 # --------------------------------------------------------------------------------------------
 # CLI
 

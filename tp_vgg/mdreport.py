@@ -216,9 +216,13 @@ def sweep_markdown(sweep_dir: str, sweep: Dict[str, Any], plotter: _Plots) -> st
     header = ["ratio", "MACs", "params", "MAC reduction", "top-1 pruned", "top-1 fine-tuned"]
     for bs in batch_sizes:
         header += [f"ms b{bs}", f"speed-up b{bs}", f"efficiency b{bs}"]
+    base_acc = _pct((first.get("accuracy") or {}).get("before"))
+    base_ms = []
+    for bs in batch_sizes:  # the original, as measured in the first run with this batch size
+        c = next((c for c in (_comparison(r["report"], bs) for r in done) if c), None)
+        base_ms += [f"{c['original']['median_ms']:.2f}" if c else "", "1.00x", ""]
     table = [["0 (original)", human(first["before"]["macs"]), human(first["before"]["params"]),
-              "1.00x", _pct((first.get("accuracy") or {}).get("before")), ""]
-             + [""] * (3 * len(batch_sizes))]
+              "1.00x", base_acc, base_acc] + base_ms]
     acc_pts, lat_pts = [], []
     base_acc = (first.get("accuracy") or {}).get("before")
     if base_acc is not None:

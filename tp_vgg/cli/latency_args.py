@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 from typing import Any, Dict, Optional
 
 import torch
@@ -77,6 +78,23 @@ def resolve_round_to(args: argparse.Namespace) -> Optional[int]:
     if value == "auto":
         return latency.default_round_to(resolve_device(getattr(args, "device", None)))
     return value
+
+
+def fit_round_to(args: argparse.Namespace, cfg, model: nn.Module):
+    """With ``--round-to auto``, halve the device's multiple (16 -> 8 -> 4 ...) until every conv
+    keeps at least one multiple at the largest ratio asked for: a 16-channel layer pruned by 30%
+    keeps 8, not 0. An explicit ``--round-to K`` is left as given."""
+    if getattr(args, "round_to", None) != "auto" or not cfg.round_to:
+        return cfg
+    ratios = [cfg.ratio or 0.0] + [float(r) for r in (cfg.layer_ratios or {}).values()]
+    if cfg.global_pruning:
+        ratios.append(cfg.max_layer_ratio if cfg.max_layer_ratio is not None else 0.9)
+    keep = min((int(m.out_channels * (1 - max(ratios))) for m in model.modules()
+                if isinstance(m, nn.Conv2d)), default=cfg.round_to)
+    k = cfg.round_to
+    while k > 1 and keep < k:
+        k //= 2
+    return dataclasses.replace(cfg, round_to=k)
 
 
 def resolve_device(device: Optional[str]) -> str:
