@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -201,6 +202,9 @@ def _bad_file(tmp_path: Path, kind: str, good: Path) -> Path:
         torch.save({"epoch": 3, "model_state_dict": nn.Linear(2, 2).state_dict(), "acc": 0.9}, path)
     elif kind == "pickled_module":
         torch.save(nn.Sequential(nn.Linear(2, 2)), path)
+    elif kind == "plain_pickle":  # pickle.dump, protocol 4: torch warns before failing
+        with open(path, "wb") as f:
+            pickle.dump({"weights": [0.5, 0.25]}, f, protocol=4)
     elif kind == "newer_format":
         raw = torch.load(good, weights_only=True)
         raw["format_version"] = 99
@@ -216,6 +220,7 @@ CHECKPOINTS = {
     "state_dict": "is not a tp-vgg checkpoint (it holds a plain state_dict)",
     "other_tool": "is not a tp-vgg checkpoint (it holds a dict)",
     "pickled_module": "holds pickled Python objects",
+    "plain_pickle": "is corrupt, truncated or not a PyTorch file",
     "newer_format": "has format version 99, newer than this tp-vgg reads (1); upgrade tp-vgg",
 }
 
@@ -408,6 +413,41 @@ def test_disk_full_while_writing_the_report(run_cli, tmp_path, monkeypatch):
 def test_debug_shows_the_traceback(run_cli, tmp_path):
     r = prune(run_cli, tmp_path / "o", "--model", "vgg99", "--ratio", "0.5", "--debug")
     assert r.code == 2 and "Traceback" in r.err and r.err.strip().splitlines()[-1].startswith("tp-vgg: error:")
+
+
+CHILD = r"""
+import contextlib, io, json, sys
+from tp_vgg.cli import main
+out = {}
+for name, argv in json.loads(sys.argv[1]).items():
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv)
+    out[name] = [code, err.getvalue()]
+print(json.dumps(out))
+"""
+
+
+def test_no_warning_reaches_the_terminal(tmp_path, pruned_ckpt):
+    """In a plain process (no pytest warning capture), a bad input still prints one line: torch's
+    and torch-pruning's warnings do not leak to stderr."""
+    users = Path(__file__).parent / "user_models"
+    cases = {kind: ["profile", "--checkpoint", str(_bad_file(tmp_path, kind, pruned_ckpt))]
+             for kind in ("plain_pickle", "pickled_module", "junk", "truncated", "state_dict")}
+    cases.update({
+        name: ["prune", "--model", f"{users / name}.py:make", "--ratio", "0.3", "--out",
+               str(tmp_path / name)]
+        for name in ("unsupported_view_width", "unsupported_bare_param", "unsupported_channel_mean",
+                     "unsupported_no_modules", "unsupported_no_grad")})
+    cases["no data"] = ["eval", "--checkpoint", str(pruned_ckpt), "--data", "imagefolder",
+                        "--data-dir", str(tmp_path / "none")]
+    p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cases)], env=_env(), cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == ""
+    for name, (code, err) in json.loads(p.stdout).items():
+        assert code == 2 and len(err.strip().splitlines()) == 1, (name, err)
+        assert err.startswith("tp-vgg: error: "), (name, err)
 
 
 # --- Ctrl-C during fine-tuning ---------------------------------------------------------------

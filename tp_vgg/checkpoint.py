@@ -22,6 +22,7 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -126,7 +127,9 @@ def load_checkpoint(path: str) -> Checkpoint:
     if os.path.isdir(path):
         raise UserError(f"checkpoint {path!r} is a folder; give the .pt file inside it")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says it
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # Random bytes also fail in the weights-only unpickler ("Unsupported operand"); only a
         # reference to a class or function ("Unsupported global") is a pickled Python object.
