@@ -33,9 +33,9 @@ from tp_vgg.models import ModelSpec, select_logits
 
 VERIFY_MAX_PARAMS = 20_000_000  # masked-equivalence check up to this size (a deep copy each)
 _LAYERS = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
-_LIBRARY_DIRS = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
-                      for m in (torch, tp, os, traceback))
+_LIBRARY_DIRS = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (torch, tp))
 _OURS = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_STDLIB = os.path.dirname(os.path.abspath(os.__file__)) + os.sep
 _FLATTEN_HINT = ("a size written as a number in view/reshape does not follow pruning: flatten "
                  "with torch.flatten(x, 1), x.view(x.size(0), -1) or nn.Flatten()")
 
@@ -65,13 +65,17 @@ def bare_parameters(graph: tp.DependencyGraph) -> Dict[str, Tuple[tuple, int]]:
             for p, name in getattr(graph, "_param_to_name", {}).items() if p in dims}
 
 
-def no_output_layer_message(model: nn.Module, bare: Dict[str, Tuple[tuple, int]]) -> str:
+def no_output_layer_message(model: nn.Module, bare: Dict[str, Tuple[tuple, int]],
+                            graph: Optional[tp.DependencyGraph] = None) -> str:
     """Why the graph found no layer that produces the logits, and what to do."""
     layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     outside = f" (it computes with parameters outside modules: {', '.join(bare)})" if bare else ""
     if not layers:
         return ("the model has no Conv2d or Linear module" + outside + "; tp-vgg prunes the "
                 "channels of nn.Conv2d and nn.Linear modules: write the layers as modules")
+    if graph is not None and len(untraced_layers(graph, model)) == len(layers):
+        return (untraced_message(layers) + outside + "; nothing could be pruned: keep forward "
+                "differentiable for the layers to prune")
     shown = ", ".join(layers[-4:])
     return (f"cannot tell which layer produces the logits: none of the Conv2d/Linear layers is "
             f"traced to them{outside}; name it with --output-layer NAME (e.g. one of {shown})")
@@ -271,9 +275,13 @@ def _forward_or_explain(model: nn.Module, spec: ModelSpec, example: torch.Tensor
 
 def _user_frame(e: BaseException) -> Optional[traceback.FrameSummary]:
     """The innermost frame of the user's code (not torch, torch-pruning, tp-vgg or stdlib)."""
+    def library(path: str) -> bool:
+        path = os.path.abspath(path)
+        return path.startswith(_LIBRARY_DIRS + (_OURS,)) or (
+            path.startswith(_STDLIB) and "-packages" + os.sep not in path)
+
     frames = [f for f in traceback.extract_tb(e.__traceback__)
-              if not os.path.abspath(f.filename).startswith(_LIBRARY_DIRS + (_OURS,))
-              and not f.filename.startswith("<")]
+              if not f.filename.startswith("<") and not library(f.filename)]
     return frames[-1] if frames else None
 
 

@@ -284,7 +284,7 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
             # ``ignored_layers`` when it ranks, so setting it here protects the logits layer.
             protected = find_output_layers(pruner.DG)
             if not protected:
-                raise UserError(checks.no_output_layer_message(model, bare))
+                raise UserError(checks.no_output_layer_message(model, bare, pruner.DG))
             pruner.ignored_layers = [s for m in protected for s in m.modules()]
         untraced = checks.untraced_layers(pruner.DG, model)
         if untraced:
