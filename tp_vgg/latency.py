@@ -2,9 +2,11 @@
 
 Every model in a comparison runs in the same process on the same input, interleaved: each round
 times one forward pass of every model (the order alternates between rounds), after warm-up
-passes that let oneDNN/cuDNN pick and cache their kernels. A slow stretch of a shared machine
-therefore hits all models alike, and the medians discard outliers. On CUDA each pass is timed
-with device events and the device is synchronized; on the CPU with ``time.perf_counter``.
+passes that let oneDNN/cuDNN pick and cache their kernels (on CUDA with ``cudnn.benchmark`` on,
+so each shape gets its fastest algorithm). A slow stretch of a shared machine therefore hits all
+models alike, and the medians discard outliers. On CUDA each pass is timed with device events
+after a synchronize; on the CPU with ``time.perf_counter`` (or, with ``clock="thread"`` and one
+thread, the thread's CPU time, which time spent descheduled by other jobs does not inflate).
 
 Figures::
 
@@ -12,8 +14,9 @@ Figures::
     MAC ratio  = MACs of the original / MACs of the pruned model (fvcore, batch 1)
     efficiency = speed-up / MAC ratio     (1.0: every MAC removed saved its share of time)
 
-Models are measured in their deployment form (:func:`prepare`): a copy in eval mode on the
-device and dtype asked for, optionally channels-last and with BatchNorm folded into the convs.
+Models are measured in a deployment form (:func:`prepare`): a copy in eval mode on the device
+and dtype asked for, channels-last and with BatchNorm folded into the convs when asked (the CLI
+asks for both by default).
 """
 
 from __future__ import annotations
@@ -270,6 +273,10 @@ def measure(models: Dict[str, nn.Module], spec: ModelSpec, cfg: LatencyConfig,
     old_threads = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    # On CUDA let cuDNN time its algorithms for each shape during warm-up, as a deployment
+    # runtime would: an odd pruned width then gets its best kernel, not the heuristic's guess.
+    old_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = dev.type == "cuda" or old_benchmark
     out: Dict[int, Dict[str, Timing]] = {}
     try:
         with torch.inference_mode():
@@ -288,6 +295,7 @@ def measure(models: Dict[str, nn.Module], spec: ModelSpec, cfg: LatencyConfig,
                 out[b] = {n: Timing.from_samples(samples[n]) for n in names}
     finally:
         torch.set_num_threads(old_threads)
+        torch.backends.cudnn.benchmark = old_benchmark
     return out
 
 
