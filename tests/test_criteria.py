@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn as nn
 import torch_pruning as tp
 
 import tp_vgg

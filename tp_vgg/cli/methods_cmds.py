@@ -20,7 +20,7 @@ import math
 import os
 import shlex
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -32,7 +32,7 @@ from tp_vgg.counting import human
 from tp_vgg.criteria import GradientBatches
 from tp_vgg.data import Batches, BatchTransform, ImageData, load_data
 from tp_vgg.errors import UserError
-from tp_vgg.io import ensure_dir, write_json, write_text
+from tp_vgg.io import atomic_path, ensure_dir, write_json, write_text
 
 DEFAULT_TAYLOR_BATCHES = 8
 TAYLOR_BATCH_SIZE = 64
@@ -206,9 +206,12 @@ def _flag(name: str) -> str:
 def check_prune_args(args: argparse.Namespace) -> None:
     """Refuse combinations that mean nothing, in one line."""
     if _given(args, "unstructured"):
+        if _given(args, "latency"):
+            raise UserError("--latency with --unstructured would time the same dense layers: "
+                            "zeroed weights do not make dense kernels faster (the report gives "
+                            "nonzero-weight MACs instead)")
         for name in ("target_speedup", "target_macs", "iterative_steps", "finetune_epochs_per_step",
-                     "layer_ratios", "round_to", "max_layer_ratio", "taylor_batches",
-                     "latency"):
+                     "layer_ratios", "round_to", "max_layer_ratio", "taylor_batches"):
             if _given(args, name):
                 raise UserError(f"{_flag(name)} applies to structured (channel) pruning, not "
                                 "--unstructured, which zeroes single weights by magnitude")
@@ -433,9 +436,12 @@ def prune_unstructured(args: argparse.Namespace, loaded: Loaded,
                 params_before=before.params, params_after=after.params,
                 **({"accuracy": accuracy} if accuracy else {}))
     ensure_dir(args.out)
-    checkpoint.save(os.path.join(args.out, "pruned.pt"), model, spec, history=loaded.history,
-                    preprocessing=ft.preprocessing if ft else loaded.preprocessing, meta=meta)
-    write_json(os.path.join(args.out, "report.json"), rep)
+    # both files or neither, as `tp-vgg prune`: report.json first, then pruned.pt renamed in
+    with atomic_path(os.path.join(args.out, "pruned.pt")) as ckpt_tmp:
+        checkpoint.save(ckpt_tmp, model, spec, history=loaded.history,
+                        preprocessing=ft.preprocessing if ft else loaded.preprocessing, meta=meta,
+                        atomic=False)
+        write_json(os.path.join(args.out, "report.json"), rep)
     print(format_sparsity_table(sparse))
     if rounds is not None:
         for r in rounds:
