@@ -304,7 +304,8 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
                 # torch-pruning 1.6.1 checks max_pruning_ratio only *before* a step, so one global
                 # step can take a layer far past it. Rank globally here, cap each layer, and let
                 # torch-pruning remove exactly those per-layer counts.
-                ratios = {**_global_allocation(pruner, cfg, set(ratios), max_ratio), **ratios}
+                fixed = {s for m in ratios for s in m.modules()}  # a block's layers too
+                ratios = {**_global_allocation(pruner, cfg, fixed, max_ratio), **ratios}
                 pruner = _make_pruner(model, spec, dataclasses.replace(cfg, global_pruning=False),
                                       example, ratios, protected, 1.0)
             for step in range(cfg.iterative_steps):
