@@ -463,28 +463,31 @@ def test_ctrl_c_during_finetuning_keeps_a_resumable_checkpoint(run_cli, tmp_path
     out = tmp_path / "ft"
     cmd = [sys.executable, "-m", "tp_vgg", "finetune", "--checkpoint", str(pruned_ckpt),
            "--data", "fake", "--data-kwargs", '{"train_size": 2048, "test_size": 16}',
-           "--epochs", "2", "--batch-size", "16", "--progress", "plain", "--threads", "1",
+           "--epochs", "4", "--batch-size", "16", "--progress", "plain", "--threads", "1",
            "--device", "cpu", "--out", str(out)]
     proc = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:
-            if line.startswith("epoch 1/2"):  # printed after last.pt of epoch 1 is written
-                time.sleep(0.5)
+            if line.startswith("epoch 1/4"):  # printed after last.pt of epoch 1 is written
+                time.sleep(0.3)
                 proc.send_signal(signal.SIGINT)
                 break
-        _, err = proc.communicate(timeout=120)
+        rest, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err
+    if "final test" in rest:  # the signal came after the run had ended: a very loaded machine
+        pytest.skip("SIGINT arrived after the last epoch; the machine is too loaded")
+    assert proc.returncode == 130, (proc.returncode, err, rest)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     last = out / "last.pt"
     assert lines[0] == (f"tp-vgg: interrupted; {last} (the last finished epoch) is kept: "
                         f"continue with tp-vgg finetune --resume {last}")
     assert_nothing_partial(out, allowed=("config.json", "last.pt", "best.pt", "metrics.jsonl"))
-    kept = checkpoint.load_checkpoint(str(last))
-    assert kept.train_state["epoch"] == 1, "SIGINT did not land in epoch 2; the machine is too loaded"
+    done = checkpoint.load_checkpoint(str(last)).train_state["epoch"]
+    assert 1 <= done < 4
     r = run_cli("finetune", "--resume", last, "--progress", "plain", "--threads", "1")
     assert r.code == 0, r.err
-    assert "resuming" in r.out and checkpoint.load_checkpoint(str(last)).train_state["epoch"] == 2
+    assert f"resuming {last} after epoch {done}/4" in r.out
+    assert checkpoint.load_checkpoint(str(last)).train_state["epoch"] == 4
