@@ -94,3 +94,12 @@ def test_cli_sensitivity_mistakes_exit_2(run_cli, tmp_path, extra, message):
     r = run_cli("sensitivity", "--model", "cifar_vgg11_bn", "--width", "0.125", *FAKE, *extra,
                 "--out", out)
     assert_one_line_error(r, message, out)
+
+
+def test_suggested_command_repeats_the_model_flags():
+    from tp_vgg.cli import build_parser
+    from tp_vgg.cli.methods_cmds import _source_flags
+
+    args = build_parser().parse_args(["sensitivity", "--model", "cifar_vgg11_bn", "--width",
+                                      "0.125", "--num-classes", "7", "--data", "fake", "--out", "x"])
+    assert _source_flags(args) == "--model cifar_vgg11_bn --num-classes 7 --width 0.125"

@@ -27,7 +27,7 @@ import torch
 from tp_vgg import checkpoint, counting, iterative, pruning, report, sensitivity, sparsity, targets
 from tp_vgg import train, unstructured
 from tp_vgg.cli import train_cmds
-from tp_vgg.cli.common import Loaded, add_model_args, load_model, positive_int
+from tp_vgg.cli.common import MODEL_FLAGS, Loaded, add_model_args, load_model, positive_int
 from tp_vgg.counting import human
 from tp_vgg.criteria import GradientBatches
 from tp_vgg.data import Batches, BatchTransform, ImageData, load_data
@@ -501,8 +501,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     ratios = sensitivity.recommend(res, args.budget)
     trial = _copy_pruned(model, spec, ratios, args)
     after = counting.count(trial, spec) if trial is not None else counting.count(model, spec)
-    source = (f"--checkpoint {shlex.quote(args.checkpoint)}" if getattr(args, "checkpoint", None)
-              else f"--model {shlex.quote(args.model)}")
+    source = _source_flags(args)
     command = (f"tp-vgg prune {source} --ratio 0 --layer-ratios "
                f"{shlex.quote(json.dumps(ratios))} --out DIR")
     rep = {
@@ -529,6 +528,18 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     print(f"wrote {os.path.join(out, 'sensitivity.csv')}, sensitivity.png, layer_ratios.json, "
           "report.json")
     return 0
+
+
+def _source_flags(args: argparse.Namespace) -> str:
+    """The model flags of this command, to repeat in the suggested `tp-vgg prune`."""
+    if getattr(args, "checkpoint", None):
+        return f"--checkpoint {shlex.quote(args.checkpoint)}"
+    flags = ["--model", args.model]
+    for name in MODEL_FLAGS:
+        value = getattr(args, name, None)
+        if value is not None:
+            flags += [_flag(name), json.dumps(value) if isinstance(value, dict) else str(value)]
+    return shlex.join(flags)
 
 
 def _copy_pruned(model, spec, ratios: Dict[str, float], args) -> Optional[torch.nn.Module]:
