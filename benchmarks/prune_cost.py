@@ -17,7 +17,10 @@ Each (model, method) runs in a fresh subprocess: the model is built, the peak-RS
 reset (/proc/self/clear_refs), then ``--repeats`` prunes of fresh copies are timed (wall and
 process CPU time: the latter counts both threads' work, not waiting for other jobs); peak memory
 is the growth of the process's peak RSS over its RSS before the first prune. ``--profile`` adds
-where the time goes (cProfile, one prune of vgg16_bn@224 per method), grouped by stage.
+where the time goes in one prune of vgg16_bn@224 per method: the exclusive CPU time of each
+stage, from timing wrappers around torch-pruning's and tp_vgg's functions (cProfile would slow
+the pure-Python stages several-fold). Set PRUNE_COST_THREADS (default 2) for torch's threads;
+with 1, CPU time is not inflated by other jobs on a shared machine.
 
     python benchmarks/prune_cost.py [--repeats 3] [--profile]
 
@@ -28,11 +31,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import cProfile
 import csv
 import json
 import os
-import pstats
 import statistics
 import subprocess
 import sys
@@ -116,45 +117,66 @@ def one(name: str, size: int, method: str, repeats: int, ratio: float) -> Dict:
             "model_rss_mb": round(rss0 / 1024, 1)}
 
 
-STAGES = {  # (file fragment, function) whose cumulative time makes a stage; first match wins
-    "trace + build the DependencyGraph": [("dependency/graph.py", "build_dependency")],
-    "flatten index mapping (pure Python)": [("dependency/index_mapping.py", "__call__")],
-    "importance scores": [("importance.py", "__call__"), ("tp_vgg/pruning.py", "__call__"),
-                          ("tp_vgg/criteria.py", "__call__")],
-    "group collection (DependencyGraph.get_pruning_group, rest)": [
-        ("dependency/graph.py", "get_pruning_group")],
-    "tensor surgery (Group.prune: index_select of weights)": [("dependency/group.py", "prune")],
-    "tp_vgg forward check of the pruned model": [("tp_vgg/checks.py", "check_pruned")],
-}
+def _stage_targets():
+    """(stage, owner, attribute) of the functions whose exclusive time makes each stage."""
+    import torch_pruning as tp
+    from torch_pruning.dependency import graph, group, index_mapping
+    import tp_vgg.checks
+    import tp_vgg.pruning
+
+    maps = [getattr(index_mapping, n) for n in dir(index_mapping)
+            if n.endswith("IndexMapping") and isinstance(getattr(index_mapping, n), type)]
+    return [
+        ("trace the model, build the DependencyGraph", graph.DependencyGraph, "build_dependency"),
+        ("index mapping through flatten (pure Python)", maps, "__call__"),
+        ("collect coupled layers (get_pruning_group)", graph.DependencyGraph, "get_pruning_group"),
+        ("importance scores", [tp.importance.GroupMagnitudeImportance,
+                               tp_vgg.pruning.FilterNormImportance], "__call__"),
+        ("tensor surgery (Group.prune: index_select of weights)", group.Group, "prune"),
+        ("tp_vgg forward check of the pruned model", tp_vgg.checks, "check_pruned"),
+    ]
 
 
 def profile(name: str, size: int, method: str, ratio: float) -> Dict:
+    """Exclusive CPU time of each stage (a stage's time minus the stages it calls), measured by
+    wrapping the functions above -- unlike cProfile, this does not slow pure-Python code down."""
     spec, template, _ = _setup(name, size)
     model = copy.deepcopy(template)
-    prof = cProfile.Profile()
-    t0 = time.perf_counter()
-    prof.enable()
-    prune_once(method, model, spec, ratio)
-    prof.disable()
-    wall = time.perf_counter() - t0
-    st = pstats.Stats(prof)
-    cum: Dict[str, float] = {}
-    for (file, _line, func), (_cc, _nc, _tt, ct, _callers) in st.stats.items():
-        for stage, keys in STAGES.items():
-            if any(frag in file and func == fn for frag, fn in keys):
-                cum[stage] = cum.get(stage, 0.0) + ct
-    total = sum(v for (_, _, _, v, _) in [st.stats[k] for k in st.stats if k[2] == "prune_once"])
-    # the mapping runs inside group collection: report group collection without it
-    g = "group collection (DependencyGraph.get_pruning_group, rest)"
-    m = "flatten index mapping (pure Python)"
-    if g in cum and m in cum:
-        cum[g] = max(0.0, cum[g] - cum[m])
-    out = {"model": name, "input": size, "method": method, "profiled_total_s": round(total, 3),
-           "unprofiled_estimate_note": "cProfile slows pure-Python code more than tensor code",
-           "wall_with_profiler_s": round(wall, 3),
-           "stages_s": {k: round(v, 3) for k, v in cum.items()}}
-    out["stages_s"]["other"] = round(max(0.0, total - sum(cum.values())), 3)
-    return out
+    spent: Dict[str, float] = {}
+    stack: List[List[float]] = []
+
+    def wrap(stage, fn):
+        def timed(*a, **k):
+            stack.append([0.0])
+            t0 = time.thread_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                total = time.thread_time() - t0
+                nested = stack.pop()[0]
+                spent[stage] = spent.get(stage, 0.0) + total - nested
+                if stack:
+                    stack[-1][0] += total
+        return timed
+
+    restore = []
+    for stage, owners, attr in _stage_targets():
+        for owner in owners if isinstance(owners, list) else [owners]:
+            if attr in vars(owner):
+                orig = vars(owner)[attr]
+                restore.append((owner, attr, orig))
+                setattr(owner, attr, wrap(stage, orig))
+    try:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        prune_once(method, model, spec, ratio)
+        wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+    finally:
+        for owner, attr, orig in restore:
+            setattr(owner, attr, orig)
+    stages = {k: round(v, 3) for k, v in spent.items()}
+    stages["other"] = round(max(0.0, cpu - sum(spent.values())), 3)
+    return {"model": name, "input": size, "method": method, "thread_cpu_s": round(cpu, 3),
+            "wall_s": round(wall, 3), "stages_cpu_s": stages}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -164,6 +186,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--models", default=None, help="name@size,... (default: all)")
     p.add_argument("--methods", default="raw,tp_vgg")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--profile-only", action="store_true", help="only the stage breakdown")
     p.add_argument("--one", nargs=3, metavar=("NAME", "SIZE", "METHOD"), help=argparse.SUPPRESS)
     p.add_argument("--profile-one", nargs=3, metavar=("NAME", "SIZE", "METHOD"),
                    help=argparse.SUPPRESS)
@@ -179,7 +202,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     cases = ([c.split("@") for c in a.models.split(",")] if a.models else
              [(n, 224) for n in TORCHVISION_VGGS] + [(n, 32) for n in CIFAR_VGGS])
     rows = []
-    for name, size in cases:
+    for name, size in ([] if a.profile_only else cases):
         for method in a.methods.split(","):
             res = subprocess.run([sys.executable, __file__, "--one", name, str(size), method,
                                   "--repeats", str(a.repeats), "--ratio", str(a.ratio)],
@@ -192,16 +215,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"{row['model_rss_mb']} MB RSS  (load {row['load']})", flush=True)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     stem = os.path.join(HERE, "results", "prune_cost")
-    with open(stem + ".csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    threads = int(os.environ.get("PRUNE_COST_THREADS", "2"))
     cmd = "python benchmarks/prune_cost.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    with open(stem + ".json", "w") as f:
-        json.dump({"command": cmd, "threads": int(os.environ.get("PRUNE_COST_THREADS", "2")),
-                   "rows": rows}, f, indent=1)
-    print(f"wrote {stem}.csv and .json")
-    if a.profile:
+    if rows:
+        with open(stem + ".csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        with open(stem + ".json", "w") as f:
+            json.dump({"command": cmd, "threads": threads, "rows": rows}, f, indent=1)
+        print(f"wrote {stem}.csv and .json")
+    if a.profile or a.profile_only:
         profs = []
         for method in a.methods.split(","):
             res = subprocess.run([sys.executable, __file__, "--profile-one", "vgg16_bn", "224",
@@ -209,12 +233,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                                  capture_output=True, text=True, check=True)
             prof = json.loads(res.stdout.strip().splitlines()[-1])
             profs.append(prof)
-            print(f"where the time goes, vgg16_bn@224 {method} (cProfile, "
-                  f"{prof['profiled_total_s']} s profiled):")
-            for k, v in sorted(prof["stages_s"].items(), key=lambda kv: -kv[1]):
+            print(f"where the time goes, vgg16_bn@224 {method}: {prof['thread_cpu_s']} s CPU "
+                  f"({prof['wall_s']} s wall)")
+            for k, v in sorted(prof["stages_cpu_s"].items(), key=lambda kv: -kv[1]):
                 print(f"  {v:7.3f} s  {k}")
         with open(stem + "_profile.json", "w") as f:
-            json.dump({"command": cmd, "profiles": profs}, f, indent=1)
+            json.dump({"command": cmd, "threads": threads, "profiles": profs}, f, indent=1)
     return 0
 
 
