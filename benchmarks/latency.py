@@ -134,7 +134,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         w.writeheader()
         w.writerows(rows)
     env = latency.environment(torch.device(a.device))
-    env.update(platform=platform.platform(), cpus=os.cpu_count(), started=started,
+    env.update(threads=a.threads or torch.get_num_threads(), clock=a.clock,
+               platform=platform.platform(), cpus=os.cpu_count(), started=started,
                finished=datetime.datetime.now().isoformat(timespec="seconds"),
                command="python benchmarks/latency.py " + " ".join(sys.argv[1:] if argv is None else argv))
     with open(stem + ".json", "w") as f:
