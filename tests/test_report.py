@@ -67,6 +67,24 @@ def test_report_includes_fine_tuning_metrics_and_accuracy(run_cli, prune_run, tm
     assert is_png(run / "plots" / "training.png")
 
 
+def test_report_shows_what_pruning_methods_add(run_cli, prune_run, tmp_path):
+    rep = json.loads((prune_run / "report.json").read_text())
+    rep.pop("latency")
+    rep["target"] = {"mode": "uniform", "reached_speedup": 3.0216, "how": "found in 24 steps"}
+    rep["schedule"] = {"iterative_steps": 2, "steps": [
+        {"step": 1, "macs": 5_000_000, "top1": 0.5}, {"step": 2, "macs": 2_500_000, "top1": None}]}
+    rep["unstructured"] = {"sparsity": 0.798, "macs_dense": 9_897_216, "macs_nonzero": 1_980_149,
+                           "params": 596_298, "params_nonzero": 120_531}
+    rep["notes"] = ["a note"]
+    (tmp_path / "report.json").write_text(json.dumps(rep))
+    assert run_cli("report", tmp_path).code == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "- reached_speedup: 3.022" in md and "- how: found in 24 steps" in md
+    assert "| step | macs | top1 |" in md and "| 1 | 5.00M | 0.5 |" in md
+    assert "79.8 % of the conv/linear weights are zero" in md and "1.98M" in md
+    assert "- a note" in md and "## Latency" not in md
+
+
 def test_report_of_a_training_run(run_cli, tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps(
         {"epoch": 1, "lr": 0.05, "train_loss": 2.0, "train_top1": 0.3, "test_top1": 0.4,

@@ -183,9 +183,48 @@ def run_markdown(run_dir: str, rep: Dict[str, Any], records: List[Dict[str, Any]
                 for r in layers if r["type"] in ("Conv2d", "Linear")]
         parts.append(_md_table(["layer", "type", "channels before", "after", "MACs before",
                                 "after", "params before", "after"], rows) + "\n")
+    extra = _method_sections(rep)
+    if extra:
+        parts.append(extra)
     if records:
         parts.append(_training_section(records, plotter, "Fine-tuning"))
     parts.append(f"---\n{MAC_NOTE}; counted at batch 1 in eval mode.\n")
+    return "\n".join(parts)
+
+
+def _scalar(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _method_sections(rep: Dict[str, Any]) -> str:
+    """What the pruning methods add to report.json: a target reached, an iterative schedule,
+    unstructured sparsity, notes."""
+    parts = []
+    un = rep.get("unstructured")
+    if isinstance(un, dict) and "sparsity" in un:
+        parts.append(
+            f"## Unstructured sparsity\n\n{100 * un['sparsity']:.1f} % of the conv/linear weights "
+            f"are zero. Dense MACs {human(un.get('macs_dense', 0))} (unchanged: a dense kernel still "
+            f"computes them); MACs of the nonzero weights {human(un.get('macs_nonzero', 0))} "
+            f"(needs sparse kernels); nonzero params {human(un.get('params_nonzero', 0))} of "
+            f"{human(un.get('params', 0))}.\n")
+    target = rep.get("target")
+    if isinstance(target, dict):
+        items = "\n".join(f"- {k}: {_scalar(v)}" for k, v in target.items()
+                          if not isinstance(v, (dict, list)))
+        parts.append("## Target\n\n" + items + "\n")
+    sched = rep.get("schedule")
+    if isinstance(sched, dict) and isinstance(sched.get("steps"), list) and sched["steps"]:
+        steps = [s for s in sched["steps"] if isinstance(s, dict)]
+        keys = [k for k in steps[0] if all(not isinstance(s.get(k), (dict, list)) for s in steps)]
+        rows = [[_scalar(s.get(k)) if k not in ("macs", "params") or s.get(k) is None
+                 else human(s[k]) for k in keys] for s in steps]
+        parts.append("## Iterative schedule\n\n" + _md_table(keys, rows) + "\n")
+    notes = rep.get("notes")
+    if isinstance(notes, list) and notes:
+        parts.append("## Notes\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
     return "\n".join(parts)
 
 
