@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+import torch
 import torch.nn as nn
 
 from tp_vgg.checkpoint import Checkpoint, default_preprocessing, load_checkpoint
@@ -113,6 +114,8 @@ def load_model(args: argparse.Namespace) -> Loaded:
         return Loaded(ckpt.build(), ckpt.spec, list(ckpt.history), dict(ckpt.preprocessing),
                       dict(ckpt.meta), ckpt)
     spec = spec_from_args(args)
+    # --seed also fixes the initial weights, so `--model NAME` runs are reproducible
+    torch.manual_seed(getattr(args, "seed", None) or 0)
     model = build_model(spec)
     check_forward(model, spec)
     return Loaded(model, spec, [], default_preprocessing(spec), {})
