@@ -33,6 +33,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--maxpool", action="store_true",
+                   help="also time a 2x2 max-pool of each input (NCHW vs channels_last)")
     p.add_argument("--clock", default="wall", choices=["wall", "thread"],
                    help="thread: CPU time of this thread (robust on a shared machine; --threads 1)")
     p.add_argument("--tag", default="")
@@ -49,6 +51,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             x = torch.randn(a.batch, c, a.hw, a.hw).contiguous(memory_format=mf)
             cases[(fmt, c)] = (conv, x)
     samples = {k: [] for k in cases}
+    pool = {k: [] for k in cases}
     with torch.inference_mode():
         for conv, x in cases.values():
             for _ in range(3):
@@ -59,6 +62,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 t0 = clock()
                 conv(x)
                 samples[k].append(clock() - t0)
+                if a.maxpool:
+                    t0 = clock()
+                    torch.nn.functional.max_pool2d(x, 2)
+                    pool[k].append(clock() - t0)
     rows = []
     for (fmt, c), s in samples.items():
         ms = statistics.median(s) * 1e3
@@ -66,7 +73,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         rows.append({"format": fmt, "channels": c, "hw": a.hw, "batch": a.batch,
                      "threads": a.threads, "clock": a.clock, "median_ms": round(ms, 4),
                      "gmacs_per_s": round(macs / ms / 1e6, 2),
-                     "multiple_of": 16 if c % 16 == 0 else 8 if c % 8 == 0 else 1})
+                     "multiple_of": 16 if c % 16 == 0 else 8 if c % 8 == 0 else 1,
+                     "maxpool_ms": round(statistics.median(pool[(fmt, c)]) * 1e3, 4)
+                     if pool[(fmt, c)] else None})
     for fmt in ("nchw", "cl"):
         sub = [r for r in rows if r["format"] == fmt]
         by = {m: statistics.median([r["gmacs_per_s"] for r in sub if r["multiple_of"] == m] or [0])
@@ -75,6 +84,8 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"GMAC/s  multiples of 16: {by[16]:.1f}  of 8 (not 16): {by[8]:.1f}  "
               f"others: {by[1]:.1f}")
         print("  " + " ".join(f"{r['channels']}:{r['gmacs_per_s']:.0f}" for r in sub))
+        if a.maxpool:
+            print("  max-pool ms: " + " ".join(f"{r['channels']}:{r['maxpool_ms']:.2f}" for r in sub))
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     stem = os.path.join(HERE, "results", f"conv_widths{a.tag}")
     with open(stem + ".csv", "w", newline="") as f:
