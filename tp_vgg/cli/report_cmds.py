@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from typing import List, Tuple
+from typing import List
 
 import torch
 
