@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(PY) -c "import torch; torch.load('runs/demo/pruned.pt', weights_only=True); print('runs/demo/pruned.pt loads with weights_only=True')"
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -14,7 +14,10 @@ import tp_vgg
 from tp_vgg.cli import main as cli_main
 from tp_vgg.models import CIFAR_VGGS, TORCHVISION_VGGS, ModelSpec, build_model
 
-torch.set_num_threads(2)
+# One intra-op thread per test process: the models under test are tiny, where two OpenMP threads
+# mostly wait on each other (measured ~10x slower on a loaded 2-core machine); `make test` runs
+# two pytest workers (pytest-xdist) to use both cores instead.
+torch.set_num_threads(1)
 
 # Per-model overrides keep the suite fast: torchvision VGGs at 32x32 (the adaptive pool still
 # feeds the full 25088-wide classifier), a forgotten default shows through num_classes=50.

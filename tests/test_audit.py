@@ -30,13 +30,6 @@ FAKE = ["--data", "fake", "--data-kwargs", '{"train_size": 32, "test_size": 16}'
 QUIET = ["--progress", "none", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and immune to an oversubscribed machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 FACTORIES = '''
 import torch.nn as nn

@@ -22,14 +22,6 @@ from tp_vgg.train import TrainConfig, fit, seed_everything
 DATA_KWARGS = {"train_size": 128, "test_size": 33}  # test shards of 17 and 16: 2 and 1 batches
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Training tests run on one thread: on a loaded 2-core machine two OpenMP threads wait on
-    each other at every small op (measured: ~10x slower). The caller's setting is restored."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_from_env_reads_torchrun_variables():

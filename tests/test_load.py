@@ -21,13 +21,6 @@ from tp_vgg.models import ModelSpec, build_model
 USER_MODEL = str(Path(__file__).parent / "user_models" / "vgg_seq_linear.py") + ":make"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and immune to an oversubscribed machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _rss_mb() -> float:

@@ -23,14 +23,6 @@ SPEC = ModelSpec("cifar_vgg11_bn", width=0.125, num_classes=10).resolved()
 DATA = DataConfig("fake", kwargs={"train_size": 96, "test_size": 32})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Training tests run on one thread: on a loaded 2-core machine two OpenMP threads wait on
-    each other at every small op (measured: ~10x slower). The caller's setting is restored."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class Stop(Exception):

@@ -53,14 +53,6 @@ def net_file(tmp_path):
     return str(path)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Training tests run on one thread: on a loaded 2-core machine two OpenMP threads wait on
-    each other at every small op (measured: ~10x slower). The caller's setting is restored."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class ConstantLogits(nn.Module):

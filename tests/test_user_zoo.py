@@ -23,13 +23,6 @@ from conftest import randomize
 USER_MODELS = Path(__file__).parent / "user_models"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and immune to an oversubscribed machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 # Spec options per model (the rest default: 3 channels, 32x32, logits = the output tensor).
 ZOO = {
