@@ -8,7 +8,7 @@ import os
 
 from tp_vgg import checkpoint, counting, pruning, report
 from tp_vgg.cli import latency_args, methods_cmds, train_cmds
-from tp_vgg.cli.common import Loaded, add_model_args, json_object, load_model, positive_int, ratio
+from tp_vgg.cli.common import Loaded, add_model_args, json_object, load_model, ratio
 from tp_vgg.errors import UserError
 from tp_vgg.io import atomic_path, ensure_dir, write_json
 from tp_vgg.models import list_models
