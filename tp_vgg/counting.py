@@ -20,7 +20,7 @@ with warnings.catch_warnings():  # fvcore's focal_loss calls the deprecated torc
     warnings.simplefilter("ignore", FutureWarning)
     from fvcore.nn import FlopCountAnalysis, parameter_count
 
-from tp_vgg.models import ModelSpec, select_logits
+from tp_vgg.models import LogitsOnly, ModelSpec
 from tp_vgg.pruning import _keep_mode
 
 # Ops fvcore counts by default that are not conv/linear work: counted as 0 MACs. (In fvcore 0.1.5
@@ -72,24 +72,12 @@ def _channels(m: nn.Module):
     return None, None
 
 
-class _Logits(nn.Module):
-    """Wraps a model so the traced output is its logits tensor (dict/tuple outputs)."""
-
-    def __init__(self, model: nn.Module, key: Optional[str]):
-        super().__init__()
-        self.model = model
-        self.key = key
-
-    def forward(self, x):
-        return select_logits(self.model(x), self.key)
-
-
 def count(model: nn.Module, spec: ModelSpec, example: Optional[torch.Tensor] = None) -> Counts:
     """Count MACs and parameters of ``model`` at batch 1; the model's mode is kept."""
     device = next(model.parameters()).device
     if example is None:
         example = spec.example_input(batch=1, device=device)
-    wrapped = _Logits(model, spec.output_key)
+    wrapped = LogitsOnly(model, spec.output_key)
     with _keep_mode(model), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fv_logger = logging.getLogger("fvcore")

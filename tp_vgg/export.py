@@ -20,7 +20,7 @@ import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from tp_vgg.errors import UserError
-from tp_vgg.models import ModelSpec, select_logits
+from tp_vgg.models import LogitsOnly, ModelSpec, select_logits
 
 
 def fuse_bn(model: nn.Module, inplace: bool = False) -> nn.Module:
@@ -44,16 +44,6 @@ def fuse_bn(model: nn.Module, inplace: bool = False) -> nn.Module:
 
 def count_bn(model: nn.Module) -> int:
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-class _Logits(nn.Module):
-    def __init__(self, model: nn.Module, key: Optional[str]):
-        super().__init__()
-        self.model = model
-        self.key = key
-
-    def forward(self, x):
-        return select_logits(self.model(x), self.key)
 
 
 @dataclass
@@ -94,7 +84,7 @@ def export_program(model: nn.Module, spec: ModelSpec, path: str) -> None:
     ``torch.export.load(path).module()`` runs it without tp-vgg or the model's code."""
     from tp_vgg.io import write_with
 
-    wrapped = _Logits(copy.deepcopy(model).cpu().float().eval(), spec.output_key).eval()
+    wrapped = LogitsOnly(copy.deepcopy(model).cpu().float().eval(), spec.output_key).eval()
     x = spec.example_input(batch=2)
     batch = torch.export.Dim("batch", min=1, max=65536)
     with warnings.catch_warnings():
@@ -118,7 +108,7 @@ def export_onnx(model: nn.Module, spec: ModelSpec, path: str, opset: int = 17,
         raise UserError(f"--onnx {path!r}: folder {folder!r} does not exist")
     if not onnx_available():
         raise UserError("ONNX export needs the onnx package: pip install 'tp-vgg[export]'")
-    wrapped = _Logits(copy.deepcopy(model).cpu().float().eval(), spec.output_key).eval()
+    wrapped = LogitsOnly(copy.deepcopy(model).cpu().float().eval(), spec.output_key).eval()
     x = spec.example_input(batch=2)
 
     def write(tmp: str) -> None:

@@ -280,6 +280,19 @@ def check_forward(model: nn.Module, spec: ModelSpec) -> torch.Size:
     return select_logits(out, s.output_key).shape
 
 
+class LogitsOnly(nn.Module):
+    """Wraps a model so that its output is the logits tensor (for tracing and export of models
+    that return a dict or a tuple)."""
+
+    def __init__(self, model: nn.Module, key: Optional[str]):
+        super().__init__()
+        self.model = model
+        self.key = key
+
+    def forward(self, x):
+        return select_logits(self.model(x), self.key)
+
+
 def select_logits(output: Any, key: Optional[str] = None) -> torch.Tensor:
     """The logits tensor from a model's output: the tensor itself, ``output[key]`` of a dict
     (``key`` or the only tensor value or ``'logits'``/``'out'``), or an element of a tuple/list
