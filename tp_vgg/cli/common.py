@@ -39,6 +39,26 @@ def positive_int(text: str) -> int:
     return v
 
 
+def nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; accepted: an integer >= 0")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative; accepted: an integer >= 0")
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; accepted: a number >= 0")
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0; accepted: a number >= 0")
+    return v
+
+
 def positive_float(text: str) -> float:
     try:
         v = float(text)

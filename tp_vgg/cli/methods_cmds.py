@@ -27,7 +27,8 @@ import torch
 from tp_vgg import checkpoint, counting, iterative, pruning, report, sensitivity, sparsity, targets
 from tp_vgg import train, unstructured
 from tp_vgg.cli import train_cmds
-from tp_vgg.cli.common import MODEL_FLAGS, Loaded, add_model_args, load_model, positive_int
+from tp_vgg.cli.common import (MODEL_FLAGS, Loaded, add_model_args, load_model, nonneg_float,
+                               nonneg_int, positive_int)
 from tp_vgg.counting import human
 from tp_vgg.criteria import GradientBatches
 from tp_vgg.data import Batches, BatchTransform, ImageData, load_data
@@ -68,24 +69,8 @@ def _macs(text: str) -> int:
     return int(v)
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; accepted: an integer >= 0")
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative; accepted: an integer >= 0")
-    return v
 
 
-def _points(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; accepted: top-1 points >= 0, e.g. 1")
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not >= 0; accepted: top-1 points >= 0, e.g. 1")
-    return v
 
 
 def _ratio_list(text: str) -> List[float]:
@@ -120,7 +105,7 @@ def register(sub, common) -> None:
                    metavar="R1,R2", help="ratios to try per layer (default 0.1,0.2,...,0.9)")
     g.add_argument("--importance", default="l1", choices=pruning.IMPORTANCES.names(),
                    help="channel ranking criterion (default l1, as Li et al. 2017)")
-    g.add_argument("--budget", type=_points, default=1.0, metavar="POINTS",
+    g.add_argument("--budget", type=nonneg_float, default=1.0, metavar="POINTS",
                    help="top-1 points each layer may cost when pruned alone (default 1); sets "
                         "the recommended --layer-ratios")
     g.add_argument("--layers", type=_name_list, metavar="NAME,NAME",
@@ -187,7 +172,7 @@ def add_prune_method_args(p: argparse.ArgumentParser) -> None:
     u.add_argument("--lottery-rounds", type=positive_int, metavar="R",
                    help="lottery-ticket mode: R rounds of train, prune, rewind (needs "
                         "--finetune-epochs N = training epochs per round, and --data)")
-    u.add_argument("--rewind-epoch", type=_nonneg_int, metavar="E",
+    u.add_argument("--rewind-epoch", type=nonneg_int, metavar="E",
                    help="rewind surviving weights to their values after epoch E of the dense "
                         "run (default 0: the starting weights)")
 

@@ -19,8 +19,8 @@ import torch
 
 from tp_vgg import distributed, train
 from tp_vgg.checkpoint import load_checkpoint
-from tp_vgg.cli.common import (Loaded, add_model_args, json_object, load_model, positive_float,
-                               positive_int, spec_from_args)
+from tp_vgg.cli.common import (Loaded, add_model_args, json_object, load_model, nonneg_float,
+                               positive_float, positive_int, ratio, spec_from_args)
 from tp_vgg.data import DATASETS, Batches, BatchTransform, DataConfig, ImageData, load_data
 from tp_vgg.errors import UserError
 from tp_vgg.models import MODELS, build_model
@@ -99,24 +99,8 @@ def _milestones(text: str) -> List[int]:
     return sorted(ms)
 
 
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; accepted: a number in [0, 1)")
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is outside [0, 1)")
-    return v
 
 
-def _nonneg(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; accepted: a number >= 0")
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative; accepted: a number >= 0")
-    return v
 
 
 def add_train_args(p: argparse.ArgumentParser, epochs: bool = True) -> None:
@@ -132,19 +116,19 @@ def add_train_args(p: argparse.ArgumentParser, epochs: bool = True) -> None:
          help=f"{', '.join(train.OPTIMIZERS.names())} (default {d.optimizer})")
     _add(g, "--lr", type=positive_float, metavar="LR",
          help="peak learning rate (default: sgd 0.05, adamw 0.001; finetune: a fifth of that)")
-    _add(g, "--momentum", type=_fraction, metavar="M", help=f"SGD momentum (default {d.momentum})")
+    _add(g, "--momentum", type=ratio, metavar="M", help=f"SGD momentum (default {d.momentum})")
     _add(g, "--nesterov", action=argparse.BooleanOptionalAction, default=None,
          help="Nesterov momentum (default on)")
-    _add(g, "--weight-decay", type=_nonneg, metavar="WD", help="default: sgd 5e-4, adamw 0.05")
+    _add(g, "--weight-decay", type=nonneg_float, metavar="WD", help="default: sgd 5e-4, adamw 0.05")
     _add(g, "--schedule", metavar="NAME",
          help=f"{', '.join(train.SCHEDULES.names())} (default {d.schedule}), applied per step")
-    _add(g, "--warmup-epochs", type=_nonneg, metavar="E",
+    _add(g, "--warmup-epochs", type=nonneg_float, metavar="E",
          help=f"linear LR warm-up, may be fractional (default {d.warmup_epochs}; finetune 0)")
     _add(g, "--step-size", type=positive_int, metavar="E", help="step schedule: epochs per decay")
     _add(g, "--milestones", type=_milestones, metavar="E1,E2",
          help="multistep schedule: epochs where the LR is multiplied by --gamma")
     _add(g, "--gamma", type=positive_float, metavar="G", help="step/multistep decay factor (default 0.1)")
-    _add(g, "--label-smoothing", type=_fraction, metavar="S", help="default 0")
+    _add(g, "--label-smoothing", type=ratio, metavar="S", help="default 0")
     _add(g, "--grad-clip", type=positive_float, metavar="NORM", help="clip the gradient norm")
     _add(g, "--augment", action=argparse.BooleanOptionalAction, default=None,
          help="random crop (pad 4) and flip (no flip for digits); default on")
