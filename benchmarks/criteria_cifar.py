@@ -48,7 +48,8 @@ def cli_command(a, criterion: str, speedup: float, mode: str) -> str:
         cmd += ["--finetune-epochs", str(a.epochs)]
     if criterion == "taylor":
         cmd += ["--taylor-batches", str(a.taylor_batches)]
-    cmd += ["--data", "imagefolder", "--data-dir", a.data_dir, "--threads", str(a.threads),
+    cmd += ["--seed", str(a.seed), "--data", "imagefolder", "--data-dir", a.data_dir,
+            "--threads", str(a.threads),
             "--device", "cpu", "--out", f"runs/criteria/{criterion}_{speedup:g}x_{mode}"]
     return shlex.join(cmd)
 
@@ -63,9 +64,16 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs per run (total)")
     ap.add_argument("--steps", type=int, default=3, help="iterative pruning steps")
     ap.add_argument("--taylor-batches", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a shared 2-core machine, 2 threads "
+                         "oversubscribe and run several times slower)")
     ap.add_argument("--train-images", type=int, default=None,
                     help="smoke runs: use only this many training images")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seeds fine-tuning, the random criterion and the Taylor batches")
+    ap.add_argument("--base", default=None,
+                    help="label of a base other than the plain trained model (e.g. after "
+                         "sparsity training), recorded in the results")
     ap.add_argument("--tag", default="", help="suffix of the result files")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -103,14 +111,14 @@ def main() -> int:
                             "eval_s": time.time() - t}
     base.to("cpu")
     ft_cfg = train.TrainConfig(lr=train.OPTIMIZERS.get("sgd").lr * 0.2, warmup_epochs=0.0,
-                               device="cpu", progress="plain", seed=0)
+                               device="cpu", progress="plain", seed=a.seed)
     done["setup"] = {
         "checkpoint": a.checkpoint, "checkpoint_meta": {k: ck.meta.get(k) for k in
                                                         ("epoch", "test_top1", "dataset")},
         "data": dataclasses.asdict(data_cfg), "train_images": len(data.train_labels),
         "test_images": len(data.test_labels), "finetune": ft_cfg.resolved().to_dict(),
         "epochs": a.epochs, "steps": a.steps, "taylor_batches": a.taylor_batches,
-        "threads": a.threads, "torch": torch.__version__, "machine": platform.machine(),
+        "threads": a.threads, "seed": a.seed, "base": a.base, "torch": torch.__version__, "machine": platform.machine(),
         "cpus": os.cpu_count(), "argv": sys.argv,
     }
 
@@ -133,9 +141,10 @@ def main() -> int:
                     continue
                 t = time.time()
                 model = ck.build()
-                grads = (_gradients(data, pre, spec, a.taylor_batches, 0)
+                grads = (_gradients(data, pre, spec, a.taylor_batches, a.seed)
                          if criterion == "taylor" else None)
-                cfg, plan = targets.solve(model, spec, pruning.PruneConfig(importance=criterion),
+                cfg, plan = targets.solve(model, spec,
+                                          pruning.PruneConfig(importance=criterion, seed=a.seed),
                                           targets.Target(speedup=speedup), gradients=grads)
                 print(f"{criterion} {speedup:g}x {mode}: ratio {cfg.ratio}", flush=True)
                 sched = None
@@ -156,6 +165,7 @@ def main() -> int:
                        "reached_speedup": base_counts.macs / c.macs,
                        "top1_pruned": pruned, "top1": top1,
                        "finetune_epochs_total": a.epochs, "seconds": time.time() - t,
+                       "threads": a.threads, "seed": a.seed,
                        "notes": result.notes, "command": cli_command(a, criterion, speedup, mode)}
                 if sched is not None:
                     rec["schedule"] = sched.to_dict()
