@@ -55,7 +55,7 @@ def nonneg_float(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number; accepted: a number >= 0")
     if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0; accepted: a number >= 0")
+        raise argparse.ArgumentTypeError(f"{text!r} is not >= 0; accepted: a finite number >= 0")
     return v
 
 
