@@ -75,8 +75,18 @@ def main() -> int:
                     help="label of a base other than the plain trained model (e.g. after "
                          "sparsity training), recorded in the results")
     ap.add_argument("--tag", default="", help="suffix of the result files")
+    ap.add_argument("--replot", action="store_true",
+                    help="only rewrite the table and plot from the results JSON")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.replot:
+        with open(os.path.join(RESULTS, f"criteria_cifar{a.tag}.json")) as f:
+            done = json.load(f)
+        from tp_vgg.io import write_text
+
+        write_text(os.path.join(RESULTS, f"criteria_cifar{a.tag}.md"), table(done))
+        plot(done, os.path.join(RESULTS, f"criteria_cifar{a.tag}.png"))
+        return 0
 
     from tp_vgg import checkpoint, count, iterative, pruning, targets, train
     from tp_vgg.cli.methods_cmds import _gradients
@@ -231,6 +241,10 @@ def plot(done: dict, path: str) -> None:
                     markerfacecolor=colors[criterion] if fill else "white",
                     label=f"{criterion} {mode}")
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if v in (2, 3, 5) else ""))
     ax.set_xlabel("MACs (millions, log scale; 1 MAC = one multiply-add = fvcore's 'flop')")
     ax.set_ylabel("CIFAR-10 test top-1 after fine-tuning (%)")
     s = done.get("setup", {})
