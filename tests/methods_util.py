@@ -9,7 +9,7 @@ from typing import List
 
 FAKE = ["--data", "fake", "--data-kwargs", '{"train_size": 96, "test_size": 48}']
 TINY = ["--model", "cifar_vgg11_bn", "--width", "0.125"]
-QUIET = ["--progress", "none", "--threads", "2", "--batch-size", "48"]
+QUIET = ["--progress", "none", "--threads", "1", "--batch-size", "48"]
 
 # A small VGG-like user model: conv-(BN)-ReLU blocks, pools, a two-layer classifier.
 USER_MODEL = '''
