@@ -98,6 +98,22 @@ def test_cli_group_norm_on_a_user_model_without_bn(run_cli, tmp_path):
     assert not (out / "bn_gamma.png").exists()
 
 
+@pytest.mark.parametrize("which", ["zoo", "user"])
+@pytest.mark.parametrize("method", ["bn-l1", "group-norm"])
+def test_cli_sparsity_train_and_finetune(run_cli, tmp_path, which, method):
+    model = TINY if which == "zoo" else user_model(tmp_path)
+    r = run_cli("train", *model, *FAKE, *QUIET, "--epochs", "1", "--sparsity", method,
+                "--out", tmp_path / "t")
+    assert r.code == 0, r.err
+    r = run_cli("finetune", "--checkpoint", tmp_path / "t" / "last.pt", *FAKE, *QUIET,
+                "--epochs", "1", "--sparsity", method, "--sparsity-reg", "1e-3",
+                "--out", tmp_path / "f")
+    assert r.code == 0, r.err
+    rep = json.loads((tmp_path / "f" / "sparsity.json").read_text())
+    assert rep["method"] == method and rep["reg"] == 1e-3
+    assert rep["gamma_after"]["channels"] == rep["gamma_before"]["channels"] > 0
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--sparsity", "l0"], "argument --sparsity: invalid choice: 'l0'"),
     (["--sparsity", "bn-l1", "--sparsity-reg", "-1"], "argument --sparsity-reg: '-1' is not > 0"),

@@ -154,9 +154,10 @@ def test_cli_finetuning_keeps_pruned_weights_at_zero(run_cli, tmp_path):
     assert changed
 
 
-def test_cli_lottery_ticket_mode(run_cli, tmp_path):
+@pytest.mark.parametrize("which", ["zoo", "user"])
+def test_cli_lottery_ticket_mode(run_cli, tmp_path, which):
     out = tmp_path / "lt"
-    r = run_cli("prune", "--model", "cifar_vgg11_bn", "--width", "0.125", "--unstructured",
+    r = run_cli("prune", *models(tmp_path)[which], "--unstructured",
                 "--ratio", "0.75", "--lottery-rounds", "2", "--rewind-epoch", "1",
                 "--finetune-epochs", "2", *FAKE, *QUIET, "--out", out)
     assert r.code == 0, r.err
