@@ -26,11 +26,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from tp_vgg import checkpoint as ckpt_io
 from tp_vgg.data import BatchTransform, Batches, DataConfig, ImageData
@@ -74,6 +75,9 @@ class TrainConfig:
     seed: int = 0
     sparsity: Optional[str] = None          # sparsity regularizer (tp_vgg.sparsity), e.g. bn-l1
     sparsity_reg: float = 1e-4
+    distill: bool = False                   # knowledge distillation from fit(teacher=...)
+    distill_temperature: float = 4.0
+    distill_alpha: float = 0.9              # weight of the distillation term (1 - alpha: CE)
     # runtime: may differ on --resume without changing the result (except amp)
     device: Optional[str] = None            # None/auto: CUDA when present, else CPU
     amp: str = "auto"                       # auto (bf16/fp16 on CUDA, off on CPU) | bf16 | fp16 | off
@@ -120,6 +124,10 @@ class TrainConfig:
         for m in self.milestones or []:
             if not isinstance(m, int) or not 0 < m <= self.epochs:
                 raise UserError(f"--milestones must be epochs in 1..{self.epochs}, got {m!r}")
+        if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
+            raise UserError(f"--distill-temperature must be a number > 0, got {self.distill_temperature!r}")
+        if not 0 <= self.distill_alpha <= 1:
+            raise UserError(f"--distill-alpha must be in [0, 1], got {self.distill_alpha!r}")
         if self.sparsity is not None:
             from tp_vgg import sparsity
 
@@ -265,6 +273,82 @@ class Engine:
     check_every: int = 10   # steps between NaN checks / progress updates (each one syncs)
     regularize: Optional[Callable[[], None]] = None  # adds to the gradients (sparsity training)
     after_step: Optional[Callable[[], None]] = None  # after each optimizer step (keep zeros)
+    teacher: Optional[nn.Module] = None  # frozen, returns logits: the loss becomes distill_loss
+    distill_temperature: float = 4.0
+    distill_alpha: float = 0.9
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, logits)`` of one batch, inside the caller's autocast."""
+        logits = select_logits(self.model(x), self.output_key)
+        if self.teacher is None:
+            return self.criterion(logits, y), logits
+        with torch.no_grad():
+            t_logits = self.teacher(x)
+        return distill_loss(logits, t_logits, y, self.criterion, self.distill_temperature,
+                            self.distill_alpha), logits
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
+                 criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 temperature: float, alpha: float) -> torch.Tensor:
+    """Knowledge distillation (Hinton et al., 2015)::
+
+        (1 - alpha) * criterion(student, target) + alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))
+
+    KL is averaged over the batch; ``T^2`` keeps the soft term's gradients on the scale of the
+    hard term's. Computed in float32 under autocast."""
+    t = float(temperature)
+    soft = F.kl_div(F.log_softmax(student.float() / t, dim=1), F.log_softmax(teacher.float() / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)
+    if alpha >= 1:
+        return soft
+    return (1 - alpha) * criterion(student, target) + alpha * soft
+
+
+class _TeacherClock:
+    """Time spent in the teacher's forward: CUDA events on a GPU (no sync per step), else a clock."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.events: List[Tuple[Any, Any]] = []
+        self.seconds = 0.0
+
+    @contextlib.contextmanager
+    def __call__(self):
+        if self.cuda:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            yield
+            b.record()
+            self.events.append((a, b))
+        else:
+            t0 = time.perf_counter()
+            yield
+            self.seconds += time.perf_counter() - t0
+
+    def total(self) -> float:
+        if self.events:
+            torch.cuda.synchronize()
+            self.seconds += sum(a.elapsed_time(b) for a, b in self.events) / 1000.0
+            self.events = []
+        return self.seconds
+
+
+class _TimedTeacher(nn.Module):
+    """The teacher's logits, timed by ``clock``; eval mode always."""
+
+    def __init__(self, teacher: nn.Module, output_key: Optional[str]) -> None:
+        super().__init__()
+        self.teacher, self.output_key = teacher, output_key
+        self.clock: Optional[_TeacherClock] = None
+
+    def train(self, mode: bool = True) -> "_TimedTeacher":
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ctx = self.clock() if self.clock is not None else contextlib.nullcontext()
+        with ctx:
+            return select_logits(self.teacher(x), self.output_key)
 
 
 @dataclass
@@ -273,6 +357,7 @@ class EpochStats:
     top1: float
     images: int
     seconds: float
+    teacher_seconds: float = 0.0   # of ``seconds``, in the teacher's forward (distillation)
 
     @property
     def images_per_s(self) -> float:
@@ -291,11 +376,13 @@ def train_one_epoch(engine: Engine, batches: Batches, epoch: int = 0,
     seen = 0
     last_checked = 0
     progress.start(epoch, epochs or epoch + 1, len(batches))
+    clock = None
+    if isinstance(engine.teacher, _TimedTeacher):
+        clock = engine.teacher.clock = _TeacherClock(dev)
     t0 = time.perf_counter()
     for step, (x, y) in enumerate(batches, 1):
         with engine.autocast():
-            logits = select_logits(model(x), engine.output_key)
-            loss = engine.criterion(logits, y)
+            loss, logits = engine.loss(x, y)
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -337,7 +424,8 @@ def train_one_epoch(engine: Engine, batches: Batches, epoch: int = 0,
         torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=dev)]))
     n_all = max(totals[2].item(), 1.0)
     return EpochStats(loss=totals[0].item() / n_all, top1=totals[1].item() / n_all,
-                      images=int(totals[2].item()), seconds=seconds)
+                      images=int(totals[2].item()), seconds=seconds,
+                      teacher_seconds=clock.total() if clock is not None else 0.0)
 
 
 def _check_finite(engine: Engine, loss_sum: torch.Tensor, epoch: int, step: int) -> None:
@@ -393,6 +481,78 @@ def evaluate(model: nn.Module, batches: Batches, output_key: Optional[str] = Non
     n = max(sums[3].item(), 1.0)
     return EvalResult(loss=sums[0].item() / n, top1=sums[1].item() / n, top5=sums[2].item() / n,
                       images=int(sums[3].item()))
+
+
+# --------------------------------------------------------------------------------------------
+# BatchNorm recalibration.
+
+def batchnorms(model: nn.Module) -> List[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers that keep running statistics (used in eval mode)."""
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Batches, num_batches: int,
+                   autocast: Callable[[], Any] = contextlib.nullcontext,
+                   dist: Optional[DistContext] = None) -> int:
+    """Re-estimate the BatchNorm running statistics of ``model`` from ``num_batches`` batches.
+
+    After pruning, the kept channels' inputs changed (their input channels were removed), so the
+    stored means and variances no longer describe them; re-estimating them (EagleEye's "adaptive
+    BN") recovers much of the accuracy with no training. Each BN layer's statistics are reset and
+    averaged cumulatively (``momentum=None``) over the batches, with only the BN layers in train
+    mode -- the forward is the eval-mode one (no dropout), and no weight changes. Under torchrun
+    each rank uses its shard and the statistics are averaged over ranks. The caller's train/eval
+    mode and the layers' momentum are restored. Returns the number of layers re-estimated (0 for
+    a model without BatchNorm running statistics, which is left unchanged)."""
+    from tp_vgg.pruning import _keep_mode
+
+    bns = batchnorms(model)
+    if not bns or num_batches <= 0:
+        return 0
+    momenta = [m.momentum for m in bns]
+    with _keep_mode(model):
+        model.eval()
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        try:
+            for i, (x, _) in enumerate(batches):
+                if i >= num_batches:
+                    break
+                with autocast():
+                    model(x)
+        finally:
+            for m, mom in zip(bns, momenta):
+                m.momentum = mom
+    dist = dist or DistContext()
+    if dist.enabled:
+        for m in bns:
+            for b in (m.running_mean, m.running_var):
+                if b is not None:
+                    dist.all_reduce_sum(b)
+                    b.div_(dist.world_size)
+    return len(bns)
+
+
+def recalibrate_on(model: nn.Module, spec: ModelSpec, data: ImageData, preprocessing: Dict[str, Any],
+                   num_batches: int, batch_size: int = 64, device: Optional[str] = None,
+                   seed: int = 0, channels_last: bool = True,
+                   dist: Optional[DistContext] = None) -> int:
+    """:func:`recalibrate_bn` on ``num_batches`` shuffled, un-augmented batches of ``data``'s
+    training split (seeded by ``seed``), with ``preprocessing`` (a checkpoint's or the data's)."""
+    dist = dist or DistContext()
+    dev = dist.device(device)
+    pre = resolve_preprocessing(data, spec, preprocessing)
+    model.to(dev)
+    batches = Batches(data.train_images, data.train_labels, batch_size,
+                      BatchTransform(pre["mean"], pre["std"], pre["input_size"], channels_last), dev,
+                      train=True, augment=False, seed=seed, rank=dist.rank,
+                      world_size=dist.world_size)
+    autocast, _, _ = make_amp(dev, "auto")
+    return recalibrate_bn(model, batches, num_batches, autocast, dist)
 
 
 # --------------------------------------------------------------------------------------------
@@ -470,6 +630,20 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 # The epoch loop.
 
 @dataclass
+class Teacher:
+    """The model a student is distilled from (``TrainConfig.distill``): built from ``spec`` and
+    pruned by ``history`` (empty: the unpruned model), so that ``fit`` can save it next to
+    ``last.pt`` for an exact ``resume``."""
+
+    model: nn.Module
+    spec: ModelSpec
+    history: List[list] = field(default_factory=list)
+
+
+TEACHER_FILE = "teacher.pt"
+
+
+@dataclass
 class FitResult:
     epochs: int                         # epochs completed
     best_top1: float
@@ -485,7 +659,8 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
         meta: Optional[Dict[str, Any]] = None, dist: Optional[DistContext] = None,
         resume_state: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print,
         command: str = "train", after_step: Optional[Callable[[], None]] = None,
-        on_epoch_end: Optional[Callable[[int, nn.Module], None]] = None) -> FitResult:
+        on_epoch_end: Optional[Callable[[int, nn.Module], None]] = None,
+        teacher: Optional[Teacher] = None) -> FitResult:
     """Train ``model`` (built from ``spec``, pruned by ``history``) on ``data``.
 
     ``after_step()`` runs after every optimizer step (a checkpoint whose meta has
@@ -496,6 +671,10 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
     With ``out_dir``, rank 0 writes ``last.pt`` each epoch (with the training state for
     :func:`resume`), ``best.pt`` on a better test top-1, ``metrics.jsonl`` and ``config.json``.
     ``resume_state`` is a ``last.pt``'s ``train_state``: training continues after its epoch.
+
+    ``cfg.distill`` trains against ``teacher`` (:func:`distill_loss`); the teacher is moved to the
+    device, frozen, kept in eval mode, never wrapped in DDP or compiled, and saved once as
+    ``teacher.pt`` in ``out_dir`` (for :func:`resume`). Its forward time is in each epoch's log.
     """
     dist = dist or DistContext()
     cfg.validate()
@@ -507,6 +686,16 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     check_model_fits(model, spec, data)
+    timed_teacher = None
+    if cfg.distill:
+        if teacher is None:
+            raise UserError("distillation (--distill, TrainConfig.distill) needs a teacher: the "
+                            "model before pruning (prune --distill) or --teacher CKPT")
+        teacher.model.to(device, memory_format=memory_format).eval().requires_grad_(False)
+        check_model_fits(teacher.model, teacher.spec, data)
+        timed_teacher = _TimedTeacher(teacher.model, teacher.spec.output_key)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
     transform = BatchTransform(pre["mean"], pre["std"], pre["input_size"], cfg.channels_last)
     train_b = Batches(data.train_images, data.train_labels, cfg.batch_size, transform, device,
@@ -547,7 +736,8 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
     engine = Engine(model, optimizer, scheduler,
                     nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), autocast, scaler,
                     cfg.grad_clip, spec.output_key, dist, regularize=regularizer,
-                    after_step=after_step)
+                    after_step=after_step, teacher=timed_teacher,
+                    distill_temperature=cfg.distill_temperature, distill_alpha=cfg.distill_alpha)
 
     quiet = cfg.progress == "none" or not dist.is_main
     say = (lambda s: None) if quiet else log
@@ -566,6 +756,9 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
     if writes:
         ensure_dir(out_dir)
         write_json(os.path.join(out_dir, "config.json"), resolved)
+        if teacher is not None and cfg.distill and resume_state is None:
+            ckpt_io.save(os.path.join(out_dir, TEACHER_FILE), teacher.model, teacher.spec,
+                         teacher.history, pre, {"role": "distillation teacher"})
     progress = Progress() if quiet else PROGRESS.get(cfg.progress)()
     final: Optional[EvalResult] = None
     for epoch in range(start_epoch, cfg.epochs):
@@ -583,6 +776,10 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
                "test_loss": final.loss, "test_top1": final.top1, "test_top5": final.top5,
                "images_per_s": stats.images_per_s * dist.world_size, "epoch_s": stats.seconds,
                "best_top1": best}
+        if cfg.distill:
+            rec["teacher_s"] = stats.teacher_seconds
+        if device.type == "cuda":
+            rec["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         records.append(rec)
         if writes:
             meta_e = dict(meta or {}, epoch=epoch + 1, test_top1=final.top1, test_top5=final.top5,
@@ -593,6 +790,8 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
                      "rng": rng_state(), "config": cfg.to_dict(),
                      "data": dataclasses.asdict(data_cfg) if data_cfg else {"name": data.name},
                      "command": command}
+            if cfg.distill:
+                state["teacher"] = TEACHER_FILE
             ckpt_io.save(os.path.join(out_dir, "last.pt"), raw, spec, history, pre, meta_e, state)
             if improved:
                 ckpt_io.save(os.path.join(out_dir, "best.pt"), raw, spec, history, pre, meta_e)
@@ -601,7 +800,7 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
         say(f"epoch {epoch + 1}/{cfg.epochs}  lr {lr:.4g}  train loss {stats.loss:.4f} "
             f"top-1 {100 * stats.top1:.2f}%  test loss {final.loss:.4f} top-1 {100 * final.top1:.2f}% "
             f"top-5 {100 * final.top5:.2f}%  {stats.images_per_s * dist.world_size:.0f} img/s  "
-            f"{stats.seconds:.1f}s")
+            f"{stats.seconds:.1f}s" + (f" (teacher {stats.teacher_seconds:.1f}s)" if cfg.distill else ""))
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, raw)
     if regularizer is not None:
@@ -672,6 +871,19 @@ def resume(point: ResumePoint, data: ImageData, out_dir: Optional[str] = None,
     model = ck.build()
     meta = {k: v for k, v in ck.meta.items()
             if k not in ("epoch", "test_top1", "test_top5", "test_loss", "dataset", "train")}
+    if cfg.distill and "teacher" not in kwargs:
+        kwargs["teacher"] = read_teacher(ck)
     return fit(model, ck.spec, data, cfg, out_dir or os.path.dirname(os.path.abspath(ck.path)),
                data_cfg=point.data, history=ck.history, preprocessing=ck.preprocessing, meta=meta,
                resume_state=ck.train_state, command=point.command, **kwargs)
+
+
+def read_teacher(ck: ckpt_io.Checkpoint) -> Teacher:
+    """The distillation teacher saved next to a ``last.pt`` (``train_state["teacher"]``)."""
+    name = (ck.train_state or {}).get("teacher") or TEACHER_FILE
+    path = os.path.join(os.path.dirname(os.path.abspath(ck.path or ".")), os.path.basename(name))
+    if not os.path.exists(path):
+        raise UserError(f"{ck.path!r} was distilled from a teacher, but {path!r} is missing; "
+                        "resume needs the teacher.pt that the run wrote next to it")
+    t = ckpt_io.load_checkpoint(path)
+    return Teacher(t.build(), t.spec, t.history)

@@ -69,6 +69,16 @@ def positive_float(text: str) -> float:
     return v
 
 
+def unit_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; accepted: a number in [0, 1]")
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside [0, 1]; accepted: a number in [0, 1]")
+    return v
+
+
 def json_object(text: str) -> Dict[str, Any]:
     try:
         obj = json.loads(text)

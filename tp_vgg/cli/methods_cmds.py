@@ -257,6 +257,7 @@ class PruneMethods:
     preprocessing: Dict[str, Any] = field(default_factory=dict)
     gradients: Optional[GradientBatches] = None
     train_cfg: Optional[train.TrainConfig] = None
+    teacher: Optional[train.Teacher] = None  # --distill: the model before the first step
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "PruneMethods":
@@ -291,7 +292,7 @@ class PruneMethods:
             raise UserError(f"{why}; pass --data D ({', '.join(train_cmds.DATASETS.names())})")
         if ft is not None:
             self.data, self.preprocessing = ft.data, ft.preprocessing
-            self.train_cfg = ft.cfg
+            self.train_cfg, self.teacher = ft.cfg, ft.teacher
         else:
             if getattr(args, "threads", None):
                 torch.set_num_threads(args.threads)
@@ -316,14 +317,15 @@ class PruneMethods:
             finetune = evaluate = None
             if self.epochs_per_step > 0:
                 data, pre, tcfg = self.data, self.preprocessing, self.train_cfg
-                device = tcfg.device
+                device, teacher = tcfg.device, self.teacher
 
                 def evaluate(model):
                     return _evaluate(model, spec, data, pre, device)
 
                 def finetune(model, epochs):
                     res = train.fit(model, spec, data, dataclasses.replace(tcfg, epochs=epochs),
-                                    None, preprocessing=pre, command="finetune-step")
+                                    None, preprocessing=pre, command="finetune-step",
+                                    teacher=teacher)  # the original model throughout
                     model.to("cpu", memory_format=torch.contiguous_format)
                     return res.final.top1 if res.final else None
             self.schedule = iterative.Schedule(spec, self.steps, self.epochs_per_step,

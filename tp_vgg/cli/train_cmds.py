@@ -8,6 +8,7 @@ trains its share of each batch, rank 0 alone prints and writes.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -20,7 +21,8 @@ import torch
 from tp_vgg import distributed, train
 from tp_vgg.checkpoint import load_checkpoint
 from tp_vgg.cli.common import (Loaded, add_model_args, json_object, load_model, nonneg_float,
-                               positive_float, positive_int, ratio, spec_from_args)
+                               nonneg_int, positive_float, positive_int, ratio, spec_from_args,
+                               unit_float)
 from tp_vgg.data import DATASETS, Batches, BatchTransform, DataConfig, ImageData, load_data
 from tp_vgg.errors import UserError
 from tp_vgg.models import MODELS, build_model
@@ -28,7 +30,8 @@ from tp_vgg.models import MODELS, build_model
 # Flags that set the training recipe; with --resume the saved recipe is used and these are refused.
 RECIPE = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
           "schedule", "warmup_epochs", "step_size", "milestones", "gamma", "label_smoothing",
-          "grad_clip", "augment", "seed", "sparsity", "sparsity_reg")
+          "grad_clip", "augment", "seed", "sparsity", "sparsity_reg", "distill",
+          "distill_temperature", "distill_alpha")
 RUNTIME = ("device", "amp", "channels_last", "compile", "progress")
 
 # Fine-tuning starts from trained weights: a fifth of the optimizer's default LR, no warm-up.
@@ -51,6 +54,7 @@ def register(sub, common) -> None:
     p.add_argument("--checkpoint", metavar="FILE", help="the checkpoint to fine-tune (e.g. pruned.pt)")
     add_data_args(p)
     add_train_args(p)
+    add_distill_args(p, prune=False)
     add_run_args(p)
     p.set_defaults(func=cmd_finetune)
 
@@ -143,6 +147,39 @@ def add_train_args(p: argparse.ArgumentParser, epochs: bool = True) -> None:
     _add(r, "--progress", choices=train.PROGRESS.names(), default=None,
          help="auto (default: a tqdm bar on a terminal, one line per epoch otherwise), bar, plain, none")
     _add(r, "--threads", type=positive_int, metavar="N", help="CPU threads (torch.set_num_threads)")
+
+
+def add_distill_args(p: argparse.ArgumentParser, prune: bool = True) -> None:
+    d = train.TrainConfig()
+    g = p.add_argument_group("distillation")
+    _add(g, "--distill", action="store_true", default=None,
+         help="fine-tune against a teacher's soft labels (KL at --distill-temperature, weight "
+              "--distill-alpha, plus cross-entropy); the teacher is " +
+              ("the model before pruning, or --teacher" if prune else "--teacher CKPT"))
+    _add(g, "--teacher", metavar="CKPT",
+         help="a tp-vgg checkpoint to distill from" + (" (default: the model before pruning)" if prune else ""))
+    _add(g, "--distill-temperature", type=positive_float, metavar="T",
+         help=f"softmax temperature of the distillation term (default {d.distill_temperature})")
+    _add(g, "--distill-alpha", type=unit_float, metavar="A",
+         help=f"weight of the distillation term, 1 - A of cross-entropy (default {d.distill_alpha})")
+
+
+def teacher_from_args(args: argparse.Namespace, before: Optional[torch.nn.Module] = None,
+                      spec=None, history: Optional[List[list]] = None) -> Optional[train.Teacher]:
+    """``--teacher CKPT``, else the model before pruning (``before``), when ``--distill``."""
+    if not getattr(args, "distill", None):
+        for flag in ("teacher", "distill_temperature", "distill_alpha"):
+            if getattr(args, flag, None) is not None:
+                raise UserError(f"--{flag.replace('_', '-')} is given without --distill; add "
+                                "--distill to fine-tune against a teacher")
+        return None
+    if getattr(args, "teacher", None):
+        ck = load_checkpoint(args.teacher)
+        return train.Teacher(ck.build(), ck.spec, ck.history)
+    if before is None:
+        raise UserError("--distill needs --teacher CKPT here: a checkpoint of the model to "
+                        "distill from (e.g. the unpruned model's last.pt)")
+    return train.Teacher(copy.deepcopy(before), spec, list(history or []))
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -273,12 +310,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = train_config(args, finetune=True)
     data_cfg = data_config(args)
     ck = load_checkpoint(args.checkpoint)
+    teacher = teacher_from_args(args)
     data = load_data(data_cfg)
     train.seed_everything(cfg.seed)
     ctx = _start_dist(ctx, cfg.device)
     log = _log(ctx)
     return _run(ctx, lambda: _summary(
-        train.finetune(ck, data, cfg, out, data_cfg=data_cfg, dist=ctx, log=log), log))
+        train.finetune(ck, data, cfg, out, data_cfg=data_cfg, dist=ctx, log=log, teacher=teacher),
+        log))
 
 
 def evaluate_on(model: torch.nn.Module, spec, data: ImageData, preprocessing: Dict[str, Any],
@@ -315,13 +354,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 # `tp-vgg prune ... --finetune-epochs N --data D`: accuracy before, pruned, fine-tuned.
 
+# BatchNorm statistics are re-estimated on this many training batches after pruning when data
+# are given (EagleEye's adaptive BN): free accuracy before evaluating or fine-tuning.
+DEFAULT_BN_RECALIBRATE = 50
+
+
 def add_prune_finetune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("fine-tuning after pruning")
     _add(g, "--finetune-epochs", type=positive_int, metavar="N",
          help="fine-tune the pruned model for N epochs on --data, then evaluate (report.json "
-              "gains accuracy before/pruned/finetuned; pruned.pt holds the fine-tuned weights)")
+              "gains accuracy before/pruned/recalibrated/finetuned; pruned.pt holds the "
+              "fine-tuned weights)")
+    _add(g, "--bn-recalibrate", type=nonneg_int, metavar="N",
+         help="after pruning, re-estimate BatchNorm running statistics on N training batches "
+              f"(no training) before evaluating and fine-tuning (default {DEFAULT_BN_RECALIBRATE} "
+              "whenever --data is given; 0: off)")
     add_data_args(p)
     add_train_args(p, epochs=False)
+    add_distill_args(p)
 
 
 @dataclass
@@ -334,34 +384,68 @@ class PruneFinetune:
     cfg: train.TrainConfig
     preprocessing: Dict[str, Any]
     before: float
+    epochs: int = 0                         # 0: recalibrate and evaluate only
+    bn_batches: int = DEFAULT_BN_RECALIBRATE
+    teacher: Optional[train.Teacher] = None
 
     @classmethod
     def begin(cls, args: argparse.Namespace, loaded: Loaded,
               data_used: bool = False) -> Optional["PruneFinetune"]:
-        """``data_used``: another flag uses --data (e.g. --importance taylor)."""
-        if not getattr(args, "finetune_epochs", None):
-            if getattr(args, "data", None) and not data_used:
-                raise UserError("--data is given without --finetune-epochs N; add it to fine-tune "
-                                "after pruning")
-            return None
+        """``data_used``: another flag uses --data (e.g. --importance taylor). Before pruning:
+        top-1 of the loaded model, and with ``--distill`` a copy of it as the teacher."""
+        epochs = getattr(args, "finetune_epochs", None) or 0
+        bn = getattr(args, "bn_recalibrate", None)
+        if not epochs:
+            if getattr(args, "distill", None):
+                raise UserError("--distill is given without --finetune-epochs N; distillation "
+                                "happens while fine-tuning")
+            if not (bn and getattr(args, "data", None)):
+                if getattr(args, "data", None) and not data_used:
+                    raise UserError("--data is given without --finetune-epochs N; add it to "
+                                    "fine-tune after pruning (or --bn-recalibrate N to only "
+                                    "re-estimate BatchNorm statistics)")
+                if bn:
+                    raise UserError(f"--bn-recalibrate {bn} needs --data D: the statistics are "
+                                    "re-estimated on training batches")
+                return None
         if getattr(args, "threads", None):
             torch.set_num_threads(args.threads)
         data_cfg = data_config(args)
-        cfg = dataclasses.replace(train_config(args, finetune=True), epochs=args.finetune_epochs)
+        cfg = dataclasses.replace(train_config(args, finetune=True), epochs=epochs or 1)
+        teacher = teacher_from_args(args, loaded.model, loaded.spec, loaded.history)
         data = load_data(data_cfg)
         pre = train.resolve_preprocessing(data, loaded.spec, loaded.preprocessing)
         before = evaluate_on(loaded.model, loaded.spec, data, pre, device=cfg.device).top1
-        return cls(args, data_cfg, data, cfg, pre, before)
+        return cls(args, data_cfg, data, cfg, pre, before, epochs,
+                   DEFAULT_BN_RECALIBRATE if bn is None else bn, teacher)
 
     def finish(self, model, spec, history: List[list], meta: Dict[str, Any]) -> Dict[str, float]:
-        """Fine-tune ``model`` in place; return the accuracy dict (top-1 fractions)."""
-        pruned = evaluate_on(model, spec, self.data, self.preprocessing, device=self.cfg.device).top1
-        print(f"top-1 before pruning {100 * self.before:.2f}%, after pruning {100 * pruned:.2f}%; "
-              f"fine-tuning {self.cfg.epochs} epochs", flush=True)
-        res = train.fit(model, spec, self.data, self.cfg,
-                        os.path.join(self.args.out, "finetune"), data_cfg=self.data_cfg,
-                        history=history, preprocessing=self.preprocessing, meta=meta,
-                        command="finetune")
+        """Recalibrate BN and fine-tune ``model`` in place; return the accuracy dict (top-1
+        fractions: before, pruned, recalibrated, finetuned)."""
+        dev = self.cfg.device
+        pruned = evaluate_on(model, spec, self.data, self.preprocessing, device=dev).top1
+        acc = {"before": self.before, "pruned": pruned}
+        msg = f"top-1 before pruning {100 * self.before:.2f}%, after pruning {100 * pruned:.2f}%"
+        if self.bn_batches:
+            n = train.recalibrate_on(model, spec, self.data, self.preprocessing, self.bn_batches,
+                                     self.cfg.batch_size, dev, self.cfg.seed,
+                                     self.cfg.channels_last)
+            if n:
+                acc["recalibrated"] = evaluate_on(model, spec, self.data, self.preprocessing,
+                                                  device=dev).top1
+                msg += (f", after re-estimating {n} BatchNorm layers' statistics on "
+                        f"{self.bn_batches} batches {100 * acc['recalibrated']:.2f}%")
+            else:
+                msg += " (no BatchNorm running statistics to re-estimate)"
+        if self.epochs:
+            print(msg + f"; fine-tuning {self.epochs} epochs"
+                  + (" with distillation" if self.cfg.distill else ""), flush=True)
+            res = train.fit(model, spec, self.data, self.cfg,
+                            os.path.join(self.args.out, "finetune"), data_cfg=self.data_cfg,
+                            history=history, preprocessing=self.preprocessing, meta=meta,
+                            command="finetune", teacher=self.teacher)
+            acc["finetuned"] = res.final.top1 if res.final else acc.get("recalibrated", pruned)
+        else:
+            print(msg, flush=True)
         model.to("cpu", memory_format=torch.contiguous_format).eval()
-        return {"before": self.before, "pruned": pruned,
-                "finetuned": res.final.top1 if res.final else pruned}
+        return acc

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# The GPU check: proves tp-vgg's CUDA path on one GPU and records its figures (BENCHMARKS.md).
+#
+# How to run it on a GPU machine with no network (torch + torchvision there; torch-pruning and
+# fvcore not):
+#   here (the dev machine):  bash ../shared/device-prep.sh      # wheels + CIFAR-10 JPEGs -> .device/
+#   there, from the repo root, with .device/ carried along:     bash benchmarks/gpu.sh
+#   (the device tool: run(command="OUT=$OUT bash benchmarks/gpu.sh", carry=[".device"]))
+# Dry run on a CPU machine, tiny sizes (200 images, 1 epoch):   bash benchmarks/gpu.sh --device cpu --tiny
+#
+# Steps, each logged to $OUT/logs/ and timed; a failing step is recorded and the next one runs:
+#   1. install what is missing from .device/wheels (no network; tp_vgg itself runs from the tree)
+#   2. card, driver, torch / CUDA / cuDNN versions -> $OUT/env.json
+#   3. the CUDA tests: tests/test_cuda.py and tests/test_recovery.py (every device)
+#   4. cifar_vgg16_bn, full width, on the CIFAR-10 JPEG set, GPU-resident data, bf16 autocast,
+#      channels_last: train $TRAIN_EPOCHS epochs (SGD 0.1 cosine, batch 256)
+#   5. prune L1 to 4x fewer MACs (--target-speedup 4), re-estimate BN statistics (50 batches),
+#      fine-tune $FT_EPOCHS epochs: plain, and distilled from the unpruned model
+#   6. the whole test suite on this machine (CUDA where a test uses the default device), while
+#      the time budget lasts
+# Figures: $OUT/gpu_check.json and a markdown table on stdout (benchmarks/gpu_summary.py).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+DEVICE=cuda
+TINY=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) DEVICE="$2"; shift 2 ;;
+    --tiny) TINY=1; shift ;;
+    *) echo "usage: bash benchmarks/gpu.sh [--device cuda|cpu] [--tiny]" >&2; exit 2 ;;
+  esac
+done
+OUT="${OUT:-runs/gpu}"
+RUN="${RUN:-runs/gpu-run}"
+PY="${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
+TRAIN_EPOCHS="${TRAIN_EPOCHS:-30}"
+FT_EPOCHS="${FT_EPOCHS:-20}"
+BATCH="${BATCH:-256}"
+SUITE_BUDGET_S="${SUITE_BUDGET_S:-150}"
+MODEL=(--model cifar_vgg16_bn)
+DATA_DIR="${DATA_DIR:-data/cifar10-jpeg}"
+if [ "$TINY" = 1 ]; then
+  TRAIN_EPOCHS=1; FT_EPOCHS=1; BATCH=64; SUITE_BUDGET_S=0
+  MODEL=(--model cifar_vgg16_bn --width 0.125)
+fi
+mkdir -p "$OUT/logs" "$RUN"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+STEPS="$OUT/steps.jsonl"
+: > "$STEPS"
+
+step() {  # step NAME CMD...: run, log, time, record the exit code; never stops the script
+  local name="$1"; shift
+  local t0; t0=$(date +%s%N)
+  echo "== $name: $*" | tee -a "$OUT/logs/all.log"
+  "$@" > "$OUT/logs/$name.log" 2>&1
+  local rc=$?
+  local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  tail -n 4 "$OUT/logs/$name.log" | sed 's/^/   /'
+  printf '{"step": "%s", "rc": %d, "seconds": %d.%03d}\n' "$name" "$rc" $((ms / 1000)) $((ms % 1000)) >> "$STEPS"
+  echo "   -> rc $rc in $((ms / 1000)).$((ms % 1000 / 100)) s" | tee -a "$OUT/logs/all.log"
+  return $rc
+}
+
+# 1. What the machine lacks, from .device/ (no network).
+install() {
+  if ! "$PY" -c "import torch_pruning, fvcore" 2>/dev/null; then
+    [ -d .device/wheels ] || { echo "torch-pruning/fvcore missing and no .device/wheels: run ../shared/device-prep.sh here first"; return 1; }
+    "$PY" -m pip install -q --no-index --no-deps .device/wheels/*.whl || return 1
+  fi
+  "$PY" -c "import tp_vgg, torch_pruning, fvcore, torchvision; print('tp_vgg', tp_vgg.__version__, 'torch-pruning', torch_pruning.__version__)"
+}
+prepare_data() {
+  if [ "$TINY" = 1 ]; then  # 10 images per class and split from the archive or a local copy
+    local src="$DATA_DIR"
+    if [ ! -d "$src" ]; then
+      local arc=".device/cifar10-jpeg.tar.gz"; [ -f "$arc" ] || arc="../shared/data/cifar10-jpeg.tar.gz"
+      mkdir -p "$RUN/full" && tar xzf "$arc" -C "$RUN/full" && src="$RUN/full/cifar10-jpeg"
+    fi
+    rm -rf "$RUN/tiny-data"
+    for split in train test; do
+      for d in "$src/$split"/*/; do
+        c=$(basename "$d"); mkdir -p "$RUN/tiny-data/$split/$c"
+        ls "$d" | head -n 10 | while read -r f; do cp "$d/$f" "$RUN/tiny-data/$split/$c/"; done
+      done
+    done
+    DATA_DIR="$RUN/tiny-data"
+  elif [ ! -d "$DATA_DIR" ]; then
+    mkdir -p "$(dirname "$DATA_DIR")" && tar xzf .device/cifar10-jpeg.tar.gz -C "$(dirname "$DATA_DIR")"
+  fi
+  ls "$DATA_DIR"
+}
+step install install || { echo "cannot install torch-pruning/fvcore; stopping"; exit 1; }
+prepare_data > "$OUT/logs/data.log" 2>&1 || { echo "no CIFAR-10 JPEG data"; cat "$OUT/logs/data.log"; exit 1; }
+DATA=(--data imagefolder --data-dir "$DATA_DIR")
+
+# 2. The machine.
+step env "$PY" - "$OUT/env.json" <<'EOF'
+import json, platform, subprocess, sys
+import torch, torchvision, torch_pruning, fvcore  # noqa: F401
+info = {"python": platform.python_version(), "torch": torch.__version__,
+        "torchvision": torchvision.__version__, "torch_pruning": torch_pruning.__version__,
+        "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+        "cuda_available": torch.cuda.is_available()}
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    info.update(card=p.name, memory_gib=round(p.total_memory / 2**30, 1), capability=f"{p.major}.{p.minor}",
+                bf16=torch.cuda.is_bf16_supported())
+    try:
+        info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                        capture_output=True, text=True, timeout=20).stdout.strip()
+    except OSError:
+        pass
+json.dump(info, open(sys.argv[1], "w"), indent=1)
+print(json.dumps(info))
+EOF
+
+# 3. The CUDA tests (they skip their CUDA cases on a machine without CUDA).
+step cuda_tests "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_recovery.py
+
+# 4. Train the base model.
+COMMON=(--device "$DEVICE" --progress plain --batch-size "$BATCH")
+[ "$DEVICE" = cuda ] && COMMON+=(--amp bf16 --channels-last)
+step train "$PY" -m tp_vgg train "${MODEL[@]}" "${DATA[@]}" "${COMMON[@]}" --epochs "$TRAIN_EPOCHS" \
+  --lr 0.1 --weight-decay 5e-4 --schedule cosine --warmup-epochs 1 --seed 0 --out "$RUN/base"
+
+# 5. Prune to 4x fewer MACs, recalibrate BN, fine-tune: plain and distilled.
+FT=(--checkpoint "$RUN/base/last.pt" --importance l1 --target-speedup 4 "${DATA[@]}" "${COMMON[@]}"
+    --finetune-epochs "$FT_EPOCHS" --lr 0.02 --bn-recalibrate 50 --seed 0)
+step prune_plain "$PY" -m tp_vgg prune "${FT[@]}" --out "$RUN/pruned_plain"
+step prune_distill "$PY" -m tp_vgg prune "${FT[@]}" --distill --out "$RUN/pruned_distill"
+step eval "$PY" -m tp_vgg eval --checkpoint "$RUN/pruned_plain/pruned.pt" "${DATA[@]}" --device "$DEVICE" --json
+
+step summary "$PY" benchmarks/gpu_summary.py "$RUN" "$OUT"
+cat "$OUT/logs/summary.log"
+
+# 6. The whole suite, while the budget lasts (pytest-xdist when present).
+if [ "$SUITE_BUDGET_S" -gt 0 ]; then
+  XD=(); "$PY" -c "import xdist" 2>/dev/null && XD=(-n 8 --dist loadfile)
+  step test_suite timeout "$SUITE_BUDGET_S" "$PY" -m pytest -q -p no:cacheprovider "${XD[@]}"
+fi
+cat "$STEPS"
