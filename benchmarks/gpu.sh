@@ -19,6 +19,11 @@
 #   6. the whole test suite on this machine (CUDA where a test uses the default device), while
 #      the time budget lasts
 # Figures: $OUT/gpu_check.json and a markdown table on stdout (benchmarks/gpu_summary.py).
+# On the device tool (8 files come back): the command used for BENCHMARKS.md is
+#   git archive -o .device/src.tar HEAD       # here: the committed tree, nothing half-edited
+#   run: mkdir -p /tmp/w && tar xf .device/src.tar -C /tmp/w && ln -s $PWD/.device /tmp/w/.device &&
+#        cd /tmp/w && OUT=/tmp/gout RUN=/tmp/grun timeout 460 bash benchmarks/gpu.sh;
+#        cd /tmp && tar czf $OUT/gpu_logs.tgz gout grun/*/*.json* grun/*/finetune/*.json*; cp gout/gpu_check.json $OUT/
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,7 +71,8 @@ step() {  # step NAME CMD...: run, log, time, record the exit code; never stops 
 install() {
   if ! "$PY" -c "import torch_pruning, fvcore" 2>/dev/null; then
     [ -d .device/wheels ] || { echo "torch-pruning/fvcore missing and no .device/wheels: run ../shared/device-prep.sh here first"; return 1; }
-    "$PY" -m pip install -q --no-index --no-deps .device/wheels/*.whl || return 1
+    "$PY" -m pip install -q --no-index --no-deps .device/wheels/*.whl ||
+      "$PY" -m pip install -q --no-index --no-deps --break-system-packages .device/wheels/*.whl || return 1
   fi
   "$PY" -c "import tp_vgg, torch_pruning, fvcore, torchvision; print('tp_vgg', tp_vgg.__version__, 'torch-pruning', torch_pruning.__version__)"
 }
