@@ -16,8 +16,10 @@
 #      channels_last: train $TRAIN_EPOCHS epochs (SGD 0.1 cosine, batch 256)
 #   5. prune L1 to 4x fewer MACs (--target-speedup 4), re-estimate BN statistics (50 batches),
 #      fine-tune $FT_EPOCHS epochs: plain, and distilled from the unpruned model
-#   6. the whole test suite on this machine (CUDA where a test uses the default device), while
-#      the time budget lasts
+#   6. eval and latency (profile --latency) of the pruned model on the device; the scratch control
+#      (pruned architecture, random init, train + fine-tune epochs) when the budget allows
+#   7. the whole test suite on this machine (CUDA where a test uses the default device), in what
+#      is left of $BUDGET_S
 # Figures: $OUT/gpu_check.json and a markdown table on stdout (benchmarks/gpu_summary.py).
 # On the device tool (8 files come back): the command used for BENCHMARKS.md is
 #   git archive -o .device/src.tar HEAD       # here: the committed tree, nothing half-edited
@@ -42,11 +44,11 @@ PY="${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 TRAIN_EPOCHS="${TRAIN_EPOCHS:-30}"
 FT_EPOCHS="${FT_EPOCHS:-20}"
 BATCH="${BATCH:-256}"
-SUITE_BUDGET_S="${SUITE_BUDGET_S:-150}"
+BUDGET_S="${BUDGET_S:-440}"   # seconds for the whole script; optional steps fit in what is left
 MODEL=(--model cifar_vgg16_bn)
 DATA_DIR="${DATA_DIR:-data/cifar10-jpeg}"
 if [ "$TINY" = 1 ]; then
-  TRAIN_EPOCHS=1; FT_EPOCHS=1; BATCH=64; SUITE_BUDGET_S=0
+  TRAIN_EPOCHS=1; FT_EPOCHS=1; BATCH=64
   MODEL=(--model cifar_vgg16_bn --width 0.125)
 fi
 mkdir -p "$OUT/logs" "$RUN"
@@ -136,13 +138,25 @@ FT=(--checkpoint "$RUN/base/last.pt" --importance l1 --target-speedup 4 "${DATA[
 step prune_plain "$PY" -m tp_vgg prune "${FT[@]}" --out "$RUN/pruned_plain"
 step prune_distill "$PY" -m tp_vgg prune "${FT[@]}" --distill --out "$RUN/pruned_distill"
 step eval "$PY" -m tp_vgg eval --checkpoint "$RUN/pruned_plain/pruned.pt" "${DATA[@]}" --device "$DEVICE" --json
+step latency "$PY" -m tp_vgg profile --checkpoint "$RUN/pruned_plain/pruned.pt" --latency --device "$DEVICE" --json
 
+# 6. The scratch control (the pruned architecture from random init, train + fine-tune epochs),
+#    when the budget allows it: estimated from the plain fine-tuning run.
+ft_s=$(grep '"prune_plain"' "$STEPS" | sed 's/.*"seconds": \([0-9]*\).*/\1/')
+est=$(( ${ft_s:-9999} * (TRAIN_EPOCHS + FT_EPOCHS) / FT_EPOCHS ))
+if [ $((SECONDS + est)) -lt "$BUDGET_S" ] || [ "$TINY" = 1 ]; then
+  step scratch "$PY" -m tp_vgg finetune --checkpoint "$RUN/pruned_plain/pruned.pt" --scratch \
+    --epochs $((TRAIN_EPOCHS + FT_EPOCHS)) "${DATA[@]}" "${COMMON[@]}" --lr 0.1 --seed 0 --out "$RUN/scratch"
+else
+  echo "== scratch: skipped (about ${est}s needed, $((BUDGET_S - SECONDS))s of the ${BUDGET_S}s budget left)" | tee -a "$OUT/logs/all.log"
+fi
 step summary "$PY" benchmarks/gpu_summary.py "$RUN" "$OUT"
 cat "$OUT/logs/summary.log"
 
-# 6. The whole suite, while the budget lasts (pytest-xdist when present).
-if [ "$SUITE_BUDGET_S" -gt 0 ]; then
+# 7. The whole suite, with what is left of the budget (pytest-xdist when present).
+left=$((BUDGET_S - SECONDS))
+if [ "$TINY" = 0 ] && [ "$left" -gt 30 ]; then
   XD=(); "$PY" -c "import xdist" 2>/dev/null && XD=(-n 8 --dist loadfile)
-  step test_suite timeout "$SUITE_BUDGET_S" "$PY" -m pytest -q -p no:cacheprovider "${XD[@]}"
+  step test_suite timeout "$left" "$PY" -m pytest -q -p no:cacheprovider "${XD[@]}"
 fi
 cat "$STEPS"

@@ -30,6 +30,17 @@ def _json(path: str) -> Optional[Dict[str, Any]]:
         return json.load(f)
 
 
+def _json_in_log(path: str) -> Optional[Dict[str, Any]]:
+    """The JSON object a command printed (``profile --json``), from its first ``{``."""
+    if not os.path.exists(path):
+        return None
+    text = open(path, encoding="utf-8").read()
+    try:
+        return json.loads(text[text.index("{"):text.rindex("}") + 1])
+    except ValueError:
+        return None
+
+
 def epochs(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     if not records:
         return {}
@@ -74,6 +85,15 @@ def main(run: str, out: str) -> int:
                      f"{ft.get('median_epoch_s', float('nan')):.2f}",
                      f"{ft.get('median_images_per_s', float('nan')):.0f}",
                      f"{ft.get('peak_gpu_mem_mb', 0):.0f}"])
+    scratch = epochs(_jsonl(os.path.join(run, "scratch", "metrics.jsonl")))
+    if scratch:
+        result["scratch"] = scratch
+        rows.append(["scratch control", "", "", "", "", f"{100 * scratch['final_top1']:.2f}",
+                     f"{scratch['median_epoch_s']:.2f}", f"{scratch['median_images_per_s']:.0f}",
+                     f"{scratch.get('peak_gpu_mem_mb', 0):.0f}"])
+    lat = _json_in_log(os.path.join(out, "logs", "latency.log"))
+    if lat and "latency" in lat:
+        result["latency"] = lat["latency"]
     result["script_seconds"] = sum(s["seconds"] for s in steps)
     with open(os.path.join(out, "gpu_check.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)

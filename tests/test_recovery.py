@@ -250,3 +250,24 @@ def test_recovery_flag_errors(run_cli, base, tmp_path, argv, message):
     lines = r.err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.err
     assert not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# The scratch control: the pruned architecture trained from a random initialization.
+
+def test_scratch_model_has_the_pruned_shapes_and_fresh_seeded_weights(run_cli, base, tmp_path):
+    from tp_vgg.train import scratch_model
+
+    assert run_cli("prune", "--checkpoint", base, "--ratio", "0.5", *QUIET, "--out", tmp_path / "p").code == 0
+    ck = checkpoint.load_checkpoint(str(tmp_path / "p" / "pruned.pt"))
+    a, b, c = (scratch_model(ck, seed).state_dict() for seed in (0, 0, 1))
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in ck.state_dict.items()}
+    assert all(torch.equal(a[k], b[k]) for k in a)               # seeded
+    assert not torch.equal(a["features.0.weight"], c["features.0.weight"])
+    assert not torch.equal(a["features.0.weight"], ck.state_dict["features.0.weight"])
+    r = run_cli("finetune", "--checkpoint", tmp_path / "p" / "pruned.pt", "--scratch", *FAKE,
+                "--epochs", "1", "--batch-size", "32", *QUIET, "--out", tmp_path / "s")
+    assert r.code == 0, r.err
+    cfg = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert cfg["command"] == "scratch" and cfg["train"]["lr"] == 0.05 and cfg["train"]["warmup_epochs"] == 1.0
+    assert checkpoint.load_checkpoint(str(tmp_path / "s" / "last.pt")).meta["scratch"] is True

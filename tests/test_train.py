@@ -162,7 +162,8 @@ def test_prune_with_finetune_reports_accuracy_and_saves_the_finetuned_weights(ru
                 "--batch-size", "32", *QUIET, "--out", out)
     assert r.code == 0, r.err
     acc = json.loads((out / "report.json").read_text())["accuracy"]
-    assert set(acc) == {"before", "pruned", "finetuned"} and all(0 <= v <= 1 for v in acc.values())
+    # BatchNorm statistics are re-estimated by default whenever data are given
+    assert set(acc) == {"before", "pruned", "recalibrated", "finetuned"} and all(0 <= v <= 1 for v in acc.values())
     assert "top-1: before" in r.out
     pruned = checkpoint.load_checkpoint(str(out / "pruned.pt"))
     tuned = checkpoint.load_checkpoint(str(out / "finetune" / "last.pt"))

@@ -483,6 +483,22 @@ def evaluate(model: nn.Module, batches: Batches, output_key: Optional[str] = Non
                       images=int(sums[3].item()))
 
 
+def evaluate_on(model: nn.Module, spec: ModelSpec, data: ImageData, preprocessing: Dict[str, Any],
+                split: str = "test", batch_size: int = 256,
+                device: Optional[str] = None) -> EvalResult:
+    """Evaluate ``model`` on one split of ``data`` with the given (checkpoint's) preprocessing."""
+    from tp_vgg.distributed import resolve_device
+
+    dev = resolve_device(device)
+    pre = resolve_preprocessing(data, spec, preprocessing)
+    check_model_fits(model.to(dev), spec, data)
+    images, labels = data.split(split)
+    batches = Batches(images, labels, batch_size,
+                      BatchTransform(pre["mean"], pre["std"], pre["input_size"]), dev)
+    autocast, _, _ = make_amp(dev, "auto")
+    return evaluate(model, batches, spec.output_key, autocast)
+
+
 # --------------------------------------------------------------------------------------------
 # BatchNorm recalibration.
 
@@ -828,14 +844,28 @@ def _read_records(out_dir: Optional[str]) -> List[Dict[str, Any]]:
 
 
 def finetune(checkpoint: str | ckpt_io.Checkpoint, data: ImageData, cfg: TrainConfig,
-             out_dir: Optional[str] = None, **kwargs: Any) -> FitResult:
-    """Train a checkpoint's (pruned) architecture starting from its weights."""
+             out_dir: Optional[str] = None, scratch: bool = False, **kwargs: Any) -> FitResult:
+    """Train a checkpoint's (pruned) architecture starting from its weights, or with
+    ``scratch=True`` from a random initialization (:func:`scratch_model`: the control of
+    Liu et al., "Rethinking the Value of Network Pruning", 2019)."""
     ck = ckpt_io.load_checkpoint(checkpoint) if isinstance(checkpoint, str) else checkpoint
-    model = ck.build()
+    model = scratch_model(ck, cfg.seed) if scratch else ck.build()
     kwargs.setdefault("preprocessing", ck.preprocessing)
-    kwargs.setdefault("meta", {k: v for k, v in ck.meta.items() if k not in ("train",)})
-    kwargs.setdefault("command", "finetune")
+    kwargs.setdefault("meta", dict({k: v for k, v in ck.meta.items() if k not in ("train",)},
+                                   **({"scratch": True} if scratch else {})))
+    kwargs.setdefault("command", "scratch" if scratch else "finetune")
     return fit(model, ck.spec, data, cfg, out_dir, history=ck.history, **kwargs)
+
+
+def scratch_model(ck: ckpt_io.Checkpoint, seed: int = 0) -> nn.Module:
+    """The checkpoint's pruned architecture with fresh weights: the unpruned model built from the
+    spec with its own initialization (seeded), then the pruning history replayed on it."""
+    from tp_vgg.models import build_model
+    from tp_vgg.pruning import replay
+
+    seed_everything(seed)
+    model = build_model(ck.spec)
+    return replay(model, ck.spec, ck.history)
 
 
 @dataclass

@@ -228,7 +228,7 @@ def check_prune_args(args: argparse.Namespace) -> None:
 
 def _evaluate(model: torch.nn.Module, spec, data: ImageData, pre: Dict[str, Any],
               device: Optional[str], batch_size: int = 256) -> float:
-    top1 = train_cmds.evaluate_on(model, spec, data, pre, batch_size=batch_size, device=device).top1
+    top1 = train.evaluate_on(model, spec, data, pre, batch_size=batch_size, device=device).top1
     model.to("cpu", memory_format=torch.contiguous_format)
     return top1
 

@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import json
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -23,7 +22,7 @@ from tp_vgg.checkpoint import load_checkpoint
 from tp_vgg.cli.common import (Loaded, add_model_args, json_object, load_model, nonneg_float,
                                nonneg_int, positive_float, positive_int, ratio, spec_from_args,
                                unit_float)
-from tp_vgg.data import DATASETS, Batches, BatchTransform, DataConfig, ImageData, load_data
+from tp_vgg.data import DATASETS, DataConfig, ImageData, load_data
 from tp_vgg.errors import UserError
 from tp_vgg.models import MODELS, build_model
 
@@ -52,6 +51,10 @@ def register(sub, common) -> None:
     p = sub.add_parser("finetune", parents=[common],
                        help="train a (pruned) checkpoint's architecture from its weights")
     p.add_argument("--checkpoint", metavar="FILE", help="the checkpoint to fine-tune (e.g. pruned.pt)")
+    p.add_argument("--scratch", action="store_true",
+                   help="train the checkpoint's (pruned) architecture from a random initialization "
+                        "instead, with the training defaults (the control of 'Rethinking the Value "
+                        "of Network Pruning')")
     add_data_args(p)
     add_train_args(p)
     add_distill_args(p, prune=False)
@@ -307,7 +310,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if not args.checkpoint:
         raise UserError("one of --checkpoint or --resume is required")
     out = _check_out(args.out)
-    cfg = train_config(args, finetune=True)
+    cfg = train_config(args, finetune=not args.scratch)
     data_cfg = data_config(args)
     ck = load_checkpoint(args.checkpoint)
     teacher = teacher_from_args(args)
@@ -316,22 +319,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     ctx = _start_dist(ctx, cfg.device)
     log = _log(ctx)
     return _run(ctx, lambda: _summary(
-        train.finetune(ck, data, cfg, out, data_cfg=data_cfg, dist=ctx, log=log, teacher=teacher),
+        train.finetune(ck, data, cfg, out, scratch=args.scratch, data_cfg=data_cfg, dist=ctx,
+                       log=log, teacher=teacher),
         log))
-
-
-def evaluate_on(model: torch.nn.Module, spec, data: ImageData, preprocessing: Dict[str, Any],
-                split: str = "test", batch_size: int = 256,
-                device: Optional[str] = None) -> train.EvalResult:
-    """Evaluate ``model`` on one split with the given (checkpoint's) preprocessing."""
-    dev = distributed.resolve_device(device)
-    pre = train.resolve_preprocessing(data, spec, preprocessing)
-    train.check_model_fits(model.to(dev), spec, data)
-    images, labels = data.split(split)
-    batches = Batches(images, labels, batch_size,
-                      BatchTransform(pre["mean"], pre["std"], pre["input_size"]), dev)
-    autocast, _, _ = train.make_amp(dev, "auto")
-    return train.evaluate(model, batches, spec.output_key, autocast)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -339,7 +329,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     loaded: Loaded = load_model(args)
     data = load_data(data_config(args))
-    res = evaluate_on(loaded.model, loaded.spec, data, loaded.preprocessing, args.split,
+    res = train.evaluate_on(loaded.model, loaded.spec, data, loaded.preprocessing, args.split,
                       args.batch_size, args.device)
     split = data.test_split if args.split == "test" else "train"
     print(f"{data.name} {split}: top-1 {100 * res.top1:.2f}%  top-5 {100 * res.top5:.2f}%  "
@@ -415,7 +405,7 @@ class PruneFinetune:
         teacher = teacher_from_args(args, loaded.model, loaded.spec, loaded.history)
         data = load_data(data_cfg)
         pre = train.resolve_preprocessing(data, loaded.spec, loaded.preprocessing)
-        before = evaluate_on(loaded.model, loaded.spec, data, pre, device=cfg.device).top1
+        before = train.evaluate_on(loaded.model, loaded.spec, data, pre, device=cfg.device).top1
         return cls(args, data_cfg, data, cfg, pre, before, epochs,
                    DEFAULT_BN_RECALIBRATE if bn is None else bn, teacher)
 
@@ -423,7 +413,7 @@ class PruneFinetune:
         """Recalibrate BN and fine-tune ``model`` in place; return the accuracy dict (top-1
         fractions: before, pruned, recalibrated, finetuned)."""
         dev = self.cfg.device
-        pruned = evaluate_on(model, spec, self.data, self.preprocessing, device=dev).top1
+        pruned = train.evaluate_on(model, spec, self.data, self.preprocessing, device=dev).top1
         acc = {"before": self.before, "pruned": pruned}
         msg = f"top-1 before pruning {100 * self.before:.2f}%, after pruning {100 * pruned:.2f}%"
         if self.bn_batches:
@@ -431,7 +421,7 @@ class PruneFinetune:
                                      self.cfg.batch_size, dev, self.cfg.seed,
                                      self.cfg.channels_last)
             if n:
-                acc["recalibrated"] = evaluate_on(model, spec, self.data, self.preprocessing,
+                acc["recalibrated"] = train.evaluate_on(model, spec, self.data, self.preprocessing,
                                                   device=dev).top1
                 msg += (f", after re-estimating {n} BatchNorm layers' statistics on "
                         f"{self.bn_batches} batches {100 * acc['recalibrated']:.2f}%")
