@@ -36,6 +36,11 @@ def models(tmp_path: Path) -> dict:
     return {"zoo": TINY, "user": user_model(tmp_path)}
 
 
+# A checkpoint of a user model names its factory: building it runs that file, so commands that
+# read one need consent; a zoo checkpoint needs none.
+TRUST = {"zoo": [], "user": ["--trust-model-code"]}
+
+
 def read_report(out: Path) -> dict:
     return json.loads((out / "report.json").read_text())
 

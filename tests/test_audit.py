@@ -229,11 +229,17 @@ def test_bad_checkpoint(run_cli, tmp_path, pruned_ckpt, kind, command):
         assert "never unpickles them, since unpickling runs arbitrary code" in line
 
 
+# A changed model file is refused by its SHA-256 (tests/test_untrusted.py); with
+# --allow-changed-model-code the build goes on, and these are what catches a real change then.
+CHANGED = ["--trust-model-code", "--allow-changed-model-code"]
+
+
 def test_checkpoint_of_a_different_architecture(run_cli, tmp_path, factory_file):
     """The model file changed since the checkpoint was written (width 8 -> 12)."""
     assert prune(run_cli, tmp_path / "a", "--model", f"{factory_file}:make", "--ratio", "0.5").code == 0
     factory_file.write_text(FACTORIES.replace("width=8", "width=12"))
-    r = prune(run_cli, tmp_path / "b", "--checkpoint", tmp_path / "a" / "pruned.pt", "--ratio", "0.5")
+    r = prune(run_cli, tmp_path / "b", "--checkpoint", tmp_path / "a" / "pruned.pt", *CHANGED,
+              "--ratio", "0.5")
     assert_user_error(r, tmp_path / "b", "does not match its model's architecture")
 
 
@@ -242,7 +248,8 @@ def test_checkpoint_whose_history_no_longer_fits(run_cli, tmp_path, factory_file
     assert prune(run_cli, tmp_path / "a", "--model", f"{factory_file}:make", "--ratio", "0.5").code == 0
     factory_file.write_text(FACTORIES.replace("nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), ", ""
                                               ).replace("nn.Linear(width,", "nn.Linear(3,"))
-    r = prune(run_cli, tmp_path / "b", "--checkpoint", tmp_path / "a" / "pruned.pt", "--ratio", "0.5")
+    r = prune(run_cli, tmp_path / "b", "--checkpoint", tmp_path / "a" / "pruned.pt", *CHANGED,
+              "--ratio", "0.5")
     assert_user_error(r, tmp_path / "b", f"checkpoint '{tmp_path / 'a' / 'pruned.pt'}'",
                       "does not fit the model", "changed since the checkpoint was written")
 

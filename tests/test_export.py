@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -149,3 +150,95 @@ def test_cli_export_mistakes_exit_2_with_one_line(run_cli, pruned_ckpt, tmp_path
     lines = r.err.strip().splitlines()
     assert len(lines) == 1 and message.format(tmp=tmp_path) in lines[0], r.err
     assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the exported ONNX file: `eval` and `profile` need no model code (and no trust).
+
+DIGITS = ["--data", "digits", "--batch-size", "32", "--progress", "none", "--threads", "1"]
+FAKE_5 = ["--data", "fake", "--data-kwargs", '{"train_size": 8, "test_size": 8, "num_classes": 5}']
+
+
+@pytest.fixture(scope="module")
+def digits_export(tmp_path_factory):
+    """A CIFAR-form VGG trained briefly on digits, pruned, fine-tuned, exported with BN folded."""
+    pytest.importorskip("onnxruntime")
+    from tp_vgg.cli import main
+
+    d = tmp_path_factory.mktemp("digits")
+    assert main(["train", "--model", "cifar_vgg11_bn", "--width", "0.125", "--epochs", "3",
+                 *DIGITS, "--out", str(d / "t")]) == 0
+    assert main(["prune", "--checkpoint", str(d / "t" / "last.pt"), "--ratio", "0.25",
+                 "--finetune-epochs", "1", *DIGITS, "--out", str(d / "p")]) == 0
+    assert main(["export", "--checkpoint", str(d / "p" / "pruned.pt"), "--fuse-bn",
+                 "--onnx", str(d / "m.onnx")]) == 0
+    return d / "p" / "pruned.pt", d / "m.onnx"
+
+
+def _json(r, whole: bool = False) -> dict:
+    """`eval --json` prints its JSON as the last line, `profile --json` prints only JSON."""
+    assert r.code == 0, r.err
+    return json.loads(r.out if whole else r.out.strip().splitlines()[-1])
+
+
+def test_eval_of_the_exported_onnx_equals_the_checkpoint(run_cli, digits_export):
+    ck, onnx_file = digits_export
+    want = _json(run_cli("eval", "--checkpoint", ck, "--data", "digits", "--threads", "1", "--json"))
+    got = _json(run_cli("eval", "--model", onnx_file, "--data", "digits", "--threads", "1", "--json"))
+    assert want["top1"] > 0.5  # a trained model, not chance (10 classes)
+    assert got["images"] == want["images"] == 359
+    assert got["top1"] == want["top1"] and got["top5"] == want["top5"]
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-4)
+    assert got["onnx"] == str(onnx_file) and got["runtime"].startswith("onnxruntime")
+
+
+def test_the_onnx_file_records_the_checkpoints_preprocessing(digits_export):
+    import onnx
+
+    ck, onnx_file = digits_export
+    props = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
+    record = json.loads(props[export.METADATA_KEY])
+    pre = tp_vgg.load_checkpoint(str(ck)).preprocessing
+    assert record["preprocessing"]["mean"] == pre["mean"] and record["preprocessing"]["std"] == pre["std"]
+    assert record["preprocessing"]["class_names"] == pre["class_names"]
+    assert (record["preprocessing"]["input_size"], record["preprocessing"]["in_channels"]) == (32, 3)
+    assert record["model"] == "cifar_vgg11_bn"
+
+
+def test_profile_of_the_exported_onnx_counts_the_checkpoints_macs(run_cli, digits_export):
+    ck, onnx_file = digits_export
+    want = _json(run_cli("profile", "--checkpoint", ck, "--json"), whole=True)
+    got = _json(run_cli("profile", "--model", onnx_file, "--json", "--latency",
+                        "--batch-sizes", "1,4", "--repeats", "3", "--threads", "1"), whole=True)
+    assert got["macs"] == want["macs"] > 0
+    assert [l["macs"] for l in got["layers"]] == [l["macs"] for l in want["layers"]
+                                                  if l["type"] in ("Conv2d", "Linear")]
+    assert [l["out_channels"] for l in got["layers"]] == [
+        l["out_channels"] for l in want["layers"] if l["type"] in ("Conv2d", "Linear")]
+    assert set(got["latency"]["timings"]) == {"1", "4"}
+    assert all(t["model"]["median_ms"] > 0 for t in got["latency"]["timings"].values())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--model", "{tmp}/none.onnx", "--data", "digits"], "ONNX file '{tmp}/none.onnx' does not exist"),
+    (["eval", "--model", "{tmp}/junk.onnx", "--data", "digits"],
+     "'{tmp}/junk.onnx' is not an ONNX model onnxruntime can load"),
+    (["prune", "--model", "{onnx}", "--ratio", "0.5", "--out", "{tmp}/o"],
+     "is an ONNX file: `tp-vgg eval` and `tp-vgg profile` read it"),
+    (["eval", "--model", "{onnx}", "--data", "digits", "--num-classes", "3"],
+     "--num-classes does not apply to an ONNX file"),
+    (["eval", "--model", "{onnx}", *FAKE_5], "the model has 10 outputs but fake has 5 classes"),
+    (["profile", "--model", "{onnx}", "--latency", "--device", "cuda"],
+     "tp-vgg runs ONNX files on the CPU"),
+    (["profile", "--model", "{onnx}", "--repeats", "0", "--latency"], "--repeats must be an integer >= 1"),
+])
+def test_onnx_mistakes_exit_2_with_one_line(run_cli, digits_export, tmp_path, argv, message):
+    (tmp_path / "junk.onnx").write_bytes(b"not a protobuf" * 10)
+
+    def fill(text: str) -> str:
+        return text.replace("{tmp}", str(tmp_path)).replace("{onnx}", str(digits_export[1]))
+
+    r = run_cli(*map(fill, argv))
+    assert r.code == 2, (r.code, r.err)
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and fill(message) in lines[0], r.err

@@ -33,7 +33,7 @@ def _cycle(spec: ModelSpec, path: str, x: torch.Tensor) -> list:
     model = build_model(spec)
     result = tp_vgg.prune(model, spec, tp_vgg.PruneConfig(ratio=0.5))
     tp_vgg.save(path, model, spec, history=result.history)
-    loaded = tp_vgg.load(path)
+    loaded = tp_vgg.load(path, trust_model_code=spec.is_user_factory)
     with torch.no_grad():
         loaded(x)
     return [weakref.ref(o) for m in (model, loaded) for o in (m, *m.modules(), *m.parameters())]
@@ -90,8 +90,10 @@ def test_concurrent_runs_with_different_out_do_not_interfere(tmp_path, run_cli):
         assert report["before"] == want["before"] and report["after"] == want["after"]
         assert report["layers"] == want["layers"]
         # the same architecture (the untrained weights are drawn per process)
-        loaded = tp_vgg.load(str(d / "pruned.pt")).state_dict()
-        again = tp_vgg.load(str(tmp_path / f"alone{i}" / "pruned.pt")).state_dict()
+        trust = model[1] == USER_MODEL  # a user model's checkpoint runs its file: consent
+        loaded = tp_vgg.load(str(d / "pruned.pt"), trust_model_code=trust).state_dict()
+        again = tp_vgg.load(str(tmp_path / f"alone{i}" / "pruned.pt"),
+                            trust_model_code=trust).state_dict()
         assert {k: v.shape for k, v in loaded.items()} == {k: v.shape for k, v in again.items()}
     assert sorted(f.name for f in tmp_path.iterdir()) == [
         "alone0", "alone1", "alone2", "run0", "run1", "run2"]

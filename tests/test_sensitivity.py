@@ -10,7 +10,7 @@ import pytest
 from tp_vgg import UserError, sensitivity
 from tp_vgg.models import ModelSpec, build_model
 
-from methods_util import FAKE, assert_one_line_error, models, read_report
+from methods_util import FAKE, TRUST, assert_one_line_error, models, read_report
 
 SPEC = ModelSpec("cifar_vgg11_bn", width=0.125).resolved()
 
@@ -66,7 +66,7 @@ def test_cli_sensitivity_writes_csv_png_and_usable_layer_ratios(run_cli, tmp_pat
     spec_flags = models(tmp_path)[which]
     assert run_cli("prune", *spec_flags, "--ratio", "0", "--out", tmp_path / "m").code == 0
     out = tmp_path / "sens"
-    r = run_cli("sensitivity", "--checkpoint", tmp_path / "m" / "pruned.pt", *FAKE,
+    r = run_cli("sensitivity", "--checkpoint", tmp_path / "m" / "pruned.pt", *TRUST[which], *FAKE,
                 "--ratios", "0.25,0.5", "--eval-images", "32", "--budget", "100", "--out", out)
     assert r.code == 0, r.err
     rep = json.loads((out / "report.json").read_text())
@@ -78,7 +78,7 @@ def test_cli_sensitivity_writes_csv_png_and_usable_layer_ratios(run_cli, tmp_pat
     assert ratios == rep["layer_ratios"] and set(ratios) == layers   # budget 100: all at 0.5
     assert set(ratios.values()) == {0.5}
     assert "--layer-ratios" in rep["command"] and "next: tp-vgg prune" in r.out
-    r = run_cli("prune", "--checkpoint", tmp_path / "m" / "pruned.pt", "--ratio", "0",
+    r = run_cli("prune", "--checkpoint", tmp_path / "m" / "pruned.pt", *TRUST[which], "--ratio", "0",
                 "--layer-ratios", json.dumps(ratios), "--out", tmp_path / "p")
     assert r.code == 0, r.err
     assert read_report(tmp_path / "p")["after"]["macs"] == rep["predicted"]["macs_after"]

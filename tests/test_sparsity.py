@@ -12,7 +12,7 @@ from tp_vgg import UserError, sparsity
 from tp_vgg.models import ModelSpec, build_model
 
 from conftest import randomize
-from methods_util import FAKE, QUIET, TINY, assert_one_line_error, read_report, user_model
+from methods_util import FAKE, QUIET, TINY, TRUST, assert_one_line_error, read_report, user_model
 
 SPEC = ModelSpec("cifar_vgg11_bn", width=0.125).resolved()
 
@@ -105,7 +105,7 @@ def test_cli_sparsity_train_and_finetune(run_cli, tmp_path, which, method):
     r = run_cli("train", *model, *FAKE, *QUIET, "--epochs", "1", "--sparsity", method,
                 "--out", tmp_path / "t")
     assert r.code == 0, r.err
-    r = run_cli("finetune", "--checkpoint", tmp_path / "t" / "last.pt", *FAKE, *QUIET,
+    r = run_cli("finetune", "--checkpoint", tmp_path / "t" / "last.pt", *TRUST[which], *FAKE, *QUIET,
                 "--epochs", "1", "--sparsity", method, "--sparsity-reg", "1e-3",
                 "--out", tmp_path / "f")
     assert r.code == 0, r.err

@@ -107,7 +107,7 @@ def test_user_model_prunes_correctly(name, form, ratio, importance, monkeypatch,
     # the checkpoint reloads exactly
     path = str(tmp_path / "pruned.pt")
     tp_vgg.save(path, model, spec, history=result.history)
-    loaded = tp_vgg.load(path)
+    loaded = tp_vgg.load(path, trust_model_code=True)  # the model is code: our own test file
     assert list(loaded.state_dict()) == list(model.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
                                                  model.state_dict().values()))
@@ -146,7 +146,7 @@ def test_dict_with_several_tensors_asks_for_output_key(run_cli, tmp_path):
                 "--out", tmp_path / "o")
     assert r.code == 0, r.err
     assert json.loads((tmp_path / "o" / "report.json").read_text())["output_layers"] == ["scores"]
-    loaded = tp_vgg.load(str(tmp_path / "o" / "pruned.pt"))
+    loaded = tp_vgg.load(str(tmp_path / "o" / "pruned.pt"), trust_model_code=True)
     assert loaded(torch.randn(1, 3, 32, 32))["scores"].shape == (1, 10)
 
 
@@ -163,7 +163,7 @@ def test_cli_grayscale_28(run_cli, tmp_path, monkeypatch, form):
     assert report["after"]["macs"] < report["before"]["macs"]
     ckpt = torch.load(tmp_path / "pruned.pt", weights_only=True)
     assert ckpt["preprocessing"]["in_channels"] == 1 and ckpt["preprocessing"]["input_size"] == 28
-    loaded = tp_vgg.load(str(tmp_path / "pruned.pt"))
+    loaded = tp_vgg.load(str(tmp_path / "pruned.pt"), trust_model_code=True)
     assert loaded(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
@@ -237,7 +237,8 @@ def test_following_the_advice_works(run_cli, tmp_path):
     r = run_cli("prune", "--model", _unsupported("unsupported_channel_mean"), "--ratio", "0.5",
                 "--layer-ratios", '{"stem.0": 0}', "--out", tmp_path / "b")
     assert r.code == 0, r.err
-    assert tp_vgg.load(str(tmp_path / "b" / "pruned.pt")).body[0].out_channels == 8
+    assert tp_vgg.load(str(tmp_path / "b" / "pruned.pt"),
+                       trust_model_code=True).body[0].out_channels == 8
 
 
 def test_a_per_channel_bare_parameter_is_pruned_and_said(tmp_path):
@@ -254,7 +255,7 @@ def test_a_per_channel_bare_parameter_is_pruned_and_said(tmp_path):
         got, plain = model(x), original(x)
     assert got.shape == plain.shape
     tp_vgg.save(str(tmp_path / "m.pt"), model, spec, history=result.history)
-    reloaded = tp_vgg.load(str(tmp_path / "m.pt"))
+    reloaded = tp_vgg.load(str(tmp_path / "m.pt"), trust_model_code=True)
     with torch.no_grad():
         assert torch.equal(reloaded(x), got)
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -93,13 +94,37 @@ def export_program(model: nn.Module, spec: ModelSpec, path: str) -> None:
     write_with(path, lambda tmp: torch.export.save(program, tmp))
 
 
+# The ONNX metadata_props key under which tp-vgg records, as JSON, what a reader needs to feed
+# the model (tp_vgg.exported reads it): the preprocessing and where the model came from.
+METADATA_KEY = "tp_vgg"
+
+
+def onnx_metadata(spec: ModelSpec, preprocessing: Optional[Dict[str, Any]] = None,
+                  meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The record :func:`export_onnx` writes into the file: preprocessing (input size, channels,
+    mean/std, class names), the model's name and a few facts from the checkpoint's meta."""
+    from tp_vgg import __version__
+
+    s = spec.resolved()
+    pre = dict(preprocessing or {})
+    pre.update(input_size=s.input_size, in_channels=s.in_channels)
+    keep = ("importance", "ratio", "macs_before", "macs_after", "params_before", "params_after")
+    return {"tp_vgg_version": __version__, "model": s.name, "output_key": s.output_key,
+            "preprocessing": {k: pre.get(k) for k in ("input_size", "in_channels", "mean", "std",
+                                                      "class_names", "dataset")},
+            "meta": {k: v for k, v in (meta or {}).items() if k in keep}}
+
+
 def export_onnx(model: nn.Module, spec: ModelSpec, path: str, opset: int = 17,
-                check: bool = True, atol: float = 1e-6, rtol: float = 1e-3) -> OnnxCheck:
+                check: bool = True, atol: float = 1e-6, rtol: float = 1e-3,
+                metadata: Optional[Dict[str, Any]] = None) -> OnnxCheck:
     """Write ``model`` (eval mode, CPU, fp32) to ``path`` as ONNX with a dynamic batch axis.
 
-    With ``check`` and onnxruntime installed, the file is run on a batch of two random inputs
-    and must match PyTorch within ``atol + rtol * max|output|``; a mismatch raises RuntimeError.
-    The file is written atomically.
+    ``metadata`` (see :func:`onnx_metadata`; default: from ``spec`` alone) is stored as JSON under
+    ``METADATA_KEY`` in the file's metadata_props, so that ``tp-vgg eval --model FILE.onnx``
+    preprocesses images as the checkpoint did. With ``check`` and onnxruntime installed, the file
+    is run on a batch of two random inputs and must match PyTorch within
+    ``atol + rtol * max|output|``; a mismatch raises RuntimeError. The file is written atomically.
     """
     from tp_vgg.io import write_with
 
@@ -117,12 +142,25 @@ def export_onnx(model: nn.Module, spec: ModelSpec, path: str, opset: int = 17,
             torch.onnx.export(wrapped, (x,), tmp, input_names=["input"], output_names=["logits"],
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                               opset_version=opset, dynamo=False)
+        _set_metadata(tmp, metadata if metadata is not None else onnx_metadata(spec))
         if check and onnxruntime_available():
             result[0] = _check(wrapped, x, tmp, atol, rtol)
 
     result = [OnnxCheck(checked=False)]
     write_with(path, write)
     return result[0]
+
+
+def _set_metadata(path: str, metadata: Dict[str, Any]) -> None:
+    import onnx
+
+    proto = onnx.load(path)
+    for i in reversed(range(len(proto.metadata_props))):
+        if proto.metadata_props[i].key == METADATA_KEY:
+            del proto.metadata_props[i]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    onnx.save(proto, path)
 
 
 def _check(model: nn.Module, x: torch.Tensor, path: str, atol: float, rtol: float) -> OnnxCheck:

@@ -3,18 +3,28 @@
 A model is described by a :class:`ModelSpec` (plain data, stored in every checkpoint) and built by
 :func:`build_model`. Zoo names live in the ``MODELS`` registry; anything with a ``:`` is a user
 factory, ``package.module:factory`` or ``path/to/file.py:factory``.
+
+A spec read from a checkpoint is untrusted data. :func:`check_spec` validates it without running
+anything: field types, and for zoo models every argument against what the builder accepts
+(:class:`Arg`), with the model's size computed from its configuration (:func:`zoo_size`) so that a
+few bytes of spec cannot make tp-vgg allocate without bound. A user factory is code: it is only
+imported when the caller decides to (see :mod:`tp_vgg.checkpoint`), and :class:`ModelCode` pins
+what it was (a file's SHA-256, a package's version) when a checkpoint was written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
+import math
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -46,9 +56,17 @@ class ModelSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelSpec":
+    def from_dict(cls, d: Mapping) -> "ModelSpec":
+        """A spec from plain data (a checkpoint's ``model_spec``): fields of the wrong type are a
+        UserError (:func:`check_types`); unknown fields are ignored."""
+        if not isinstance(d, Mapping):
+            raise UserError(f"the model spec is a {type(d).__name__}, not a dict")
+        if "name" not in d:
+            raise UserError("the model spec has no 'name'")
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        spec = cls(**{k: v for k, v in d.items() if k in known})
+        check_types(spec)
+        return spec
 
     @property
     def is_user_factory(self) -> bool:
@@ -70,12 +88,47 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class Arg:
+    """A keyword argument (``--model-kwargs``) a zoo builder accepts: its type and range."""
+
+    kind: type                      # bool, int or float
+    low: Optional[float] = None     # inclusive bounds
+    high: Optional[float] = None
+
+    def accepts(self, value: Any) -> bool:
+        if self.kind is bool:
+            return isinstance(value, bool)
+        if isinstance(value, bool) or not isinstance(value, (int, float) if self.kind is float else int):
+            return False
+        if not math.isfinite(value):
+            return False
+        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+
+    def describe(self) -> str:
+        if self.kind is bool:
+            return "true or false"
+        if self.kind is int:
+            return f"an integer in [{self.low:.0f}, {self.high:.0f}]"
+        return f"a number in [{self.low:g}, {self.high:g}]"
+
+
+@dataclass(frozen=True)
 class ZooEntry:
     build: Callable[[ModelSpec], nn.Module]
     input_size: int
     in_channels: int
     description: str
     accepts: frozenset  # ModelSpec fields this builder understands besides name/input_size
+    kwargs: Mapping[str, Arg] = field(default_factory=dict)  # what --model-kwargs may hold
+    # (parameters, values per image: input + every conv output) computed from the spec, no model
+    size: Optional[Callable[[ModelSpec], Tuple[int, int]]] = None
+
+
+# What a spec may ask tp-vgg to allocate. A checkpoint comes from anywhere, and its few bytes of
+# spec must not make loading it take unbounded memory; both limits are far above any VGG in use
+# (vgg19_bn at 224x224: 1.4e8 parameters, 1.5e7 values per image; 2**30 fp32 values are 4 GiB).
+MAX_PARAMS = 2**30
+MAX_VALUES_PER_IMAGE = 2**30
 
 
 MODELS: Registry[ZooEntry] = Registry("model")
@@ -86,9 +139,40 @@ MODELS: Registry[ZooEntry] = Registry("model")
 _TV_DEPTH = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
 
 
+TORCHVISION_KWARGS = {"dropout": Arg(float, 0, 1), "init_weights": Arg(bool)}
+TORCHVISION_HEAD = 512 * 7 * 7  # the classifier input after the adaptive 7x7 average pool
+
+
+def _conv_size(cfg: Sequence, batch_norm: bool, c_in: int, size: int, width: float = 1.0
+               ) -> Tuple[int, int, int]:
+    """(parameters, values per image, last channels) of a VGG ``features`` stack."""
+    params, values = 0, c_in * size * size
+    for v in cfg:
+        if v == "M":
+            size //= 2
+            continue
+        c_out = max(1, int(round(v * width)))
+        params += c_in * c_out * 9 + c_out + (2 * c_out if batch_norm else 0)
+        values += c_out * size * size
+        c_in = c_out
+    return params, values, c_in
+
+
+def _linear_params(*widths: int) -> int:
+    return sum(a * b + b for a, b in zip(widths, widths[1:]))
+
+
+def _torchvision_size(cfg_key: str, batch_norm: bool) -> Callable[[ModelSpec], Tuple[int, int]]:
+    def size(spec: ModelSpec) -> Tuple[int, int]:
+        params, values, _ = _conv_size(TORCHVISION_CFGS[cfg_key], batch_norm, 3,
+                                       spec.input_size or 224)
+        return params + _linear_params(TORCHVISION_HEAD, 4096, 4096, spec.num_classes or 1000), values
+    return size
+
+
 def _torchvision_builder(name: str) -> Callable[[ModelSpec], nn.Module]:
     def build(spec: ModelSpec) -> nn.Module:
-        kwargs = dict(spec.kwargs)
+        kwargs = dict(spec.kwargs)  # checked against TORCHVISION_KWARGS by check_spec
         if spec.num_classes is not None:
             kwargs["num_classes"] = spec.num_classes
         try:
@@ -145,16 +229,26 @@ class CifarVGG(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
+CIFAR_KWARGS = {"hidden": Arg(int, 1, 2**20)}
+
+
 def _cifar_builder(cfg_key: str, batch_norm: bool) -> Callable[[ModelSpec], nn.Module]:
     def build(spec: ModelSpec) -> nn.Module:
-        kwargs = dict(spec.kwargs)
-        try:
-            return CifarVGG(TORCHVISION_CFGS[cfg_key], batch_norm,
-                            num_classes=spec.num_classes or 10, width=spec.width or 1.0,
-                            in_channels=spec.in_channels or 3, **kwargs)
-        except TypeError as e:
-            raise UserError(f"bad --model-kwargs for {spec.name}: {e}; accepted: hidden") from e
+        return CifarVGG(TORCHVISION_CFGS[cfg_key], batch_norm,
+                        num_classes=spec.num_classes or 10, width=spec.width or 1.0,
+                        in_channels=spec.in_channels or 3,
+                        hidden=spec.kwargs.get("hidden"))  # the only kwarg (CIFAR_KWARGS)
     return build
+
+
+def _cifar_size(cfg_key: str, batch_norm: bool) -> Callable[[ModelSpec], Tuple[int, int]]:
+    def size(spec: ModelSpec) -> Tuple[int, int]:
+        params, values, c = _conv_size(TORCHVISION_CFGS[cfg_key], batch_norm,
+                                       spec.in_channels or 3, spec.input_size or 32,
+                                       spec.width or 1.0)
+        hidden = spec.kwargs.get("hidden") or c
+        return params + _linear_params(c, hidden, spec.num_classes or 10), values
+    return size
 
 
 for _depth, _key in _TV_DEPTH.items():
@@ -163,7 +257,8 @@ for _depth, _key in _TV_DEPTH.items():
             f"{_depth}{_bn}",
             ZooEntry(_torchvision_builder(f"{_depth}{_bn}"), 224, 3,
                      f"torchvision {_depth.upper()}{' with BN' if _bn else ''}, ImageNet head "
-                     "(25088-4096-4096), 224x224", frozenset({"num_classes", "weights", "kwargs"})))
+                     "(25088-4096-4096), 224x224", frozenset({"num_classes", "weights", "kwargs"}),
+                     TORCHVISION_KWARGS, _torchvision_size(_key, bool(_bn))))
 for _depth, _key in _TV_DEPTH.items():
     for _bn in ("", "_bn"):
         MODELS.register(
@@ -171,7 +266,8 @@ for _depth, _key in _TV_DEPTH.items():
             ZooEntry(_cifar_builder(_key, bool(_bn)), 32, 3,
                      f"CIFAR-form {_depth.upper()}{' with BN' if _bn else ''}, 32x32, "
                      "two-layer classifier",
-                     frozenset({"num_classes", "width", "in_channels", "kwargs"})))
+                     frozenset({"num_classes", "width", "in_channels", "kwargs"}),
+                     CIFAR_KWARGS, _cifar_size(_key, bool(_bn))))
 
 TORCHVISION_VGGS = [n for n in MODELS.names() if not n.startswith("cifar_")]
 CIFAR_VGGS = [n for n in MODELS.names() if n.startswith("cifar_")]
@@ -183,54 +279,282 @@ def list_models() -> Dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------
-# User factories.
+# Checking a spec: types for every spec, and for zoo models every argument against what the
+# builder accepts and the size it would build. Nothing is imported or built.
 
-def _load_factory(target: str) -> Callable[..., Any]:
-    where, _, attr = target.rpartition(":")
-    if not where or not attr:
-        raise UserError(f"bad model {target!r}; accepted: a zoo name ({', '.join(MODELS.names())}) "
-                        "or package.module:factory or path/to/file.py:factory")
-    if where.endswith(".py") or os.sep in where or "/" in where:
-        path = os.path.abspath(where)
-        if not os.path.isfile(path):
-            raise UserError(f"model file {where!r} does not exist (from --model {target!r})")
-        try:  # keyed by path and content: an edited file is imported afresh in this process
-            with open(path, "rb") as f:
-                content = f.read()
-        except OSError as e:
-            raise UserError(f"cannot read model file {where!r}: {e.strerror}") from e
-        mod_name = "tp_vgg_user_" + hashlib.sha1(path.encode() + b"\0" + content).hexdigest()[:12]
-        module = sys.modules.get(mod_name)
-        if module is None:
-            spec = importlib.util.spec_from_file_location(mod_name, path)
-            if spec is None or spec.loader is None:
-                raise UserError(f"cannot import {where!r} as a Python file (from --model {target!r})")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[mod_name] = module
-            try:
-                spec.loader.exec_module(module)
-            except Exception as e:
-                del sys.modules[mod_name]
-                raise UserError(f"importing {where!r} failed: {type(e).__name__}: {e}") from e
-    else:
+_FLAG = {"num_classes": "--num-classes", "width": "--width", "in_channels": "--in-channels",
+         "input_size": "--input-size", "weights": "--weights", "kwargs": "--model-kwargs",
+         "output_key": "--output-key"}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_json(value: Any, depth: int = 0) -> bool:
+    """Plain JSON data (what --model-kwargs parses to), nested at most 16 deep."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if depth >= 16:
+        return False
+    if isinstance(value, (list, tuple)):
+        return all(_is_json(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_json(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def check_types(spec: ModelSpec) -> None:
+    """Every field of ``spec`` has the type (and sign) the builders expect: a spec from a file
+    is data of unknown origin."""
+    if not isinstance(spec.name, str) or not spec.name:
+        raise UserError(f"the model name must be a non-empty string, got {_short(spec.name)}")
+    for f in ("num_classes", "in_channels", "input_size"):
+        v = getattr(spec, f)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise UserError(f"{_FLAG[f]} must be a positive integer, got {_short(v)}")
+    w = spec.width
+    if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float))
+                          or not math.isfinite(w) or not w > 0):
+        raise UserError(f"--width must be > 0, got {_short(w)}")
+    if spec.weights is not None and not isinstance(spec.weights, str):
+        raise UserError(f"--weights must be a name such as DEFAULT, got {_short(spec.weights)}")
+    if not isinstance(spec.kwargs, dict) or not _is_json(spec.kwargs):
+        raise UserError(f"--model-kwargs must be a JSON object, got {_short(spec.kwargs)}")
+    if spec.output_key is not None and (isinstance(spec.output_key, bool)
+                                        or not isinstance(spec.output_key, (str, int))):
+        raise UserError(f"--output-key must be a key or an index, got {_short(spec.output_key)}")
+
+
+def _kwargs_help(entry: ZooEntry) -> str:
+    return ", ".join(f"{k} ({a.describe()})" for k, a in entry.kwargs.items()) or "none"
+
+
+def _check_weights(name: str, weights: str) -> None:
+    """``weights`` names one of torchvision's weights for ``name`` (checked by name: nothing is
+    downloaded or read)."""
+    enum = torchvision.models.get_model_weights(name)
+    names = [w.name for w in enum]
+    short = weights[len(enum.__name__) + 1:] if weights.startswith(enum.__name__ + ".") else weights
+    if short != "DEFAULT" and short not in names:
+        raise UserError(f"--weights {weights!r} is not a weight of {name}; accepted: "
+                        f"{', '.join(['DEFAULT'] + names)}")
+
+
+def check_spec(spec: ModelSpec) -> None:
+    """Refuse, before anything is built, a spec its builder does not accept: wrong types, and for
+    a zoo model an option or ``--model-kwargs`` key it does not take, a value out of range, unknown
+    weights, or a size over ``MAX_PARAMS`` / ``MAX_VALUES_PER_IMAGE``."""
+    check_types(spec)
+    if spec.is_user_factory:
+        FactoryRef.parse(spec.name)
+        return
+    entry = MODELS.get(spec.name)
+    for opt in ("num_classes", "width", "in_channels", "weights"):
+        value = getattr(spec, opt)
+        if value is not None and opt not in entry.accepts and not (opt == "in_channels" and value == 3):
+            raise UserError(f"--{opt.replace('_', '-')} is not accepted by {spec.name}; "
+                            f"it accepts: {', '.join(sorted(a for a in entry.accepts if a != 'kwargs'))}")
+    for key, value in spec.kwargs.items():
+        arg = entry.kwargs.get(key)
+        if arg is None:
+            raise UserError(f"bad --model-kwargs for {spec.name}: {key!r} is not accepted; "
+                            f"accepted: {_kwargs_help(entry)}")
+        if not arg.accepts(value):
+            raise UserError(f"bad --model-kwargs for {spec.name}: {key} must be {arg.describe()}, "
+                            f"got {_short(value)}")
+    if spec.weights is not None:
+        _check_weights(spec.name, spec.weights)
+    if entry.size is not None:
+        _check_size(spec, entry)
+
+
+def _check_size(spec: ModelSpec, entry: ZooEntry) -> None:
+    params, values = entry.size(spec.resolved())
+    given = ", ".join(f"{_FLAG[f]} {getattr(spec, f)}" for f in
+                      ("width", "num_classes", "in_channels", "input_size")
+                      if getattr(spec, f) is not None)
+    given += (", " if given and spec.kwargs else "") + ", ".join(f"{k}={v}" for k, v in spec.kwargs.items())
+    what = f"{spec.name}" + (f" with {given}" if given else "")
+    if params > MAX_PARAMS:
+        knobs = [_FLAG[f] for f in ("width", "num_classes") if f in entry.accepts] + \
+            [f"--model-kwargs {k}" for k in entry.kwargs if entry.kwargs[k].kind is int]
+        raise UserError(f"{what} would have {params:.3g} parameters ({params * 4 / 2**30:.3g} GiB "
+                        f"in fp32), more than tp-vgg builds ({MAX_PARAMS:.3g}, 4 GiB); accepted: "
+                        f"a smaller {_either(knobs)}")
+    if values > MAX_VALUES_PER_IMAGE:
+        knobs = ["--input-size"] + [_FLAG[f] for f in ("width", "in_channels") if f in entry.accepts]
+        raise UserError(f"{what} would compute {values:.3g} values per image (input and conv "
+                        f"outputs, {values * 4 / 2**30:.3g} GiB in fp32), more than tp-vgg builds "
+                        f"({MAX_VALUES_PER_IMAGE:.3g}, 4 GiB); accepted: a smaller "
+                        f"{_either(knobs)}")
+
+
+def _either(items: Sequence[str]) -> str:
+    return " or ".join(items) if len(items) < 3 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
+# --------------------------------------------------------------------------------------------
+# User factories: code. Parsing a name imports nothing; building imports the module or runs the
+# file, which is the caller's decision (a checkpoint's spec asks for consent first, see
+# tp_vgg.checkpoint).
+
+@dataclass(frozen=True)
+class FactoryRef:
+    """``package.module:callable`` or ``path/to/file.py:callable``, parsed without importing."""
+
+    target: str
+    where: str             # the module, or the path as written
+    attr: str              # the callable
+    file: Optional[str]    # absolute path of a file factory; None for a module
+
+    @classmethod
+    def parse(cls, target: str) -> "FactoryRef":
+        where, _, attr = str(target).rpartition(":")
+        if not where or not attr:
+            raise UserError(f"bad model {target!r}; accepted: a zoo name ({', '.join(MODELS.names())}) "
+                            "or package.module:factory or path/to/file.py:factory")
+        is_file = where.endswith(".py") or os.sep in where or "/" in where
+        return cls(target, where, attr, os.path.abspath(where) if is_file else None)
+
+    def source(self) -> str:
+        """What building it would run: ``file '/abs/x.py'`` or ``module 'pkg.mod'``."""
+        return f"file {self.file!r}" if self.file else f"module {self.where!r}"
+
+
+@functools.lru_cache(maxsize=1)
+def _packages_distributions() -> Dict[str, list]:
+    return dict(importlib.metadata.packages_distributions())  # ~0.3 s: scanned once per process
+
+
+def _distribution(module: str) -> Tuple[Optional[str], Optional[str]]:
+    """(distribution, version) that installs ``module``'s top-level package, from the installed
+    metadata (nothing is imported); (None, None) when it comes from no distribution."""
+    dists = _packages_distributions().get(module.split(".")[0]) or []
+    for dist in dists:
         try:
-            module = importlib.import_module(where)
+            return dist, importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None, None
+
+
+def _sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelCode:
+    """What a user factory's code was when a checkpoint was written: the SHA-256 of a
+    ``file.py`` factory's source, or the distribution and version of a package factory's package
+    (when it comes from an installed distribution). Checked before the code is run again."""
+
+    factory: str
+    sha256: Optional[str] = None
+    distribution: Optional[str] = None
+    version: Optional[str] = None
+
+    @classmethod
+    def of(cls, target: str) -> "ModelCode":
+        """The code of ``target`` as it is now (reads the file; imports nothing)."""
+        ref = FactoryRef.parse(target)
+        if ref.file:
+            try:
+                with open(ref.file, "rb") as f:
+                    return cls(target, sha256=_sha256(f.read()))
+            except OSError:
+                return cls(target)
+        dist, version = _distribution(ref.where)
+        return cls(target, distribution=dist, version=version)
+
+    def to_dict(self) -> Dict[str, Optional[str]]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Optional["ModelCode"]:
+        if d is None:
+            return None
+        if not isinstance(d, Mapping) or not all(
+                d.get(f.name) is None or isinstance(d.get(f.name), str) for f in dataclasses.fields(cls)):
+            raise UserError(f"the model code record must be a dict of strings, got {_short(d)}")
+        return cls(**{f.name: d.get(f.name) for f in dataclasses.fields(cls) if f.name in d})
+
+
+CHANGED_HINT = ("pass --allow-changed-model-code (Python: allow_changed_model_code=True) to build "
+                "from it anyway")
+
+
+def _exec_file(ref: FactoryRef, code: Optional[ModelCode], allow_changed: bool):
+    where, path, target = ref.where, ref.file, ref.target
+    if not os.path.isfile(path):
+        raise UserError(f"model file {where!r} does not exist (from --model {target!r})")
+    try:
+        with open(path, "rb") as f:
+            content = f.read()
+    except OSError as e:
+        raise UserError(f"cannot read model file {where!r}: {e.strerror}") from e
+    digest = _sha256(content)
+    if code is not None and code.sha256 and digest != code.sha256 and not allow_changed:
+        raise UserError(f"model file {where!r} has changed since the checkpoint was written "
+                        f"(SHA-256 {code.sha256[:12]}... then, {digest[:12]}... now); restore the "
+                        f"file as it was, or {CHANGED_HINT}")
+    # keyed by path and content: an edited file is run afresh in this process
+    mod_name = "tp_vgg_user_" + hashlib.sha1(path.encode() + b"\0" + content).hexdigest()[:12]
+    module = sys.modules.get(mod_name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        if spec is None:
+            raise UserError(f"cannot import {where!r} as a Python file (from --model {target!r})")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        try:  # the bytes just read (and hashed) are what runs, not a second read of the file
+            exec(compile(content, path, "exec"), module.__dict__)
         except Exception as e:
-            raise UserError(f"cannot import module {where!r} (from --model {target!r}): "
-                            f"{type(e).__name__}: {e}") from e
-    factory = getattr(module, attr, None)
+            del sys.modules[mod_name]
+            raise UserError(f"importing {where!r} failed: {type(e).__name__}: {e}") from e
+    return module
+
+
+def _import_module(ref: FactoryRef, code: Optional[ModelCode], allow_changed: bool):
+    if code is not None and code.version is not None and not allow_changed:
+        dist, now = _distribution(ref.where)
+        if now != code.version:
+            now_text = f"version {now}" if now else "not installed as a package"
+            raise UserError(f"package {code.distribution!r} of module {ref.where!r} is {now_text} "
+                            f"now, version {code.version} when the checkpoint was written; install "
+                            f"{code.distribution}=={code.version}, or {CHANGED_HINT}")
+    try:
+        return importlib.import_module(ref.where)
+    except Exception as e:
+        raise UserError(f"cannot import module {ref.where!r} (from --model {ref.target!r}): "
+                        f"{type(e).__name__}: {e}") from e
+
+
+def _load_factory(target: str, code: Optional[ModelCode] = None,
+                  allow_changed: bool = False) -> Callable[..., Any]:
+    ref = FactoryRef.parse(target)
+    module = _exec_file(ref, code, allow_changed) if ref.file else _import_module(ref, code, allow_changed)
+    factory = getattr(module, ref.attr, None)
     if factory is None or not callable(factory):
-        raise UserError(f"{where!r} has no callable {attr!r} (from --model {target!r})")
+        raise UserError(f"{ref.where!r} has no callable {ref.attr!r} (from --model {target!r})")
     return factory
 
 
-def _build_user(spec: ModelSpec) -> nn.Module:
-    factory = _load_factory(spec.name)
+def factory_kwargs(spec: ModelSpec) -> Dict[str, Any]:
+    """The keyword arguments a user factory is called with: ``kwargs`` plus ``num_classes`` and
+    ``width`` when given."""
     kwargs = dict(spec.kwargs)
     if spec.num_classes is not None:
         kwargs.setdefault("num_classes", spec.num_classes)
     if spec.width is not None:
         kwargs.setdefault("width", spec.width)
+    return kwargs
+
+
+def _build_user(spec: ModelSpec, code: Optional[ModelCode], allow_changed: bool) -> nn.Module:
+    factory = _load_factory(spec.name, code, allow_changed)
+    kwargs = factory_kwargs(spec)
     try:
         model = factory(**kwargs)
     except Exception as e:
@@ -241,21 +565,19 @@ def _build_user(spec: ModelSpec) -> nn.Module:
     return model
 
 
-def build_model(spec: ModelSpec) -> nn.Module:
-    """Build the unpruned model described by ``spec`` (in train mode, on the CPU)."""
+def build_model(spec: ModelSpec, code: Optional[ModelCode] = None,
+                allow_changed_code: bool = False) -> nn.Module:
+    """Build the unpruned model described by ``spec`` (in train mode, on the CPU).
+
+    The spec is checked first (:func:`check_spec`). A user factory is imported and called here:
+    that is the caller's decision (a checkpoint's spec goes through
+    :meth:`tp_vgg.checkpoint.Checkpoint.build`, which asks for consent first). ``code`` pins it:
+    a file whose SHA-256 or a package whose version differs is refused unless
+    ``allow_changed_code``."""
+    check_spec(spec)
     if spec.is_user_factory:
-        return _build_user(spec)
-    entry = MODELS.get(spec.name)
-    for opt in ("num_classes", "width", "in_channels", "weights"):
-        value = getattr(spec, opt)
-        if value is not None and opt not in entry.accepts and not (opt == "in_channels" and value == 3):
-            raise UserError(f"--{opt.replace('_', '-')} is not accepted by {spec.name}; "
-                            f"it accepts: {', '.join(sorted(a for a in entry.accepts if a != 'kwargs'))}")
-    if spec.num_classes is not None and spec.num_classes < 1:
-        raise UserError(f"--num-classes must be a positive integer, got {spec.num_classes}")
-    if spec.width is not None and not spec.width > 0:
-        raise UserError(f"--width must be > 0, got {spec.width}")
-    return entry.build(spec)
+        return _build_user(spec, code, allow_changed_code)
+    return MODELS.get(spec.name).build(spec)
 
 
 def check_forward(model: nn.Module, spec: ModelSpec) -> torch.Size:

@@ -860,11 +860,10 @@ def finetune(checkpoint: str | ckpt_io.Checkpoint, data: ImageData, cfg: TrainCo
 def scratch_model(ck: ckpt_io.Checkpoint, seed: int = 0) -> nn.Module:
     """The checkpoint's pruned architecture with fresh weights: the unpruned model built from the
     spec with its own initialization (seeded), then the pruning history replayed on it."""
-    from tp_vgg.models import build_model
     from tp_vgg.pruning import replay
 
     seed_everything(seed)
-    model = build_model(ck.spec)
+    model = ck.build_unpruned()  # a user factory only with the consent ck was read with
     return replay(model, ck.spec, ck.history)
 
 
@@ -878,8 +877,9 @@ class ResumePoint:
     command: str
 
     @classmethod
-    def read(cls, path: str) -> "ResumePoint":
-        ck = ckpt_io.load_checkpoint(path)
+    def read(cls, path: str, **consent: bool) -> "ResumePoint":
+        """``consent``: trust_model_code / allow_changed_model_code (tp_vgg.load_checkpoint)."""
+        ck = ckpt_io.load_checkpoint(path, **consent)
         st = ck.train_state
         if not st or "optimizer" not in st or "config" not in st:
             raise UserError(f"--resume {path!r} holds no training state; give the last.pt that "
@@ -915,5 +915,5 @@ def read_teacher(ck: ckpt_io.Checkpoint) -> Teacher:
     if not os.path.exists(path):
         raise UserError(f"{ck.path!r} was distilled from a teacher, but {path!r} is missing; "
                         "resume needs the teacher.pt that the run wrote next to it")
-    t = ckpt_io.load_checkpoint(path)
+    t = ckpt_io.load_checkpoint(path, **ck.consent())  # the consent the run was resumed with
     return Teacher(t.build(), t.spec, t.history)

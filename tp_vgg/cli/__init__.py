@@ -15,7 +15,13 @@ from tp_vgg.errors import UserError
 
 # Each module registers its subcommands with ``register(subparsers, parent)``.
 COMMAND_MODULES = ["tp_vgg.cli.pruning_cmds", "tp_vgg.cli.train_cmds", "tp_vgg.cli.report_cmds",
-                   "tp_vgg.cli.methods_cmds"]
+                   "tp_vgg.cli.methods_cmds",
+                   "tp_vgg.cli.onnx_cmds"]  # last: hands eval/profile an exported .onnx file
+
+
+# A parser default naming options of which one must be given, checked after parsing (so that
+# `--model` may also come with `--checkpoint`, as consent to run the user's own copy of its factory).
+REQUIRE_ONE_OF = "_require_one_of"
 
 
 class Parser(argparse.ArgumentParser):
@@ -24,6 +30,14 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # noqa: D102
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
         sys.exit(2)
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: D102
+        ns, rest = super().parse_known_args(args, namespace)
+        one_of = getattr(ns, REQUIRE_ONE_OF, None)  # e.g. --model or --checkpoint
+        if one_of and not any(getattr(ns, dest, None) for dest in one_of):
+            self.error("one of the arguments " + " ".join(
+                "--" + d.replace("_", "-") for d in one_of) + " is required")
+        return ns, rest
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from tp_vgg.checkpoint import Checkpoint, default_preprocessing, load_checkpoint
+from tp_vgg.cli import REQUIRE_ONE_OF
 from tp_vgg.errors import UserError
 from tp_vgg.models import ModelSpec, build_model, check_forward
 
@@ -92,15 +93,23 @@ def json_object(text: str) -> Dict[str, Any]:
     return obj
 
 
+ONNX_SUFFIX = ".onnx"
+
+
 def add_model_args(p: argparse.ArgumentParser, checkpoint: bool = True,
                    required: bool = True) -> None:
     g = p.add_argument_group("model")
-    src = g.add_mutually_exclusive_group(required=required)
-    src.add_argument("--model", metavar="SPEC",
-                     help="zoo name (see `tp-vgg models`), package.module:factory or "
-                          "path/to/file.py:factory")
+    g.add_argument("--model", metavar="SPEC",
+                   help="zoo name (see `tp-vgg models`), package.module:factory or "
+                        "path/to/file.py:factory" + (
+                            "; with --checkpoint: your own copy of the checkpoint's factory, "
+                            "which is then run (consent, like --trust-model-code); eval and "
+                            "profile also read an exported .onnx file" if checkpoint else ""))
     if checkpoint:
-        src.add_argument("--checkpoint", metavar="FILE", help="a tp-vgg checkpoint (.pt)")
+        g.add_argument("--checkpoint", metavar="FILE", help="a tp-vgg checkpoint (.pt)")
+        add_trust_args(p)
+    if required:
+        p.set_defaults(**{REQUIRE_ONE_OF: ("model", "checkpoint") if checkpoint else ("model",)})
     g.add_argument("--model-kwargs", type=json_object, metavar="JSON",
                    help="keyword arguments for the model factory, as a JSON object")
     g.add_argument("--num-classes", type=positive_int, metavar="N")
@@ -114,6 +123,31 @@ def add_model_args(p: argparse.ArgumentParser, checkpoint: bool = True,
                    help="torchvision weights, e.g. DEFAULT (must already be in the cache)")
     g.add_argument("--output-key", metavar="KEY",
                    help="key (dict) or index (tuple) of the logits when the model returns several outputs")
+
+
+def add_trust_args(p: argparse.ArgumentParser) -> None:
+    """--trust-model-code and --allow-changed-model-code (see :func:`code_consent`)."""
+    if "--trust-model-code" in p._option_string_actions:
+        return
+    g = p.add_argument_group("model code in checkpoints")
+    g.add_argument("--trust-model-code", action="store_true",
+                   help="build a checkpoint whose model comes from a user factory "
+                        "(package.module:factory or file.py:factory): imports that module or runs "
+                        "that file. Only for checkpoints and code you trust; zoo checkpoints need "
+                        "no trust")
+    g.add_argument("--allow-changed-model-code", action="store_true",
+                   help="build even if the factory's file (SHA-256) or package version differs "
+                        "from what the checkpoint recorded")
+
+
+def code_consent(args: argparse.Namespace) -> Dict[str, bool]:
+    """The consent flags as keyword arguments of tp_vgg.load_checkpoint."""
+    return {"trust_model_code": bool(getattr(args, "trust_model_code", False)),
+            "allow_changed_model_code": bool(getattr(args, "allow_changed_model_code", False))}
+
+
+def is_onnx(name: Optional[str]) -> bool:
+    return bool(name) and str(name).lower().endswith(ONNX_SUFFIX)
 
 
 @dataclass
@@ -134,15 +168,25 @@ def spec_from_args(args: argparse.Namespace) -> ModelSpec:
 
 
 def load_model(args: argparse.Namespace) -> Loaded:
-    """Build the model named by --model, or rebuild the one in --checkpoint."""
+    """Build the model named by --model, or rebuild the one in --checkpoint: a zoo model as is;
+    a user factory's only with --trust-model-code, or with --model naming the user's own copy of
+    that factory (see tp_vgg.checkpoint.load_checkpoint)."""
+    if is_onnx(getattr(args, "model", None)):
+        raise UserError(f"--model {args.model!r} is an ONNX file: `tp-vgg eval` and `tp-vgg "
+                        "profile` read it; this command needs a model name or a tp-vgg checkpoint")
     if getattr(args, "checkpoint", None):
         given = [f for f in MODEL_FLAGS if getattr(args, f, None) is not None]
         if given:
             raise UserError(f"--{given[0].replace('_', '-')} cannot be combined with --checkpoint: "
                             "the checkpoint already records its model")
-        ckpt = load_checkpoint(args.checkpoint)
+        ckpt = load_checkpoint(args.checkpoint, factory=getattr(args, "model", None),
+                               **code_consent(args))
         return Loaded(ckpt.build(), ckpt.spec, list(ckpt.history), dict(ckpt.preprocessing),
                       dict(ckpt.meta), ckpt)
+    for flag, on in code_consent(args).items():
+        if on:
+            raise UserError(f"--{flag.replace('_', '-')} applies to --checkpoint: a --model you "
+                            "name yourself is built without it")
     spec = spec_from_args(args)
     # --seed also fixes the initial weights, so `--model NAME` runs are reproducible
     torch.manual_seed(getattr(args, "seed", None) or 0)

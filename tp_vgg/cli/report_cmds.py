@@ -77,7 +77,9 @@ def cmd_export(args: argparse.Namespace) -> int:
               f"(max |output difference| {diff:.2g})")
         model = fused
     if args.onnx:
-        chk = export.export_onnx(model, spec, args.onnx, opset=args.opset, check=not args.no_check)
+        chk = export.export_onnx(model, spec, args.onnx, opset=args.opset, check=not args.no_check,
+                                 metadata=export.onnx_metadata(spec, loaded.preprocessing,
+                                                               loaded.meta))
         if chk.checked:
             print(f"wrote {args.onnx} (opset {args.opset}); onnxruntime matches PyTorch "
                   f"(max |difference| {chk.max_abs_diff:.2g}, outputs up to {chk.max_abs_output:.2g})")

@@ -19,7 +19,8 @@ import torch
 
 from tp_vgg import distributed, train
 from tp_vgg.checkpoint import load_checkpoint
-from tp_vgg.cli.common import (Loaded, add_model_args, json_object, load_model, nonneg_float,
+from tp_vgg.cli.common import (Loaded, add_model_args, add_trust_args, code_consent,
+                               json_object, load_model, nonneg_float,
                                nonneg_int, positive_float, positive_int, ratio, spec_from_args,
                                unit_float)
 from tp_vgg.data import DATASETS, DataConfig, ImageData, load_data
@@ -43,6 +44,7 @@ def register(sub, common) -> None:
                        help="train a model from scratch (or from torchvision weights); "
                             "writes DIR/last.pt, best.pt, metrics.jsonl, config.json")
     add_model_args(p, checkpoint=False, required=False)
+    add_trust_args(p)  # for --resume of a user model's run
     add_data_args(p)
     add_train_args(p)
     add_run_args(p)
@@ -59,6 +61,7 @@ def register(sub, common) -> None:
     add_train_args(p)
     add_distill_args(p, prune=False)
     add_run_args(p)
+    add_trust_args(p)
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("eval", parents=[common],
@@ -177,7 +180,7 @@ def teacher_from_args(args: argparse.Namespace, before: Optional[torch.nn.Module
                                 "--distill to fine-tune against a teacher")
         return None
     if getattr(args, "teacher", None):
-        ck = load_checkpoint(args.teacher)
+        ck = load_checkpoint(args.teacher, **code_consent(args))
         return train.Teacher(ck.build(), ck.spec, ck.history)
     if before is None:
         raise UserError("--distill needs --teacher CKPT here: a checkpoint of the model to "
@@ -265,7 +268,7 @@ def _resume(args: argparse.Namespace, ctx: distributed.DistContext, command: str
         if getattr(args, flag, None):
             raise UserError(f"--{flag} cannot be given with --resume: the run continues with the "
                             "model and data saved in its last.pt")
-    point = train.ResumePoint.read(args.resume)
+    point = train.ResumePoint.read(args.resume, **code_consent(args))
     out = args.out or os.path.dirname(os.path.abspath(args.resume))
     _check_out(out)
     runtime = {k: getattr(args, k) for k in RUNTIME if getattr(args, k, None) is not None}
@@ -312,7 +315,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     out = _check_out(args.out)
     cfg = train_config(args, finetune=not args.scratch)
     data_cfg = data_config(args)
-    ck = load_checkpoint(args.checkpoint)
+    ck = load_checkpoint(args.checkpoint, **code_consent(args))
     teacher = teacher_from_args(args)
     data = load_data(data_cfg)
     train.seed_everything(cfg.seed)
