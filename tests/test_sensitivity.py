@@ -78,6 +78,7 @@ def test_cli_sensitivity_writes_csv_png_and_usable_layer_ratios(run_cli, tmp_pat
     assert ratios == rep["layer_ratios"] and set(ratios) == layers   # budget 100: all at 0.5
     assert set(ratios.values()) == {0.5}
     assert "--layer-ratios" in rep["command"] and "next: tp-vgg prune" in r.out
+    assert all(flag in rep["command"].split() for flag in TRUST[which])  # the command runs as is
     r = run_cli("prune", "--checkpoint", tmp_path / "m" / "pruned.pt", *TRUST[which], "--ratio", "0",
                 "--layer-ratios", json.dumps(ratios), "--out", tmp_path / "p")
     assert r.code == 0, r.err

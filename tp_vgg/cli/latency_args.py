@@ -189,8 +189,9 @@ def profile_latency(args: argparse.Namespace, loaded, counts: Counts
             raise UserError(f"{given[0]} only applies with --latency")
         return None
     cfg = latency_config(args, loaded.spec)
-    if loaded.history:
-        original = build_model(loaded.spec)
+    if loaded.history:  # a checkpoint's unpruned model, with the consent it was read with
+        original = (loaded.checkpoint.build_unpruned() if loaded.checkpoint is not None
+                    else build_model(loaded.spec))
         macs_original = count(original, loaded.spec).macs
         return latency.compare(original, loaded.model, loaded.spec, cfg, macs_original,
                                counts.macs)

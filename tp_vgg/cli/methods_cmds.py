@@ -27,8 +27,8 @@ import torch
 from tp_vgg import checkpoint, counting, iterative, pruning, report, sensitivity, sparsity, targets
 from tp_vgg import train, unstructured
 from tp_vgg.cli import train_cmds
-from tp_vgg.cli.common import (MODEL_FLAGS, Loaded, add_model_args, load_model, nonneg_float,
-                               nonneg_int, positive_int)
+from tp_vgg.cli.common import (MODEL_FLAGS, Loaded, add_model_args, code_consent, load_model,
+                               nonneg_float, nonneg_int, positive_int)
 from tp_vgg.counting import human
 from tp_vgg.criteria import GradientBatches
 from tp_vgg.data import Batches, BatchTransform, ImageData, load_data
@@ -519,8 +519,9 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
 def _source_flags(args: argparse.Namespace) -> str:
     """The model flags of this command, to repeat in the suggested `tp-vgg prune`."""
-    if getattr(args, "checkpoint", None):
-        return f"--checkpoint {shlex.quote(args.checkpoint)}"
+    if getattr(args, "checkpoint", None):  # with the consent it was read with
+        flags = ["--checkpoint", args.checkpoint] + (["--model", args.model] if args.model else [])
+        return shlex.join(flags + [_flag(k) for k, on in code_consent(args).items() if on])
     flags = ["--model", args.model]
     for name in MODEL_FLAGS:
         value = getattr(args, name, None)
