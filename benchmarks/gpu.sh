@@ -45,6 +45,8 @@ TRAIN_EPOCHS="${TRAIN_EPOCHS:-30}"
 FT_EPOCHS="${FT_EPOCHS:-20}"
 BATCH="${BATCH:-256}"
 BUDGET_S="${BUDGET_S:-440}"   # seconds for the whole script; optional steps fit in what is left
+SKIP="${SKIP:-}"             # step names to leave out, e.g. SKIP="prune_plain scratch test_suite"
+CUDA_TESTS="${CUDA_TESTS:-tests/test_cuda.py tests/test_recovery.py}"
 MODEL=(--model cifar_vgg16_bn)
 DATA_DIR="${DATA_DIR:-data/cifar10-jpeg}"
 if [ "$TINY" = 1 ]; then
@@ -58,6 +60,7 @@ STEPS="$OUT/steps.jsonl"
 
 step() {  # step NAME CMD...: run, log, time, record the exit code; never stops the script
   local name="$1"; shift
+  case " $SKIP " in *" $name "*) echo "== $name: skipped (SKIP)"; return 0 ;; esac
   local t0; t0=$(date +%s%N)
   echo "== $name: $*" | tee -a "$OUT/logs/all.log"
   "$@" > "$OUT/logs/$name.log" 2>&1
@@ -124,7 +127,8 @@ print(json.dumps(info))
 EOF
 
 # 3. The CUDA tests (they skip their CUDA cases on a machine without CUDA).
-step cuda_tests "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_recovery.py
+XD=(); "$PY" -c "import xdist" 2>/dev/null && XD=(-n 8 --dist loadfile)
+step cuda_tests "$PY" -m pytest -q -p no:cacheprovider "${XD[@]}" $CUDA_TESTS
 
 # 4. Train the base model.
 COMMON=(--device "$DEVICE" --progress plain --batch-size "$BATCH")
@@ -144,7 +148,7 @@ step latency "$PY" -m tp_vgg profile --checkpoint "$RUN/pruned_plain/pruned.pt" 
 #    when the budget allows it: estimated from the plain fine-tuning run.
 ft_s=$(grep '"prune_plain"' "$STEPS" | sed 's/.*"seconds": \([0-9]*\).*/\1/')
 est=$(( ${ft_s:-9999} * (TRAIN_EPOCHS + FT_EPOCHS) / FT_EPOCHS ))
-if [ $((SECONDS + est)) -lt "$BUDGET_S" ] || [ "$TINY" = 1 ]; then
+if { [ $((SECONDS + est)) -lt "$BUDGET_S" ] || [ "$TINY" = 1 ]; } && [ -f "$RUN/pruned_plain/pruned.pt" ]; then
   step scratch "$PY" -m tp_vgg finetune --checkpoint "$RUN/pruned_plain/pruned.pt" --scratch \
     --epochs $((TRAIN_EPOCHS + FT_EPOCHS)) "${DATA[@]}" "${COMMON[@]}" --lr 0.1 --seed 0 --out "$RUN/scratch"
 else
@@ -156,7 +160,6 @@ cat "$OUT/logs/summary.log"
 # 7. The whole suite, with what is left of the budget (pytest-xdist when present).
 left=$((BUDGET_S - SECONDS))
 if [ "$TINY" = 0 ] && [ "$left" -gt 30 ]; then
-  XD=(); "$PY" -c "import xdist" 2>/dev/null && XD=(-n 8 --dist loadfile)
   step test_suite timeout "$left" "$PY" -m pytest -q -p no:cacheprovider "${XD[@]}"
 fi
 cat "$STEPS"

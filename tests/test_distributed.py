@@ -54,7 +54,8 @@ def test_torchrun_two_cpu_processes_match_one_process(tmp_path):
     # A model without BatchNorm: per-process BN statistics would differ by design.
     spec = ModelSpec("cifar_vgg11", width=0.125, num_classes=10).resolved()
     data_cfg = DataConfig("fake", kwargs=DATA_KWARGS)
-    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.02, warmup_epochs=0.5, progress="none")
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.02, warmup_epochs=0.5, progress="none",
+                      device="cpu")
     seed_everything(cfg.seed)  # what `tp-vgg train` does before building the model
     one = fit(build_model(spec), spec, load_data(data_cfg), cfg, str(tmp_path / "one"), data_cfg=data_cfg)
 

@@ -212,7 +212,9 @@ def test_prune_latency_goes_into_report_json(pruned_run):
     assert [c["batch_size"] for c in lat["comparisons"]] == [1, 2]
     # measured in the deployment form unless told otherwise
     assert lat["config"]["channels_last"] and lat["config"]["fuse_bn"]
-    assert lat["config"]["dtype"] == "fp32" and lat["config"]["device"] == "cpu"
+    # the default device: CUDA when present
+    assert lat["config"]["dtype"] == "fp32" and \
+        lat["config"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     for c in lat["comparisons"]:
         assert c["mac_ratio"] == rep["before"]["macs"] / rep["after"]["macs"]
         assert math.isclose(c["efficiency"], c["speedup"] / c["mac_ratio"], rel_tol=1e-12)

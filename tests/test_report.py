@@ -155,7 +155,7 @@ def test_sweep_with_fine_tuning_plots_accuracy(run_cli, tmp_path):
                 "--finetune-epochs", "1", "--batch-size", "16", "--progress", "none")
     assert r.code == 0, r.err
     rep = json.loads((out / "ratio_0.50" / "report.json").read_text())
-    assert set(rep["accuracy"]) == {"before", "pruned", "finetuned"}
+    assert set(rep["accuracy"]) == {"before", "pruned", "recalibrated", "finetuned"}  # BN re-estimated
     md = (out / "report.md").read_text()
     assert f"{100 * rep['accuracy']['finetuned']:.2f}%" in md
     assert is_png(out / "plots" / "accuracy_vs_macs.png")

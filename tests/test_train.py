@@ -108,7 +108,8 @@ def test_train_writes_checkpoints_metrics_and_resolved_config(run_cli, tmp_path)
     assert {"lr", "train_loss", "test_top1", "test_top5", "test_loss", "images_per_s"} <= set(records[0])
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["lr"] == 0.05 and cfg["train"]["weight_decay"] == 5e-4  # resolved
-    assert cfg["data"]["name"] == "fake" and cfg["runtime"]["device"] == "cpu"
+    assert cfg["data"]["name"] == "fake" and \
+        cfg["runtime"]["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")  # auto
     for name in ("last.pt", "best.pt"):
         obj = torch.load(out / name, weights_only=True)  # no pickled objects
         assert obj["preprocessing"]["mean"] is not None and len(obj["preprocessing"]["class_names"]) == 10

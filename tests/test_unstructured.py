@@ -137,7 +137,7 @@ def test_cli_finetuning_keeps_pruned_weights_at_zero(run_cli, tmp_path):
                 "--ratio", "0.6", "--finetune-epochs", "1", *FAKE, *QUIET, "--out", tmp_path / "ft")
     assert r.code == 0, r.err
     rep = read_report(tmp_path / "ft")
-    assert set(rep["accuracy"]) == {"before", "pruned", "finetuned"}
+    assert set(rep["accuracy"]) == {"before", "pruned", "recalibrated", "finetuned"}  # BN re-estimated
     tuned = tp_vgg.load(str(tmp_path / "ft" / "pruned.pt"))
     for name, m in _layers(tuned):  # none regrown while fine-tuning
         if name not in rep["output_layers"]:

@@ -228,8 +228,9 @@ def check_prune_args(args: argparse.Namespace) -> None:
 
 def _evaluate(model: torch.nn.Module, spec, data: ImageData, pre: Dict[str, Any],
               device: Optional[str], batch_size: int = 256) -> float:
+    home = next(model.parameters()).device  # pruning continues where the model was
     top1 = train.evaluate_on(model, spec, data, pre, batch_size=batch_size, device=device).top1
-    model.to("cpu", memory_format=torch.contiguous_format)
+    model.to(home, memory_format=torch.contiguous_format)
     return top1
 
 
@@ -258,6 +259,7 @@ class PruneMethods:
     gradients: Optional[GradientBatches] = None
     train_cfg: Optional[train.TrainConfig] = None
     teacher: Optional[train.Teacher] = None  # --distill: the model before the first step
+    bn_batches: int = 0                       # --bn-recalibrate: after every step
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "PruneMethods":
@@ -292,7 +294,7 @@ class PruneMethods:
             raise UserError(f"{why}; pass --data D ({', '.join(train_cmds.DATASETS.names())})")
         if ft is not None:
             self.data, self.preprocessing = ft.data, ft.preprocessing
-            self.train_cfg, self.teacher = ft.cfg, ft.teacher
+            self.train_cfg, self.teacher, self.bn_batches = ft.cfg, ft.teacher, ft.bn_batches
         else:
             if getattr(args, "threads", None):
                 torch.set_num_threads(args.threads)
@@ -317,16 +319,22 @@ class PruneMethods:
             finetune = evaluate = None
             if self.epochs_per_step > 0:
                 data, pre, tcfg = self.data, self.preprocessing, self.train_cfg
-                device, teacher = tcfg.device, self.teacher
+                device, teacher, bn = tcfg.device, self.teacher, self.bn_batches
 
-                def evaluate(model):
+                def evaluate(model):  # after re-estimating BN statistics (--bn-recalibrate)
+                    if bn:
+                        home = next(model.parameters()).device
+                        train.recalibrate_on(model, spec, data, pre, bn, tcfg.batch_size, device,
+                                             tcfg.seed, tcfg.channels_last)
+                        model.to(home, memory_format=torch.contiguous_format)
                     return _evaluate(model, spec, data, pre, device)
 
                 def finetune(model, epochs):
+                    home = next(model.parameters()).device
                     res = train.fit(model, spec, data, dataclasses.replace(tcfg, epochs=epochs),
                                     None, preprocessing=pre, command="finetune-step",
                                     teacher=teacher)  # the original model throughout
-                    model.to("cpu", memory_format=torch.contiguous_format)
+                    model.to(home, memory_format=torch.contiguous_format)
                     return res.final.top1 if res.final else None
             self.schedule = iterative.Schedule(spec, self.steps, self.epochs_per_step,
                                                finetune=finetune, evaluate=evaluate)
