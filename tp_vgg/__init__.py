@@ -6,7 +6,7 @@ Public API (one function per stage)::
     result = tp_vgg.prune(model, spec, tp_vgg.PruneConfig(ratio=0.5))
     counts = tp_vgg.count(model, spec)          # MACs: one multiply-add = 1 (fvcore's "flop")
     tp_vgg.save(path, model, spec, history=result.history)
-    model = tp_vgg.load(path)
+    model = tp_vgg.load(path)     # a user factory's checkpoint runs code: trust_model_code=True
 """
 
 __version__ = "0.1.0"

@@ -174,7 +174,6 @@ def count_onnx(path: str) -> Counts:
         raise UserError(f"counting the MACs of {path!r} needs the onnx package: {NEEDS}")
     import numpy as np
     import onnx
-    from onnx import numpy_helper
 
     proto = onnx.load(path)
     for vi in proto.graph.input:  # batch 1
