@@ -13,7 +13,9 @@ import torch
 from tp_vgg import checkpoint
 from tp_vgg.data import BatchTransform, Batches, DataConfig, load_data
 from tp_vgg.models import ModelSpec, build_model
-from tp_vgg.train import ResumePoint, TrainConfig, fit, resume, seed_everything
+from tp_vgg.train import TrainConfig, fit, seed_everything
+
+from resume_util import assert_same_weights, cut_and_resume
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -62,23 +64,9 @@ def test_resume_on_cuda_gives_the_same_weights(tmp_path):
     data = load_data(DATA)
     cfg = TrainConfig(epochs=3, batch_size=32, progress="plain", device="cuda", amp="bf16")
 
-    class Stop(Exception):
-        pass
-
     def run(out, log=lambda s: None):
         seed_everything(cfg.seed)
         return fit(build_model(SPEC), SPEC, data, cfg, str(out), data_cfg=DATA, log=log)
 
-    run(tmp_path / "full")
-
-    def stop(line):
-        if line.startswith("epoch 2/"):
-            raise Stop
-    with pytest.raises(Stop):
-        run(tmp_path / "cut", stop)
-    resume(ResumePoint.read(str(tmp_path / "cut" / "last.pt")), data)
-    a = checkpoint.load_checkpoint(str(tmp_path / "full" / "last.pt")).state_dict
-    b = checkpoint.load_checkpoint(str(tmp_path / "cut" / "last.pt")).state_dict
-    diff = {k: (a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point()}
-    worst = max(diff, key=diff.get)
-    assert all(torch.equal(a[k], b[k]) for k in a), f"largest difference {diff[worst]:.3g} in {worst}"
+    w = cut_and_resume(run, tmp_path, data)
+    assert_same_weights(w["full"], w["cut"])

@@ -17,8 +17,9 @@ import tp_vgg
 from tp_vgg import checkpoint
 from tp_vgg.data import BatchTransform, Batches, DataConfig, load_data
 from tp_vgg.models import ModelSpec, build_model
-from tp_vgg.train import (ResumePoint, Teacher, TrainConfig, distill_loss, fit, recalibrate_bn,
-                          resume, seed_everything)
+from tp_vgg.train import Teacher, TrainConfig, distill_loss, fit, recalibrate_bn, seed_everything
+
+from resume_util import assert_same_weights, cut_and_resume
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SPEC = ModelSpec("cifar_vgg11_bn", width=0.125, num_classes=10).resolved()
@@ -151,26 +152,14 @@ def test_distilled_run_resumes_exactly(tmp_path):
     teacher_model = build_model(SPEC)
     cfg = TrainConfig(epochs=3, batch_size=32, lr=0.02, progress="plain", distill=True, device="cpu")
 
-    class Stop(Exception):
-        pass
-
     def run(out, log=lambda s: None):
         seed_everything(cfg.seed)
         student = build_model(ModelSpec("cifar_vgg11_bn", width=0.125, num_classes=10))
         return fit(student, SPEC, data, cfg, str(out), data_cfg=DATA,
                    teacher=Teacher(copy.deepcopy(teacher_model), SPEC), log=log)
 
-    run(tmp_path / "full")
-
-    def stop(line):
-        if line.startswith("epoch 2/"):
-            raise Stop
-    with pytest.raises(Stop):
-        run(tmp_path / "cut", stop)
-    resume(ResumePoint.read(str(tmp_path / "cut" / "last.pt")), data)  # reads cut/teacher.pt
-    a = checkpoint.load_checkpoint(str(tmp_path / "full" / "last.pt")).state_dict
-    b = checkpoint.load_checkpoint(str(tmp_path / "cut" / "last.pt")).state_dict
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    w = cut_and_resume(run, tmp_path, data)  # the resume reads cut/teacher.pt
+    assert_same_weights(w["full"], w["cut"])
 
 
 # --------------------------------------------------------------------------------------------
