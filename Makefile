@@ -5,7 +5,7 @@ TPVGG   := $(VENV)/bin/tp-vgg
 STAMP   := $(VENV)/.installed-stamp
 PIP_OPTS ?= -q --disable-pip-version-check
 
-.PHONY: demo test test-slow install clean bench
+.PHONY: demo test test-slow install clean bench gpu-check
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# The GPU check (benchmarks/gpu.sh): CUDA tests, then cifar_vgg16_bn train -> prune 4x -> recover on
+# CIFAR-10. Needs a CUDA machine and data/cifar10-jpeg (or .device/ staged by ../shared/device-prep.sh).
+gpu-check:
+	bash benchmarks/gpu.sh
 
 clean:
 	rm -rf runs build *.egg-info
