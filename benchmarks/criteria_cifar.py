@@ -89,7 +89,7 @@ def main() -> int:
         return 0
 
     from tp_vgg import checkpoint, count, iterative, pruning, targets, train
-    from tp_vgg.cli.methods_cmds import _gradients
+    from tp_vgg.criteria import training_gradients as _gradients
     from tp_vgg.train import evaluate_on
     from tp_vgg.data import DataConfig, load_data
     from tp_vgg.io import write_json, write_text

@@ -122,7 +122,7 @@ def _stage_targets():
     import torch_pruning as tp
     from torch_pruning.dependency import graph, group, index_mapping
     import tp_vgg.checks
-    import tp_vgg.pruning
+    import tp_vgg.criteria
 
     maps = [getattr(index_mapping, n) for n in dir(index_mapping)
             if n.endswith("IndexMapping") and isinstance(getattr(index_mapping, n), type)]
@@ -131,7 +131,7 @@ def _stage_targets():
         ("index mapping through flatten (pure Python)", maps, "__call__"),
         ("collect coupled layers (get_pruning_group)", graph.DependencyGraph, "get_pruning_group"),
         ("importance scores", [tp.importance.GroupMagnitudeImportance,
-                               tp_vgg.pruning.FilterNormImportance], "__call__"),
+                               tp_vgg.criteria.FilterNormImportance], "__call__"),
         ("tensor surgery (Group.prune: index_select of weights)", group.Group, "prune"),
         ("tp_vgg forward check of the pruned model", tp_vgg.checks, "check_pruned"),
     ]

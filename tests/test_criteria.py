@@ -13,7 +13,8 @@ from tp_vgg import PruneConfig, UserError
 from tp_vgg.criteria import GradientBatches
 from tp_vgg.data import BatchTransform, Batches, DataConfig, load_data
 from tp_vgg.models import ModelSpec, build_model
-from tp_vgg.pruning import IMPORTANCES, out_channels
+from tp_vgg.criteria import IMPORTANCES
+from tp_vgg.pruning import out_channels
 
 from conftest import randomize
 from methods_util import FAKE, assert_one_line_error, models, read_report, user_model

@@ -15,7 +15,8 @@ import torch.nn as nn
 import tp_vgg
 from tp_vgg import PruneConfig, UserError
 from tp_vgg.models import ModelSpec, build_model, select_logits
-from tp_vgg.pruning import IMPORTANCES, out_channels
+from tp_vgg.criteria import IMPORTANCES
+from tp_vgg.pruning import out_channels
 from tp_vgg.verify import zero_removed_channels
 
 from conftest import randomize

@@ -20,8 +20,7 @@ with warnings.catch_warnings():  # fvcore's focal_loss calls the deprecated torc
     warnings.simplefilter("ignore", FutureWarning)
     from fvcore.nn import FlopCountAnalysis, parameter_count
 
-from tp_vgg.models import LogitsOnly, ModelSpec
-from tp_vgg.pruning import _keep_mode
+from tp_vgg.models import LogitsOnly, ModelSpec, keep_mode
 
 # Ops fvcore counts by default that are not conv/linear work: counted as 0 MACs. (In fvcore 0.1.5
 # ``set_op_handle(op, None)`` does not stop them being counted; a handle returning 0 does.)
@@ -78,7 +77,7 @@ def count(model: nn.Module, spec: ModelSpec, example: Optional[torch.Tensor] = N
     if example is None:
         example = spec.example_input(batch=1, device=device)
     wrapped = LogitsOnly(model, spec.output_key)
-    with _keep_mode(model), warnings.catch_warnings():
+    with keep_mode(model), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fv_logger = logging.getLogger("fvcore")
         level = fv_logger.level

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from tp_vgg.errors import UserError
+from tp_vgg.runtime import resolve_device
 
 
 @dataclass(frozen=True)
@@ -59,29 +60,6 @@ class DistContext:
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", self.local_rank if self.enabled else torch.cuda.current_device())
         return dev
-
-
-def resolve_device(requested: Optional[str]) -> torch.device:
-    """``None``/``auto`` -> CUDA when present, else CPU; an explicit device must exist."""
-    if requested in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(requested)
-    except RuntimeError:
-        raise UserError(f"--device {requested!r} is not a device; accepted: auto, cpu, cuda, "
-                        "cuda:N, mps") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {requested} was requested but CUDA is not available "
-                            "on this machine; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"--device {requested}: this machine has {torch.cuda.device_count()} "
-                            "CUDA device(s)")
-    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise UserError(f"--device {requested} was requested but MPS is not available; use --device cpu")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise UserError(f"--device {requested!r} is not supported; accepted: auto, cpu, cuda, cuda:N, mps")
-    return dev
 
 
 def from_env(env: Mapping[str, str]) -> DistContext:

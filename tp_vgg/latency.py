@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from tp_vgg.errors import UserError
 from tp_vgg.models import ModelSpec
+from tp_vgg.runtime import resolve_device, set_threads
 
 DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16,
                                   "bf16": torch.bfloat16}
@@ -43,6 +44,10 @@ DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16,
 # channels in multiples of 8. Used by ``--round-to auto``.
 CPU_ROUND_TO = {"AVX512": 16}
 CUDA_ROUND_TO = 8
+
+
+# Where latency is measured (--device).
+DEVICES = ("cpu", "cuda", "cuda:N")
 
 
 @dataclass
@@ -62,7 +67,7 @@ class LatencyConfig:
     clock: str = "wall"
 
     def validate(self) -> None:
-        check_device(self.device)
+        resolve_device(self.device, DEVICES)
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype {self.dtype!r} is not supported; accepted: {', '.join(DTYPES)}")
         if not self.batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
@@ -81,30 +86,24 @@ class LatencyConfig:
                             "--threads 1")
 
 
-def check_device(device: str) -> torch.device:
-    """``torch.device(device)`` for 'cpu', 'cuda' or 'cuda:N' that exists here, else UserError."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"--device {device!r} is not a device; accepted: cpu, cuda, cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {device!r} is not supported; accepted: cpu, cuda, cuda:N")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {device!r} but CUDA is not available on this machine; "
-                            "accepted here: cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"--device {device!r}: this machine has {torch.cuda.device_count()} "
-                            "CUDA device(s)")
-    return dev
-
-
 def default_round_to(device: str = "cpu") -> int:
     """The channel multiple that suits ``device``'s convolution kernels (``--round-to auto``):
     16 on AVX-512 CPUs, 8 on other CPUs and on CUDA GPUs."""
     if torch.device(device).type == "cuda":
         return CUDA_ROUND_TO
     return CPU_ROUND_TO.get(torch.backends.cpu.get_cpu_capability(), 8)
+
+
+# Batch sizes timed when none are given: 1 (one request) and a throughput batch that keeps a
+# measurement within a minute or two on a small CPU.
+SMALL_INPUT_BATCHES = (1, 64)   # inputs up to 64x64 (CIFAR-form)
+LARGE_INPUT_BATCHES = (1, 8)    # larger inputs (224x224 torchvision VGGs)
+
+
+def default_batch_sizes(spec: Optional[ModelSpec]) -> Tuple[int, ...]:
+    """The batch sizes timed for ``spec``'s input size when none are given."""
+    size = spec.resolved().input_size if spec is not None else None
+    return LARGE_INPUT_BATCHES if size and size > 64 else SMALL_INPUT_BATCHES
 
 
 def parse_batch_sizes(text: str) -> Tuple[int, ...]:
@@ -200,7 +199,7 @@ def prepare(model: nn.Module, cfg: LatencyConfig) -> nn.Module:
     if cfg.fuse_bn:
         from tp_vgg.export import fuse_bn
         m = fuse_bn(m)
-    m = m.to(device=check_device(cfg.device), dtype=DTYPES[cfg.dtype])
+    m = m.to(device=resolve_device(cfg.device, DEVICES), dtype=DTYPES[cfg.dtype])
     if cfg.channels_last:
         m = m.to(memory_format=torch.channels_last)
     return m
@@ -210,7 +209,7 @@ def _input(spec: ModelSpec, batch: int, cfg: LatencyConfig, seed: int = 0) -> to
     g = torch.Generator().manual_seed(seed)
     s = spec.resolved()
     x = torch.randn(batch, s.in_channels, s.input_size, s.input_size, generator=g)
-    x = x.to(device=check_device(cfg.device), dtype=DTYPES[cfg.dtype])
+    x = x.to(device=resolve_device(cfg.device, DEVICES), dtype=DTYPES[cfg.dtype])
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
@@ -266,13 +265,11 @@ def measure(models: Dict[str, nn.Module], spec: ModelSpec, cfg: LatencyConfig,
     ``models`` are copied and prepared (:func:`prepare`) unless ``prepared`` is true.
     """
     cfg.validate()
-    dev = check_device(cfg.device)
+    dev = resolve_device(cfg.device, DEVICES)
     ready = models if prepared else {n: prepare(m, cfg) for n, m in models.items()}
     names = list(ready)
     timer = _timer(dev, cfg.clock)
-    old_threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    old_threads = set_threads(cfg.threads)
     # On CUDA let cuDNN time its algorithms for each shape during warm-up, as a deployment
     # runtime would: an odd pruned width then gets its best kernel, not the heuristic's guess.
     old_benchmark = torch.backends.cudnn.benchmark
@@ -294,7 +291,7 @@ def measure(models: Dict[str, nn.Module], spec: ModelSpec, cfg: LatencyConfig,
                         samples[n].append(timer(calls[n]))
                 out[b] = {n: Timing.from_samples(samples[n]) for n in names}
     finally:
-        torch.set_num_threads(old_threads)
+        set_threads(old_threads)
         torch.backends.cudnn.benchmark = old_benchmark
     return out
 
@@ -305,7 +302,7 @@ def compare(original: nn.Module, pruned: nn.Module, spec: ModelSpec, cfg: Latenc
     timings = measure({"original": original, "pruned": pruned}, spec, cfg)
     mac_ratio = macs_original / max(macs_pruned, 1)
     comps = [Comparison.of(b, t["original"], t["pruned"], mac_ratio) for b, t in timings.items()]
-    env = environment(check_device(cfg.device))
+    env = environment(resolve_device(cfg.device, DEVICES))
     if cfg.threads is not None:
         env["threads"] = cfg.threads
     return LatencyReport(cfg, timings, comps, {"original": int(macs_original),
@@ -315,7 +312,7 @@ def compare(original: nn.Module, pruned: nn.Module, spec: ModelSpec, cfg: Latenc
 def single(model: nn.Module, spec: ModelSpec, cfg: LatencyConfig, macs: int) -> LatencyReport:
     """Latency of one model (no comparison)."""
     timings = measure({"model": model}, spec, cfg)
-    env = environment(check_device(cfg.device))
+    env = environment(resolve_device(cfg.device, DEVICES))
     return LatencyReport(cfg, timings, [], {"model": int(macs)}, env)
 
 

@@ -14,6 +14,7 @@ what it was (a file's SHA-256, a package's version) when a checkpoint was writte
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -24,7 +25,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -580,25 +581,35 @@ def build_model(spec: ModelSpec, code: Optional[ModelCode] = None,
     return MODELS.get(spec.name).build(spec)
 
 
+@contextlib.contextmanager
+def keep_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Restore the train/eval mode of every module of ``model`` on leaving (work inside may
+    switch modes: tracing, counting, evaluating, recalibrating BatchNorm)."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        yield model
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+
+
 def check_forward(model: nn.Module, spec: ModelSpec) -> torch.Size:
     """Run the example input through ``model`` (eval mode, no grad; the mode is kept) and return
     the logits' shape; a failure is the user's to fix (input size, channels, output key)."""
     s = spec.resolved()
     device = next(model.parameters()).device
-    training = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            out = model(s.example_input(device=device))
-    except UserError:
-        raise
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise UserError(f"{s.name} cannot run on a 1x{s.in_channels}x{s.input_size}x{s.input_size} "
-                        f"input ({type(e).__name__}: {msg}); check --input-size and --in-channels") from e
-    finally:
-        for m, t in training.items():
-            m.train(t)
+    with keep_mode(model):
+        try:
+            model.eval()
+            with torch.no_grad():
+                out = model(s.example_input(device=device))
+        except UserError:
+            raise
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise UserError(f"{s.name} cannot run on a 1x{s.in_channels}x{s.input_size}x"
+                            f"{s.input_size} input ({type(e).__name__}: {msg}); check "
+                            "--input-size and --in-channels") from e
     return select_logits(out, s.output_key).shape
 
 

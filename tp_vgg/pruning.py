@@ -18,50 +18,11 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from tp_vgg import checks
+from tp_vgg.criteria import IMPORTANCES
 from tp_vgg.errors import UserError
-from tp_vgg.models import ModelSpec, select_logits
-from tp_vgg.registry import Registry
+from tp_vgg.models import ModelSpec, keep_mode, select_logits
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
-
-class FilterNormImportance(tp.importance.Importance):
-    """Lp norm of each output filter of the group's root layer (Li et al. 2017), divided by the
-    layer's mean so that global ranking compares layers fairly.
-
-    torch-pruning's ``GroupMagnitudeImportance(group_reduction="first")`` ranks the same way but
-    first takes |w|^p of every coupled layer, copying each weight twice -- for torchvision VGGs
-    that includes the 25088x4096 classifier, about 2 s on 2 cores. This scores the root alone,
-    with one ``vector_norm`` and no copies.
-    """
-
-    def __init__(self, p: int):
-        self.p = p
-        self._fallback = tp.importance.GroupMagnitudeImportance(p=p, group_reduction="first")
-
-    @torch.no_grad()
-    def __call__(self, group) -> torch.Tensor:
-        dep, idxs = group[0]
-        layer = dep.target.module
-        if dep.handler not in (tp.prune_conv_out_channels, tp.prune_linear_out_channels):
-            return self._fallback(group)
-        idxs = torch.as_tensor([int(i) for i in idxs], dtype=torch.long, device=layer.weight.device)
-        w = layer.weight.flatten(1)
-        imp = torch.linalg.vector_norm(w, ord=self.p, dim=1)
-        if self.p == 2:
-            imp = imp.pow(2)  # the sum of squares, as torch-pruning's L2 magnitude
-        imp = imp.index_select(0, idxs)
-        return imp / imp.mean().clamp_min(1e-12)
-
-
-# One entry per criterion: a factory ``(config) -> tp importance``.
-IMPORTANCES: Registry[Callable[["PruneConfig"], tp.importance.Importance]] = Registry("importance")
-IMPORTANCES.register("l1", lambda cfg: FilterNormImportance(p=1),
-                     "L1 norm of each filter (Li et al. 2017)")
-IMPORTANCES.register("l2", lambda cfg: FilterNormImportance(p=2),
-                     "L2 norm of each filter")
-IMPORTANCES.register("random", lambda cfg: tp.importance.RandomImportance(),
-                     "random ranking, seeded by --seed (a baseline)")
-
 
 @dataclass
 class PruneConfig:
@@ -149,7 +110,7 @@ def _trace_failed(e: Exception, what: str, layer: str = "NAME") -> UserError:
 
 def build_graph(model: nn.Module, spec: ModelSpec, example: torch.Tensor) -> tp.DependencyGraph:
     """torch-pruning's DependencyGraph of ``model``; the model's train/eval mode is kept."""
-    with _keep_mode(model), _traceable(model):  # the graph is traced through autograd
+    with keep_mode(model), _traceable(model):  # the graph is traced through autograd
         try:
             return tp.DependencyGraph().build_dependency(
                 model, example_inputs=example, forward_fn=_forward_fn(spec), verbose=False)
@@ -157,16 +118,6 @@ def build_graph(model: nn.Module, spec: ModelSpec, example: torch.Tensor) -> tp.
             raise
         except Exception as e:
             raise _trace_failed(e, "trace the model") from e
-
-
-@contextlib.contextmanager
-def _keep_mode(model: nn.Module):
-    modes = {m: m.training for m in model.modules()}
-    try:
-        yield
-    finally:
-        for m, training in modes.items():
-            m.train(training)
 
 
 def find_output_layers(graph: tp.DependencyGraph) -> List[nn.Module]:
@@ -186,6 +137,34 @@ def find_output_layers(graph: tp.DependencyGraph) -> List[nn.Module]:
             continue
         stack.extend(node.inputs)
     return found
+
+
+def output_layers(model: nn.Module, output_layer: Optional[str] = None,
+                  graph: Optional[tp.DependencyGraph] = None, spec: Optional[ModelSpec] = None,
+                  check_type: bool = False) -> List[nn.Module]:
+    """The layer(s) producing the logits, never pruned: ``output_layer`` by name (--output-layer,
+    ``PruneConfig.output_layer``) when given, else found from the dependency graph (``graph``,
+    or one traced from ``spec``'s example input). ``check_type``: the named layer must hold a
+    Conv2d or Linear."""
+    if output_layer is not None:
+        modules = dict(model.named_modules())
+        if output_layer not in modules:
+            raise UserError(f"--output-layer {output_layer!r} is not a module of the model")
+        layer = modules[output_layer]
+        if check_type and not any(isinstance(m, PRUNABLE) for m in layer.modules()):
+            raise UserError(f"--output-layer {output_layer!r} is a {type(layer).__name__}; "
+                            "accepted: the Conv2d or Linear that produces the logits")
+        return [layer]
+    if graph is None:
+        graph = build_graph(model, spec, spec.example_input(device=next(model.parameters()).device))
+    return find_output_layers(graph)
+
+
+def output_layer_names(model: nn.Module, spec: ModelSpec,
+                       output_layer: Optional[str] = None) -> List[str]:
+    """:func:`output_layers` by module name."""
+    names = {m: n for n, m in model.named_modules()}
+    return [names[m] for m in output_layers(model, output_layer, spec=spec)]
 
 
 def out_channels(model: nn.Module) -> Dict[str, int]:
@@ -256,21 +235,13 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
         example = spec.example_input(device=device)
     before = out_channels(model)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    modules = dict(model.named_modules())
-    protected: List[nn.Module] = []
-    if cfg.output_layer is not None:
-        if cfg.output_layer not in modules:
-            raise UserError(f"--output-layer {cfg.output_layer!r} is not a module of the model")
-        protected = [modules[cfg.output_layer]]
-        if not any(isinstance(m, PRUNABLE) for m in protected[0].modules()):
-            raise UserError(f"--output-layer {cfg.output_layer!r} is a "
-                            f"{type(protected[0]).__name__}; accepted: the Conv2d or Linear that "
-                            "produces the logits")
+    protected: List[nn.Module] = (output_layers(model, cfg.output_layer, check_type=True)
+                                  if cfg.output_layer is not None else [])
     ratios = _resolve_layer_ratios(model, cfg.layer_ratios)
     max_ratio = cfg.max_layer_ratio
     if max_ratio is None:
         max_ratio = 0.9 if cfg.global_pruning else 1.0
-    with _keep_mode(model):
+    with keep_mode(model):
         # the unpruned model, for the masked-equivalence check (when cheap; not across fine-tuning)
         reference = None if between_steps is not None and cfg.iterative_steps > 1 else \
             checks.reference_copy(model)
@@ -447,7 +418,7 @@ def replay(model: nn.Module, spec: ModelSpec, history: List[list],
         return model
     if example is None:
         example = spec.example_input(device=next(model.parameters()).device)
-    with _keep_mode(model):
+    with keep_mode(model):
         graph = build_graph(model, spec, example)
         try:
             graph.load_pruning_history([[n, bool(o), list(i)] for n, o, i in history])
@@ -458,7 +429,3 @@ def replay(model: nn.Module, spec: ModelSpec, history: List[list],
                 "since the checkpoint was written") from e
     return model
 
-
-# The criteria beyond l1/l2/random register themselves into IMPORTANCES (imported last: they use
-# IMPORTANCES and _keep_mode from this module).
-from tp_vgg import criteria  # noqa: E402,F401

@@ -90,3 +90,11 @@ def format_profile_table(c: Counts) -> str:
         text += "\nops fvcore does not count (0 MACs): " + ", ".join(
             f"{k} x{v}" for k, v in c.unsupported_ops.items())
     return text + f"\n({MAC_NOTE}.)"
+
+
+def format_sparsity_table(sparse: Dict[str, Any]) -> str:
+    rows = [[l["name"], l["type"], str(l["weights"]), f"{100 * l['sparsity']:.1f}%",
+             human(l["macs_dense"]), human(l["macs_nonzero"])] for l in sparse["layers"]]
+    rows.append(["total", "", str(sparse["weights"]), f"{100 * sparse['sparsity']:.1f}%",
+                 human(sparse["macs_dense"]), human(sparse["macs_nonzero"])])
+    return _table(["layer", "type", "weights", "zero", "dense MACs", "nonzero MACs"], rows)

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from tp_vgg import pruning
 from tp_vgg.counting import count
+from tp_vgg.criteria import IMPORTANCES
 from tp_vgg.errors import UserError
 from tp_vgg.io import write_text, write_with
 from tp_vgg.models import ModelSpec
@@ -54,13 +55,7 @@ def check_ratios(ratios: Sequence[float]) -> List[float]:
 
 def prunable_layers(model: nn.Module, spec: ModelSpec, output_layer: Optional[str] = None) -> List[str]:
     """Every Conv2d/Linear except the one producing the logits, in model order."""
-    names = {m: n for n, m in model.named_modules()}
-    if output_layer is not None:
-        protected = {output_layer}
-    else:
-        graph = pruning.build_graph(model, spec, spec.example_input(
-            device=next(model.parameters()).device))
-        protected = {names[m] for m in pruning.find_output_layers(graph)}
+    protected = set(pruning.output_layer_names(model, spec, output_layer))
     return [n for n, m in model.named_modules()
             if isinstance(m, pruning.PRUNABLE) and n not in protected]
 
@@ -73,7 +68,7 @@ def analyze(model: nn.Module, spec: ModelSpec, evaluate: Callable[[nn.Module], f
             log: Callable[[str], None] = print) -> Sensitivity:
     """Prune a copy of ``model`` at each ratio, one layer at a time, and evaluate it."""
     ratios = check_ratios(ratios)
-    pruning.IMPORTANCES.get(importance)
+    IMPORTANCES.get(importance)
     all_layers = prunable_layers(model, spec, output_layer)
     if layers:
         bad = [l for l in layers if l not in all_layers]

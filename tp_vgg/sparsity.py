@@ -25,7 +25,7 @@ import torch_pruning as tp
 
 from tp_vgg import pruning
 from tp_vgg.errors import UserError
-from tp_vgg.models import ModelSpec
+from tp_vgg.models import ModelSpec, keep_mode
 from tp_vgg.registry import Registry
 
 _BN = nn.modules.batchnorm._BatchNorm
@@ -74,10 +74,10 @@ class Regularizer:
         self.model, self.method, self.reg = model, method, float(reg)
         device = next(model.parameters()).device
         example = spec.example_input(device=device)
-        with pruning._keep_mode(model), warnings.catch_warnings(), torch.enable_grad():
+        with keep_mode(model), warnings.catch_warnings(), torch.enable_grad():
             warnings.simplefilter("ignore")
             graph = pruning.build_graph(model, spec, example)
-            protected = [s for m in pruning.find_output_layers(graph) for s in m.modules()]
+            protected = [s for m in pruning.output_layers(model, graph=graph) for s in m.modules()]
             self.pruner = entry.build(model, example, reg=self.reg, ignored_layers=protected,
                                       forward_fn=pruning._forward_fn(spec))
         self.before = gamma_stats(model)

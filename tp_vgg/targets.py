@@ -27,7 +27,7 @@ import torch.nn as nn
 from tp_vgg import pruning
 from tp_vgg.counting import Counts, count, human
 from tp_vgg.errors import UserError
-from tp_vgg.models import ModelSpec
+from tp_vgg.models import ModelSpec, keep_mode
 
 DEFAULT_MAX_LAYER_RATIO = 0.75   # every layer keeps at least a quarter of its channels
 COARSE_STEP = 0.02
@@ -98,17 +98,13 @@ class _Ranked:
                  example: torch.Tensor, max_ratio: float,
                  gradients: Optional[Callable[[nn.Module], None]]):
         scored = copy.deepcopy(model)
-        modules = dict(scored.named_modules())
-        protected: List[nn.Module] = []
-        if cfg.output_layer is not None:
-            if cfg.output_layer not in modules:
-                raise UserError(f"--output-layer {cfg.output_layer!r} is not a module of the model")
-            protected = [modules[cfg.output_layer]]
+        protected: List[nn.Module] = (pruning.output_layers(scored, cfg.output_layer)
+                                      if cfg.output_layer is not None else [])
         ratios = pruning._resolve_layer_ratios(scored, cfg.layer_ratios)
-        with pruning._keep_mode(scored):
+        with keep_mode(scored):
             pruner = pruning._make_pruner(scored, spec, cfg, example, ratios, protected, max_ratio)
             if not protected:
-                protected = pruning.find_output_layers(pruner.DG)
+                protected = pruning.output_layers(scored, graph=pruner.DG)
                 if not protected:
                     raise UserError("cannot tell which layer produces the logits; "
                                     "name it with --output-layer NAME")

@@ -38,8 +38,9 @@ from tp_vgg.data import BatchTransform, Batches, DataConfig, ImageData
 from tp_vgg.distributed import DistContext
 from tp_vgg.errors import UserError
 from tp_vgg.io import ensure_dir, write_json, write_text
-from tp_vgg.models import ModelSpec, select_logits
+from tp_vgg.models import ModelSpec, keep_mode, select_logits
 from tp_vgg.registry import Registry
+from tp_vgg.runtime import resolve_device
 
 
 class TrainingDiverged(UserError):
@@ -487,8 +488,6 @@ def evaluate_on(model: nn.Module, spec: ModelSpec, data: ImageData, preprocessin
                 split: str = "test", batch_size: int = 256,
                 device: Optional[str] = None) -> EvalResult:
     """Evaluate ``model`` on one split of ``data`` with the given (checkpoint's) preprocessing."""
-    from tp_vgg.distributed import resolve_device
-
     dev = resolve_device(device)
     pre = resolve_preprocessing(data, spec, preprocessing)
     check_model_fits(model.to(dev), spec, data)
@@ -497,6 +496,16 @@ def evaluate_on(model: nn.Module, spec: ModelSpec, data: ImageData, preprocessin
                       BatchTransform(pre["mean"], pre["std"], pre["input_size"]), dev)
     autocast, _, _ = make_amp(dev, "auto")
     return evaluate(model, batches, spec.output_key, autocast)
+
+
+def top1(model: nn.Module, spec: ModelSpec, data: ImageData, preprocessing: Dict[str, Any],
+         device: Optional[str] = None, batch_size: int = 256) -> float:
+    """Test top-1 of ``model`` (:func:`evaluate_on`); the model then goes back to the device it
+    was on, so that pruning continues there."""
+    home = next(model.parameters()).device
+    result = evaluate_on(model, spec, data, preprocessing, batch_size=batch_size, device=device).top1
+    model.to(home, memory_format=torch.contiguous_format)
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -522,13 +531,11 @@ def recalibrate_bn(model: nn.Module, batches: Batches, num_batches: int,
     each rank uses its shard and the statistics are averaged over ranks. The caller's train/eval
     mode and the layers' momentum are restored. Returns the number of layers re-estimated (0 for
     a model without BatchNorm running statistics, which is left unchanged)."""
-    from tp_vgg.pruning import _keep_mode
-
     bns = batchnorms(model)
     if not bns or num_batches <= 0:
         return 0
     momenta = [m.momentum for m in bns]
-    with _keep_mode(model):
+    with keep_mode(model):
         model.eval()
         for m in bns:
             m.reset_running_stats()
@@ -595,10 +602,8 @@ def check_model_fits(model: nn.Module, spec: ModelSpec, data: ImageData) -> None
     if s.in_channels != data.in_channels:
         raise UserError(f"the model takes {s.in_channels}-channel input but {data.name} images have "
                         f"{data.in_channels} channels")
-    from tp_vgg.pruning import _keep_mode
-
     dev = next(model.parameters()).device
-    with _keep_mode(model), torch.no_grad():
+    with keep_mode(model), torch.no_grad():
         model.eval()
         out = select_logits(model(s.example_input(batch=2, device=dev)), s.output_key)
     if out.shape[-1] != data.num_classes:
@@ -654,6 +659,12 @@ class Teacher:
     model: nn.Module
     spec: ModelSpec
     history: List[list] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, path: str, **consent: bool) -> "Teacher":
+        """The model in checkpoint ``path`` (``consent``: as for :func:`tp_vgg.load_checkpoint`)."""
+        ck = ckpt_io.load_checkpoint(path, **consent)
+        return cls(ck.build(), ck.spec, ck.history)
 
 
 TEACHER_FILE = "teacher.pt"

@@ -85,20 +85,6 @@ def magnitude_prune(model: nn.Module, sparsity: float, global_ranking: bool = Fa
     return ZeroMask(model, masks)
 
 
-def output_layers(model: nn.Module, spec, output_layer: Optional[str] = None) -> List[str]:
-    """The layer(s) producing the logits (found from torch-pruning's graph): never pruned."""
-    if output_layer is not None:
-        if output_layer not in dict(model.named_modules()):
-            raise UserError(f"--output-layer {output_layer!r} is not a module of the model")
-        return [output_layer]
-    from tp_vgg import pruning
-
-    graph = pruning.build_graph(model, spec, spec.example_input(
-        device=next(model.parameters()).device))
-    names = {m: n for n, m in model.named_modules()}
-    return [names[m] for m in pruning.find_output_layers(graph)]
-
-
 def sparsity_report(model: nn.Module, counts: Counts) -> Dict[str, Any]:
     """Per-layer and total sparsity of the conv/linear weights; dense MACs (unchanged by
     unstructured pruning) and the MACs of the nonzero weights only. Layers left entirely zero

@@ -5,79 +5,64 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import torch
-import torch.nn as nn
-
-from tp_vgg.checkpoint import Checkpoint, default_preprocessing, load_checkpoint
 from tp_vgg.cli import REQUIRE_ONE_OF
 from tp_vgg.errors import UserError
-from tp_vgg.models import ModelSpec, build_model, check_forward
+from tp_vgg.models import ModelSpec
+from tp_vgg.source import Loaded, ModelSource, load_source
 
 MODEL_FLAGS = ("model_kwargs", "num_classes", "in_channels", "input_size", "width", "weights",
                "output_key")
 
 
-def ratio(text: str) -> float:
-    try:
-        r = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; accepted: a number in [0, 1)")
-    if not (0.0 <= r < 1.0) or math.isnan(r):
-        raise argparse.ArgumentTypeError(f"{text!r} is outside [0, 1); accepted: a number in [0, 1)")
-    return r
+def numeric(convert: Callable[[str], Any], ok: Callable[[Any], bool], accepted: str,
+            out_of_range: str, range_accepted: Optional[str] = None,
+            words: Sequence[str] = ()) -> Callable[[str], Any]:
+    """An argparse ``type`` for a number: ``convert`` (int or float) the text, refuse it unless
+    ``ok(value)``; each refusal names the value and what is ``accepted`` (after a value out of
+    range: ``range_accepted``, default the same). ``words`` pass through as they are (e.g.
+    ``auto``)."""
+    kind = "a whole number" if convert is int else "a number"
+
+    def parse(text: str) -> Any:
+        if text in words:
+            return text
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}; accepted: {accepted}")
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text!r} {out_of_range}; accepted: "
+                                             f"{range_accepted or accepted}")
+        return value
+    return parse
 
 
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; accepted: an integer >= 1")
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is below 1; accepted: an integer >= 1")
-    return v
+ratio = numeric(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)", "is outside [0, 1)")
+positive_int = numeric(int, lambda v: v >= 1, "an integer >= 1", "is below 1")
+nonneg_int = numeric(int, lambda v: v >= 0, "an integer >= 0", "is negative")
+nonneg_float = numeric(float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0",
+                       "is not >= 0", "a finite number >= 0")
+positive_float = numeric(float, lambda v: v > 0 and not math.isinf(v), "a number > 0",
+                         "is not > 0")
+unit_float = numeric(float, lambda v: 0 <= v <= 1, "a number in [0, 1]", "is outside [0, 1]")
 
 
-def nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; accepted: an integer >= 0")
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative; accepted: an integer >= 0")
-    return v
-
-
-def nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; accepted: a number >= 0")
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not >= 0; accepted: a finite number >= 0")
-    return v
-
-
-def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; accepted: a number > 0")
-    if not v > 0 or math.isinf(v):
-        raise argparse.ArgumentTypeError(f"{text!r} is not > 0; accepted: a number > 0")
-    return v
-
-
-def unit_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; accepted: a number in [0, 1]")
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is outside [0, 1]; accepted: a number in [0, 1]")
-    return v
+def comma_list(convert: Callable[[str], Any], ok: Callable[[List[Any]], bool], not_a_list: str,
+               bad: str, order: Callable[[List[Any]], List[Any]] = list) -> Callable[[str], Any]:
+    """An argparse ``type`` for comma-separated values (empty items skipped): ``convert`` each;
+    ``not_a_list`` when one does not convert, ``bad`` when the list is empty or not ``ok``
+    (both formatted with ``text``); the result in ``order`` (e.g. sorted)."""
+    def parse(text: str) -> List[Any]:
+        try:
+            items = [convert(t.strip()) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(not_a_list.format(text=repr(text)))
+        if not items or not ok(items):
+            raise argparse.ArgumentTypeError(bad.format(text=repr(text)))
+        return order(items)
+    return parse
 
 
 def json_object(text: str) -> Dict[str, Any]:
@@ -150,16 +135,6 @@ def is_onnx(name: Optional[str]) -> bool:
     return bool(name) and str(name).lower().endswith(ONNX_SUFFIX)
 
 
-@dataclass
-class Loaded:
-    model: nn.Module
-    spec: ModelSpec
-    history: List[list] = field(default_factory=list)
-    preprocessing: Dict[str, Any] = field(default_factory=dict)
-    meta: Dict[str, Any] = field(default_factory=dict)
-    checkpoint: Optional[Checkpoint] = None
-
-
 def spec_from_args(args: argparse.Namespace) -> ModelSpec:
     return ModelSpec(name=args.model, num_classes=args.num_classes, width=args.width,
                      in_channels=args.in_channels, input_size=args.input_size,
@@ -167,10 +142,8 @@ def spec_from_args(args: argparse.Namespace) -> ModelSpec:
                      output_key=args.output_key).resolved()
 
 
-def load_model(args: argparse.Namespace) -> Loaded:
-    """Build the model named by --model, or rebuild the one in --checkpoint: a zoo model as is;
-    a user factory's only with --trust-model-code, or with --model naming the user's own copy of
-    that factory (see tp_vgg.checkpoint.load_checkpoint)."""
+def model_source(args: argparse.Namespace) -> ModelSource:
+    """--model (with its flags and --seed) or --checkpoint (with the consent flags)."""
     if is_onnx(getattr(args, "model", None)):
         raise UserError(f"--model {args.model!r} is an ONNX file: `tp-vgg eval` and `tp-vgg "
                         "profile` read it; this command needs a model name or a tp-vgg checkpoint")
@@ -179,17 +152,22 @@ def load_model(args: argparse.Namespace) -> Loaded:
         if given:
             raise UserError(f"--{given[0].replace('_', '-')} cannot be combined with --checkpoint: "
                             "the checkpoint already records its model")
-        ckpt = load_checkpoint(args.checkpoint, factory=getattr(args, "model", None),
-                               **code_consent(args))
-        return Loaded(ckpt.build(), ckpt.spec, list(ckpt.history), dict(ckpt.preprocessing),
-                      dict(ckpt.meta), ckpt)
+        return ModelSource(checkpoint=args.checkpoint, factory=getattr(args, "model", None),
+                           **code_consent(args))
     for flag, on in code_consent(args).items():
         if on:
             raise UserError(f"--{flag.replace('_', '-')} applies to --checkpoint: a --model you "
                             "name yourself is built without it")
-    spec = spec_from_args(args)
-    # --seed also fixes the initial weights, so `--model NAME` runs are reproducible
-    torch.manual_seed(getattr(args, "seed", None) or 0)
-    model = build_model(spec)
-    check_forward(model, spec)
-    return Loaded(model, spec, [], default_preprocessing(spec), {})
+    return ModelSource(spec=spec_from_args(args), seed=getattr(args, "seed", None) or 0)
+
+
+def load_model(args: argparse.Namespace) -> Loaded:
+    """Build the model named by --model, or rebuild the one in --checkpoint: a zoo model as is;
+    a user factory's only with --trust-model-code, or with --model naming the user's own copy of
+    that factory (see tp_vgg.checkpoint.load_checkpoint)."""
+    return load_source(model_source(args))
+
+
+def log(message: str) -> None:
+    """What the commands print as they work (flushed: progress lines show as they happen)."""
+    print(message, flush=True)

@@ -1,31 +1,27 @@
-"""Latency flags shared by `profile --latency`, `prune --latency` and `sweep --latency`, and the
-glue that adds measured latency to a prune report."""
+"""Latency flags shared by `profile --latency`, `prune --latency` and `sweep --latency`."""
 
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
-from typing import Any, Dict, Optional
-
-import torch
-import torch.nn as nn
+from typing import Any, Optional
 
 from tp_vgg import latency
+from tp_vgg.cli.common import numeric
 from tp_vgg.counting import Counts
 from tp_vgg.errors import UserError
+from tp_vgg.runtime import device_name
 from tp_vgg.models import ModelSpec
 
-# Batch sizes timed when none are given: 1 (one request) and a throughput batch that keeps a
-# measurement within a minute or two on a small CPU.
-SMALL_INPUT_BATCHES = "1,64"   # inputs up to 64x64 (CIFAR-form)
-LARGE_INPUT_BATCHES = "1,8"    # larger inputs (224x224 torchvision VGGs)
-DEFAULT_HELP = f"default {SMALL_INPUT_BATCHES} for inputs up to 64 px, {LARGE_INPUT_BATCHES} above"
+def _sizes(sizes) -> str:
+    return ",".join(map(str, sizes))
+
+
+DEFAULT_HELP = (f"default {_sizes(latency.SMALL_INPUT_BATCHES)} for inputs up to 64 px, "
+                f"{_sizes(latency.LARGE_INPUT_BATCHES)} above")
 
 
 def default_batch_sizes(spec: Optional[ModelSpec]) -> str:
-    size = spec.resolved().input_size if spec is not None else None
-    return LARGE_INPUT_BATCHES if size and size > 64 else SMALL_INPUT_BATCHES
+    return _sizes(latency.default_batch_sizes(spec))
 
 
 def _add(g, *flags: str, **kw: Any) -> None:
@@ -56,51 +52,10 @@ def add_measure_args(p: argparse.ArgumentParser, batch_flag: str = "--batch-size
     _add(g, "--threads", type=int, metavar="N", help="CPU threads (torch.set_num_threads)")
 
 
-def round_to_arg(text: str):
-    """``--round-to``: a positive integer, or ``auto`` (resolved per device by
-    :func:`resolve_round_to`)."""
-    if text == "auto":
-        return "auto"
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; accepted: an integer "
-                                         ">= 1 or auto")
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is below 1; accepted: an integer >= 1 or auto")
-    return v
-
-
-def resolve_round_to(args: argparse.Namespace) -> Optional[int]:
-    """``--round-to auto`` -> the channel multiple of the device the model will run on
-    (``--device``, default: CUDA when present): 16 on AVX-512 CPUs, else 8."""
-    value = getattr(args, "round_to", None)
-    if value == "auto":
-        return latency.default_round_to(resolve_device(getattr(args, "device", None)))
-    return value
-
-
-def fit_round_to(args: argparse.Namespace, cfg, model: nn.Module):
-    """With ``--round-to auto``, halve the device's multiple (16 -> 8 -> 4 ...) until every conv
-    keeps at least one multiple at the largest ratio asked for: a 16-channel layer pruned by 30%
-    keeps 8, not 0. An explicit ``--round-to K`` is left as given."""
-    if getattr(args, "round_to", None) != "auto" or not cfg.round_to:
-        return cfg
-    ratios = [cfg.ratio or 0.0] + [float(r) for r in (cfg.layer_ratios or {}).values()]
-    if cfg.global_pruning:
-        ratios.append(cfg.max_layer_ratio if cfg.max_layer_ratio is not None else 0.9)
-    keep = min((int(m.out_channels * (1 - max(ratios))) for m in model.modules()
-                if isinstance(m, nn.Conv2d)), default=cfg.round_to)
-    k = cfg.round_to
-    while k > 1 and keep < k:
-        k //= 2
-    return dataclasses.replace(cfg, round_to=k)
-
-
-def resolve_device(device: Optional[str]) -> str:
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+# ``--round-to``: a positive integer, or ``auto`` (the device's multiple; see
+# :meth:`tp_vgg.job.PruneJob.prune_config`).
+round_to_arg = numeric(int, lambda v: v >= 1, "an integer >= 1 or auto", "is below 1",
+                       words=("auto",))
 
 
 def _given(args: argparse.Namespace, name: str, default: Any) -> Any:
@@ -115,7 +70,7 @@ def latency_config(args: argparse.Namespace, spec: Optional[ModelSpec] = None
     text = getattr(args, "latency_batch_sizes", None) or default_batch_sizes(spec)
     cfg = latency.LatencyConfig(
         batch_sizes=latency.parse_batch_sizes(text),
-        device=resolve_device(getattr(args, "device", None)),
+        device=device_name(getattr(args, "device", None)),
         dtype=getattr(args, "dtype", None) or "fp32",
         channels_last=_given(args, "channels_last", True),
         fuse_bn=_given(args, "fuse_bn", True),
@@ -127,7 +82,7 @@ def latency_config(args: argparse.Namespace, spec: Optional[ModelSpec] = None
 
 
 # --------------------------------------------------------------------------------------------
-# `prune --latency`: two calls from cmd_prune.
+# `prune --latency`: the job's latency sub-config.
 
 def add_prune_latency_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("latency")
@@ -139,33 +94,20 @@ def add_prune_latency_args(p: argparse.ArgumentParser) -> None:
                         "--device, --channels-last and --threads")
 
 
-def keep_original(args: argparse.Namespace, model: nn.Module) -> Optional[nn.Module]:
-    """A copy of the model before pruning when --latency was asked for (checked early)."""
+def prune_latency_config(args: argparse.Namespace) -> Optional[latency.LatencyConfig]:
+    """``--latency [B1,B2]`` with the measurement flags (None without it); no batch sizes:
+    the defaults for the model's input size. A bad value fails before any work."""
     if not getattr(args, "latency", None):
         return None
-    _prune_latency_config(args)  # a bad --latency value fails before any work
-    return copy.deepcopy(model)
-
-
-def _prune_latency_config(args: argparse.Namespace, spec: Optional[ModelSpec] = None
-                          ) -> latency.LatencyConfig:
     ns = argparse.Namespace(**vars(args))
     ns.latency_batch_sizes = None if args.latency == "default" else args.latency
     try:
-        return latency_config(ns, spec)
+        cfg = latency_config(ns)
     except UserError as e:
         raise UserError(str(e).replace("--batch-sizes", "--latency")) from None
-
-
-def prune_latency(args: argparse.Namespace, original: Optional[nn.Module], pruned: nn.Module,
-                  spec: ModelSpec, before: Counts, after: Counts) -> Dict[str, Any]:
-    """``{"latency": {...}}`` for report.json (empty without --latency); prints the table."""
-    if original is None:
-        return {}
-    cfg = _prune_latency_config(args, spec)
-    rep = latency.compare(original, pruned, spec, cfg, before.macs, after.macs)
-    print(latency.format_latency_table(rep))
-    return {"latency": rep.to_dict()}
+    if args.latency == "default":
+        cfg.batch_sizes = ()
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------

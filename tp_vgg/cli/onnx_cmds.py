@@ -12,13 +12,12 @@ import functools
 import json
 from typing import Callable
 
-import torch
 
 from tp_vgg import exported, report
 from tp_vgg.cli.common import MODEL_FLAGS, is_onnx
-from tp_vgg.cli.latency_args import LARGE_INPUT_BATCHES, SMALL_INPUT_BATCHES, MEASURE_FLAGS
+from tp_vgg.cli.latency_args import MEASURE_FLAGS
 from tp_vgg.errors import UserError
-from tp_vgg.latency import parse_batch_sizes
+from tp_vgg.latency import LARGE_INPUT_BATCHES, SMALL_INPUT_BATCHES, parse_batch_sizes
 
 
 def register(sub, common) -> None:
@@ -51,8 +50,6 @@ def _common_checks(args: argparse.Namespace) -> None:
     if device not in (None, "auto", "cpu"):
         raise UserError(f"--device {device!r}: tp-vgg runs ONNX files on the CPU (onnxruntime's "
                         "CPUExecutionProvider); accepted: cpu")
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
 
 
 def cmd_eval_onnx(args: argparse.Namespace) -> int:
@@ -86,7 +83,8 @@ def cmd_profile_onnx(args: argparse.Namespace) -> int:
                 "picks its own layouts; fold BN at export with tp-vgg export --fuse-bn)")
         model = exported.load_onnx(args.model, threads=args.threads)
         default = SMALL_INPUT_BATCHES if model.info.input_size <= 64 else LARGE_INPUT_BATCHES
-        sizes = parse_batch_sizes(getattr(args, "latency_batch_sizes", None) or default)
+        given = getattr(args, "latency_batch_sizes", None)
+        sizes = parse_batch_sizes(given) if given else default
         for what, v, low in (("warmup", args.warmup, 0), ("repeats", args.repeats, 1)):
             if v < low:
                 raise UserError(f"--{what} must be an integer >= {low}, got {v!r}")

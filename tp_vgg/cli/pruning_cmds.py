@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+from typing import Optional
 
-from tp_vgg import checkpoint, counting, pruning, report
-from tp_vgg.cli import latency_args, methods_cmds, train_cmds
-from tp_vgg.cli.common import Loaded, add_model_args, json_object, load_model, ratio
-from tp_vgg.errors import UserError
-from tp_vgg.io import atomic_path, ensure_dir, write_json
+from tp_vgg import counting, pruning, report
+from tp_vgg.cli import common, latency_args, methods_cmds, train_cmds
+from tp_vgg.cli.common import add_model_args, json_object, load_model, ratio
+from tp_vgg.criteria import IMPORTANCES
+from tp_vgg.job import PruneJob, check_out_dir, run
 from tp_vgg.models import list_models
 
 
@@ -42,7 +42,7 @@ def add_prune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ratio", type=ratio, metavar="R",
                    help="fraction of channels removed from every prunable layer, in [0, 1) "
                         "(or give --target-speedup / --target-macs)")
-    g.add_argument("--importance", default="l1", choices=pruning.IMPORTANCES.names(),
+    g.add_argument("--importance", default="l1", choices=IMPORTANCES.names(),
                    help="channel ranking criterion (default l1)")
     g.add_argument("--global", dest="global_pruning", action="store_true",
                    help="rank channels across layers instead of per layer")
@@ -58,12 +58,23 @@ def add_prune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed for --importance random (default 0)")
 
 
-def prune_config(args: argparse.Namespace) -> pruning.PruneConfig:
+def prune_config(args: argparse.Namespace, ratio: Optional[float] = None) -> pruning.PruneConfig:
+    """--ratio (or ``ratio``) and the other pruning flags; --round-to may stay ``auto``."""
     return pruning.PruneConfig(
-        ratio=args.ratio, importance=args.importance, global_pruning=args.global_pruning,
-        max_layer_ratio=args.max_layer_ratio, round_to=latency_args.resolve_round_to(args),
-        layer_ratios=args.layer_ratios or {}, seed=args.seed,
+        ratio=args.ratio if ratio is None else ratio, importance=args.importance,
+        global_pruning=args.global_pruning, max_layer_ratio=args.max_layer_ratio,
+        round_to=args.round_to, layer_ratios=args.layer_ratios or {}, seed=args.seed,
         output_layer=args.output_layer)
+
+
+def prune_job(args: argparse.Namespace, ratio: Optional[float] = None) -> PruneJob:
+    """The job `tp-vgg prune` runs (`sweep`: at ``ratio``), after the flag checks."""
+    check_out_dir(args.out)
+    methods = methods_cmds.method_configs(args, ratio)  # target, iterative, unstructured
+    finetune = train_cmds.finetune_config(args, data_used=methods.pop("needs_data"))
+    return PruneJob(common.model_source(args), prune_config(args, ratio), finetune=finetune,
+                    latency=latency_args.prune_latency_config(args), device=args.device,
+                    **methods)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -73,52 +84,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_out(out: str) -> None:
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"--out {out!r} is a file; give a folder")
-
-
 def cmd_prune(args: argparse.Namespace) -> int:
-    _check_out(args.out)
-    methods = methods_cmds.PruneMethods.from_args(args)  # targets, iterative steps, unstructured
-    if not args.unstructured:
-        cfg = methods.config(prune_config(args))
-        cfg.validate()
-    loaded: Loaded = load_model(args)
-    model, spec = loaded.model, loaded.spec
-    ft = train_cmds.PruneFinetune.begin(  # with --finetune-epochs: top-1 before
-        args, loaded, data_used=methods.needs_data)
-    if args.unstructured:
-        return methods_cmds.prune_unstructured(args, loaded, ft)
-    methods.start(loaded, ft)  # data for --importance taylor / fine-tuning between steps
-    original = latency_args.keep_original(args, model)  # with --latency: the unpruned copy
-    before = counting.count(model, spec)
-    cfg = methods.solve(model, spec, cfg, before)  # --target-*: the ratio that reaches it
-    cfg = latency_args.fit_round_to(args, cfg, model)  # --round-to auto: small layers keep >= 1
-    result = pruning.prune(model, spec, cfg, **methods.prune_kwargs(spec))
-    after = counting.count(model, spec)
-    acc = {}
-    if ft is not None:  # fine-tune in place (DIR/finetune/), then pruned.pt holds those weights
-        acc = {"accuracy": ft.finish(model, spec, loaded.history + result.history, loaded.meta)}
-    methods.finish(model, acc.get("accuracy"))
-    rep = report.prune_report(spec, cfg, before, after, result.output_layers, len(result.history),
-                              **acc, **latency_args.prune_latency(args, original, model, spec,
-                                                                  before, after),
-                              **methods.report(after, result))
-    meta = dict(loaded.meta, importance=cfg.importance, ratio=cfg.ratio, config=rep["config"],
-                macs_before=before.macs, macs_after=after.macs,
-                params_before=before.params, params_after=after.params, **acc)
-    ensure_dir(args.out)
-    # Both files or neither: pruned.pt is written whole under a temp name, report.json is
-    # written (atomically), and only then is pruned.pt renamed into place.
-    with atomic_path(os.path.join(args.out, "pruned.pt")) as ckpt_tmp:
-        checkpoint.save(ckpt_tmp, model, spec, history=loaded.history + result.history,
-                        preprocessing=ft.preprocessing if ft else loaded.preprocessing, meta=meta,
-                        atomic=False)
-        write_json(os.path.join(args.out, "report.json"), rep)
-    print(report.format_prune_table(rep))
-    methods.print_summary(after, result)
-    print(f"wrote {os.path.join(args.out, 'pruned.pt')} and report.json")
+    run(prune_job(args), args.out, log=common.log)
     return 0
 
 

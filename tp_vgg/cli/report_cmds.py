@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from typing import List
 
-import torch
-
 from tp_vgg import export, mdreport
-from tp_vgg.cli import latency_args, pruning_cmds
-from tp_vgg.cli.common import add_model_args, load_model, positive_int
+from tp_vgg.cli import pruning_cmds
+from tp_vgg.cli.common import add_model_args, load_model, log, positive_int
 from tp_vgg.errors import UserError
-from tp_vgg.io import ensure_dir, write_json
+from tp_vgg.job import check_out_dir, sweep
 
 
 def register(sub, common) -> None:
@@ -116,12 +113,6 @@ def parse_ratios(text: str) -> List[float]:
     return sorted(dict.fromkeys(out))
 
 
-def run_dir_name(ratio: float) -> str:
-    """0.5 -> 'ratio_0.50', 0.125 -> 'ratio_0.125'."""
-    text = f"{ratio:.4f}".rstrip("0")
-    return "ratio_" + (text if len(text.split(".")[1]) >= 2 else f"{ratio:.2f}")
-
-
 NOT_FOR_SWEEP = {"ratio": "--ratio", "target_speedup": "--target-speedup",
                  "target_macs": "--target-macs"}
 
@@ -131,27 +122,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if getattr(args, dest, None) is not None:
             raise UserError(f"{flag} is not a sweep option; give --ratios R1,R2,...")
     ratios = parse_ratios(args.ratios)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UserError(f"--out {args.out!r} is a file; give a folder")
+    check_out_dir(args.out)
     if getattr(args, "data", None) and not getattr(args, "finetune_epochs", None):
         raise UserError("--data is given without --finetune-epochs N; add it to fine-tune each "
                         "pruned model")
-    latency_args.keep_original(args, torch.nn.Identity())  # check --latency before any work
-    ensure_dir(args.out)
-    runs = [{"ratio": r, "dir": run_dir_name(r)} for r in ratios]
-    sweep = {"model": args.model or args.checkpoint, "ratios": ratios, "runs": runs,
-             "finetune_epochs": getattr(args, "finetune_epochs", None),
-             "data": getattr(args, "data", None), "latency": getattr(args, "latency", None)}
-    write_json(os.path.join(args.out, mdreport.SWEEP_FILE), sweep)
-    for i, run in enumerate(runs):
-        t0 = time.perf_counter()
-        print(f"== sweep {i + 1}/{len(runs)}: ratio {run['ratio']} -> "
-              f"{os.path.join(args.out, run['dir'])}", flush=True)
-        ns = argparse.Namespace(**vars(args))
-        ns.ratio, ns.out = run["ratio"], os.path.join(args.out, run["dir"])
-        pruning_cmds.cmd_prune(ns)
-        run["seconds"] = round(time.perf_counter() - t0, 2)
-        write_json(os.path.join(args.out, mdreport.SWEEP_FILE), sweep)
-    written = mdreport.write_report(args.out)
-    print(f"wrote {os.path.join(args.out, mdreport.SWEEP_FILE)} and {written.markdown}")
+    job = pruning_cmds.prune_job(args, ratio=ratios[0])
+    sweep(job, ratios, args.out, log=log, latency_label=getattr(args, "latency", None))
     return 0

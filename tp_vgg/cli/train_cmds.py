@@ -1,5 +1,5 @@
-"""`tp-vgg train`, `tp-vgg finetune`, `tp-vgg eval`, and the fine-tuning half of
-`tp-vgg prune --finetune-epochs`.
+"""`tp-vgg train`, `tp-vgg finetune`, `tp-vgg eval`, and the fine-tuning sub-config of
+`tp-vgg prune --finetune-epochs` (:func:`finetune_config`).
 
 Works under torchrun (``torchrun --nproc_per_node=2 $(which tp-vgg) train ...``): every rank
 trains its share of each batch, rank 0 alone prints and writes.
@@ -8,23 +8,21 @@ trains its share of each batch, rank 0 alone prints and writes.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Optional
 
-import torch
 
 from tp_vgg import distributed, train
 from tp_vgg.checkpoint import load_checkpoint
-from tp_vgg.cli.common import (Loaded, add_model_args, add_trust_args, code_consent,
+from tp_vgg.cli.common import (Loaded, add_model_args, add_trust_args, code_consent, comma_list,
                                json_object, load_model, nonneg_float,
                                nonneg_int, positive_float, positive_int, ratio, spec_from_args,
                                unit_float)
-from tp_vgg.data import DATASETS, DataConfig, ImageData, load_data
+from tp_vgg.data import DATASETS, DataConfig, load_data
 from tp_vgg.errors import UserError
+from tp_vgg.job import DEFAULT_BN_RECALIBRATE, FinetuneConfig
 from tp_vgg.models import MODELS, build_model
 
 # Flags that set the training recipe; with --resume the saved recipe is used and these are refused.
@@ -99,18 +97,9 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
          help="dataset options, e.g. fake: '{\"train_size\": 256}', imagefolder: '{\"image_size\": 32}'")
 
 
-def _milestones(text: str) -> List[int]:
-    try:
-        ms = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of epochs, e.g. 15,25")
-    if not ms or any(m < 1 for m in ms):
-        raise argparse.ArgumentTypeError(f"{text!r}: milestones are epochs >= 1, e.g. 15,25")
-    return sorted(ms)
-
-
-
-
+_milestones = comma_list(int, lambda ms: all(m >= 1 for m in ms),
+                         "{text} is not a comma-separated list of epochs, e.g. 15,25",
+                         "{text}: milestones are epochs >= 1, e.g. 15,25", sorted)
 
 
 def add_train_args(p: argparse.ArgumentParser, epochs: bool = True) -> None:
@@ -170,22 +159,24 @@ def add_distill_args(p: argparse.ArgumentParser, prune: bool = True) -> None:
          help=f"weight of the distillation term, 1 - A of cross-entropy (default {d.distill_alpha})")
 
 
-def teacher_from_args(args: argparse.Namespace, before: Optional[torch.nn.Module] = None,
-                      spec=None, history: Optional[List[list]] = None) -> Optional[train.Teacher]:
-    """``--teacher CKPT``, else the model before pruning (``before``), when ``--distill``."""
+def check_distill_args(args: argparse.Namespace) -> None:
+    """The distillation flags need --distill."""
     if not getattr(args, "distill", None):
         for flag in ("teacher", "distill_temperature", "distill_alpha"):
             if getattr(args, flag, None) is not None:
                 raise UserError(f"--{flag.replace('_', '-')} is given without --distill; add "
                                 "--distill to fine-tune against a teacher")
+
+
+def teacher_from_args(args: argparse.Namespace) -> Optional[train.Teacher]:
+    """``--teacher CKPT`` when ``--distill`` (`tp-vgg finetune`)."""
+    check_distill_args(args)
+    if not getattr(args, "distill", None):
         return None
-    if getattr(args, "teacher", None):
-        ck = load_checkpoint(args.teacher, **code_consent(args))
-        return train.Teacher(ck.build(), ck.spec, ck.history)
-    if before is None:
+    if not getattr(args, "teacher", None):
         raise UserError("--distill needs --teacher CKPT here: a checkpoint of the model to "
                         "distill from (e.g. the unpruned model's last.pt)")
-    return train.Teacher(copy.deepcopy(before), spec, list(history or []))
+    return train.Teacher.read(args.teacher, **code_consent(args))
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -219,8 +210,6 @@ def train_config(args: argparse.Namespace, finetune: bool = False) -> train.Trai
 
 
 def _setup_runtime(args: argparse.Namespace) -> distributed.DistContext:
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
     return distributed.from_env(os.environ)
 
 
@@ -328,8 +317,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     loaded: Loaded = load_model(args)
     data = load_data(data_config(args))
     res = train.evaluate_on(loaded.model, loaded.spec, data, loaded.preprocessing, args.split,
@@ -347,11 +334,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 # `tp-vgg prune ... --finetune-epochs N --data D`: accuracy before, pruned, fine-tuned.
 
-# BatchNorm statistics are re-estimated on this many training batches after pruning when data
-# are given (EagleEye's adaptive BN): free accuracy before evaluating or fine-tuning.
-DEFAULT_BN_RECALIBRATE = 50
-
-
 def add_prune_finetune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("fine-tuning after pruning")
     _add(g, "--finetune-epochs", type=positive_int, metavar="N",
@@ -367,78 +349,28 @@ def add_prune_finetune_args(p: argparse.ArgumentParser) -> None:
     add_distill_args(p)
 
 
-@dataclass
-class PruneFinetune:
-    """Evaluate before pruning; after pruning evaluate, fine-tune (DIR/finetune/) and evaluate."""
-
-    args: argparse.Namespace
-    data_cfg: DataConfig
-    data: ImageData
-    cfg: train.TrainConfig
-    preprocessing: Dict[str, Any]
-    before: float
-    epochs: int = 0                         # 0: recalibrate and evaluate only
-    bn_batches: int = DEFAULT_BN_RECALIBRATE
-    teacher: Optional[train.Teacher] = None
-
-    @classmethod
-    def begin(cls, args: argparse.Namespace, loaded: Loaded,
-              data_used: bool = False) -> Optional["PruneFinetune"]:
-        """``data_used``: another flag uses --data (e.g. --importance taylor). Before pruning:
-        top-1 of the loaded model, and with ``--distill`` a copy of it as the teacher."""
-        epochs = getattr(args, "finetune_epochs", None) or 0
-        bn = getattr(args, "bn_recalibrate", None)
-        if not epochs:
-            if getattr(args, "distill", None):
-                raise UserError("--distill is given without --finetune-epochs N; distillation "
-                                "happens while fine-tuning")
-            if not (bn and getattr(args, "data", None)):
-                if getattr(args, "data", None) and not data_used:
-                    raise UserError("--data is given without --finetune-epochs N; add it to "
-                                    "fine-tune after pruning (or --bn-recalibrate N to only "
-                                    "re-estimate BatchNorm statistics)")
-                if bn:
-                    raise UserError(f"--bn-recalibrate {bn} needs --data D: the statistics are "
-                                    "re-estimated on training batches")
+def finetune_config(args: argparse.Namespace, data_used: bool = False) -> Optional[FinetuneConfig]:
+    """The fine-tuning sub-config of `tp-vgg prune` (None without --data). ``data_used``:
+    another flag uses --data (e.g. --importance taylor)."""
+    epochs = getattr(args, "finetune_epochs", None) or 0
+    bn = getattr(args, "bn_recalibrate", None)
+    if not epochs:
+        if getattr(args, "distill", None):
+            raise UserError("--distill is given without --finetune-epochs N; distillation "
+                            "happens while fine-tuning")
+        if not (bn and getattr(args, "data", None)):
+            if getattr(args, "data", None) and not data_used:
+                raise UserError("--data is given without --finetune-epochs N; add it to "
+                                "fine-tune after pruning (or --bn-recalibrate N to only "
+                                "re-estimate BatchNorm statistics)")
+            if bn:
+                raise UserError(f"--bn-recalibrate {bn} needs --data D: the statistics are "
+                                "re-estimated on training batches")
+            if not data_used:
                 return None
-        if getattr(args, "threads", None):
-            torch.set_num_threads(args.threads)
-        data_cfg = data_config(args)
-        cfg = dataclasses.replace(train_config(args, finetune=True), epochs=epochs or 1)
-        teacher = teacher_from_args(args, loaded.model, loaded.spec, loaded.history)
-        data = load_data(data_cfg)
-        pre = train.resolve_preprocessing(data, loaded.spec, loaded.preprocessing)
-        before = train.evaluate_on(loaded.model, loaded.spec, data, pre, device=cfg.device).top1
-        return cls(args, data_cfg, data, cfg, pre, before, epochs,
-                   DEFAULT_BN_RECALIBRATE if bn is None else bn, teacher)
-
-    def finish(self, model, spec, history: List[list], meta: Dict[str, Any]) -> Dict[str, float]:
-        """Recalibrate BN and fine-tune ``model`` in place; return the accuracy dict (top-1
-        fractions: before, pruned, recalibrated, finetuned)."""
-        dev = self.cfg.device
-        pruned = train.evaluate_on(model, spec, self.data, self.preprocessing, device=dev).top1
-        acc = {"before": self.before, "pruned": pruned}
-        msg = f"top-1 before pruning {100 * self.before:.2f}%, after pruning {100 * pruned:.2f}%"
-        if self.bn_batches:
-            n = train.recalibrate_on(model, spec, self.data, self.preprocessing, self.bn_batches,
-                                     self.cfg.batch_size, dev, self.cfg.seed,
-                                     self.cfg.channels_last)
-            if n:
-                acc["recalibrated"] = train.evaluate_on(model, spec, self.data, self.preprocessing,
-                                                  device=dev).top1
-                msg += (f", after re-estimating {n} BatchNorm layers' statistics on "
-                        f"{self.bn_batches} batches {100 * acc['recalibrated']:.2f}%")
-            else:
-                msg += " (no BatchNorm running statistics to re-estimate)"
-        if self.epochs:
-            print(msg + f"; fine-tuning {self.epochs} epochs"
-                  + (" with distillation" if self.cfg.distill else ""), flush=True)
-            res = train.fit(model, spec, self.data, self.cfg,
-                            os.path.join(self.args.out, "finetune"), data_cfg=self.data_cfg,
-                            history=history, preprocessing=self.preprocessing, meta=meta,
-                            command="finetune", teacher=self.teacher)
-            acc["finetuned"] = res.final.top1 if res.final else acc.get("recalibrated", pruned)
-        else:
-            print(msg, flush=True)
-        model.to("cpu", memory_format=torch.contiguous_format).eval()
-        return acc
+            return FinetuneConfig(data_config(args), train_config(args, finetune=True), 0, 0)
+    data_cfg = data_config(args)
+    cfg = train_config(args, finetune=True)
+    check_distill_args(args)
+    return FinetuneConfig(data_cfg, cfg, epochs, DEFAULT_BN_RECALIBRATE if bn is None else bn,
+                          getattr(args, "teacher", None) if cfg.distill else None)

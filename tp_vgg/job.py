@@ -1,0 +1,553 @@
+"""The prune job: one :class:`PruneJob` and :func:`run`, a straight pipeline of stages.
+
+::
+
+    job = PruneJob(ModelSource(spec=ModelSpec("cifar_vgg11_bn", width=0.25)),
+                   PruneConfig(importance="l1"), target=Target(speedup=3),
+                   finetune=FinetuneConfig(DataConfig("digits"), TrainConfig(lr=0.01), epochs=1))
+    result = run(job, out_dir="runs/p")          # DIR/pruned.pt, DIR/report.json
+
+:func:`run` calls, in order: :func:`load` (the model; data, teacher and top-1 before when the
+job fine-tunes), :func:`count`, :func:`solve_target`, :func:`prune_model` (iterative steps
+fine-tune in between), :func:`recover` (BN recalibration, fine-tuning, distillation),
+:func:`measure` (latency), :func:`make_report` and :func:`save_outputs`. ``--unstructured``
+replaces the pruning stage with :func:`prune_unstructured`. :func:`sweep` runs a job at several
+ratios. `tp-vgg prune` and `tp-vgg sweep` build a job from their flags and call these.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from tp_vgg import counting, iterative, latency, mdreport, pruning, report, targets, train
+from tp_vgg import unstructured
+from tp_vgg.checkpoint import save as save_checkpoint
+from tp_vgg.counting import Counts, human
+from tp_vgg.criteria import DEFAULT_TAYLOR_BATCHES, GradientBatches, training_gradients
+from tp_vgg.data import DataConfig, ImageData, load_data
+from tp_vgg.errors import UserError
+from tp_vgg.io import atomic_path, ensure_dir, write_json
+from tp_vgg.runtime import device_name
+from tp_vgg.source import Loaded, ModelSource, load_source
+from tp_vgg.targets import Target
+
+Log = Callable[[str], None]
+
+# BatchNorm statistics are re-estimated on this many training batches after pruning when data
+# are given (EagleEye's adaptive BN): free accuracy before evaluating or fine-tuning.
+DEFAULT_BN_RECALIBRATE = 50
+
+
+# --------------------------------------------------------------------------------------------
+# The job.
+
+@dataclass
+class IterativeConfig:
+    """Reach the ratio or target in ``steps`` pruning steps, fine-tuning ``epochs_per_step``
+    epochs after each step but the last (on the fine-tuning sub-config's data)."""
+
+    steps: int = 1
+    epochs_per_step: int = 0
+
+
+@dataclass
+class UnstructuredConfig:
+    """Zero single weights by magnitude instead of removing channels: ``PruneConfig.ratio`` is
+    the fraction zeroed (per layer, or across layers with ``global_pruning``). With
+    ``lottery_rounds``: R rounds of train (``FinetuneConfig.epochs``), prune, rewind to the
+    weights after ``rewind_epoch``."""
+
+    lottery_rounds: Optional[int] = None
+    rewind_epoch: int = 0
+
+
+@dataclass
+class FinetuneConfig:
+    """Accuracy recovery after pruning, on ``data``: BatchNorm recalibration on ``bn_batches``
+    training batches, then ``epochs`` of fine-tuning with ``train`` (``train.distill``: against
+    ``teacher``, a checkpoint, or by default the model before pruning). ``epochs=0`` and
+    ``bn_batches=0``: the data only serve a criterion (taylor) or the iterative steps."""
+
+    data: DataConfig
+    train: train.TrainConfig = field(default_factory=train.TrainConfig)
+    epochs: int = 0
+    bn_batches: int = DEFAULT_BN_RECALIBRATE
+    teacher: Optional[str] = None
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether the job measures top-1 before and after pruning."""
+        return bool(self.epochs or self.bn_batches)
+
+
+@dataclass
+class PruneJob:
+    """Everything one `tp-vgg prune` run does. ``prune.round_to`` may be ``"auto"``: the channel
+    multiple of ``device`` (:func:`tp_vgg.latency.default_round_to`), halved until every conv
+    keeps one. ``latency.batch_sizes`` empty: the defaults for the model's input size."""
+
+    source: ModelSource
+    prune: pruning.PruneConfig = field(default_factory=pruning.PruneConfig)
+    target: Optional[Target] = None
+    iterative: Optional[IterativeConfig] = None
+    unstructured: Optional[UnstructuredConfig] = None
+    finetune: Optional[FinetuneConfig] = None
+    latency: Optional[latency.LatencyConfig] = None
+    taylor_batches: Optional[int] = None
+    device: Optional[str] = None
+
+    @property
+    def steps(self) -> int:
+        return self.iterative.steps if self.iterative else 1
+
+    @property
+    def epochs_per_step(self) -> int:
+        return self.iterative.epochs_per_step if self.iterative else 0
+
+    @property
+    def needs_data(self) -> bool:
+        """A criterion (taylor) or the iterative schedule uses the fine-tuning data."""
+        return self.prune.importance == "taylor" or self.epochs_per_step > 0
+
+    def prune_config(self) -> pruning.PruneConfig:
+        """``prune`` with the iterative steps, a placeholder ratio while a target decides, and
+        ``round_to="auto"`` resolved for ``device``."""
+        cfg = dataclasses.replace(self.prune, iterative_steps=self.steps,
+                                  ratio=0.0 if self.target is not None else self.prune.ratio)
+        if cfg.round_to == "auto":
+            cfg.round_to = latency.default_round_to(device_name(self.device))
+        return cfg
+
+    def validate(self) -> None:
+        self.source.validate()
+        if self.unstructured is not None:
+            if self.latency is not None:
+                raise UserError("--latency with --unstructured would time the same dense layers: "
+                                "zeroed weights do not make dense kernels faster "
+                                "(PruneJob.latency needs PruneJob.unstructured None)")
+            if self.target or self.iterative or self.taylor_batches:
+                raise UserError("a target, iterative steps and taylor batches apply to structured "
+                                "(channel) pruning, not PruneJob.unstructured")
+            if self.unstructured.lottery_rounds and not (self.finetune and self.finetune.epochs):
+                raise UserError("--lottery-rounds needs --finetune-epochs N (training epochs per "
+                                "round) and --data (PruneJob.finetune.epochs)")
+            pruning._check_ratio("--ratio (PruneConfig.ratio)", self.prune.ratio)
+            return
+        self.prune_config().validate()
+        if self.target is not None:
+            self.target.validate()
+        if self.iterative is not None and self.iterative.epochs_per_step and self.steps < 2:
+            raise UserError("--finetune-epochs-per-step needs --iterative-steps K with K >= 2 "
+                            "(IterativeConfig.steps)")
+        if self.needs_data and self.finetune is None:
+            why = ("--importance taylor needs data: it runs a few batches forward and backward "
+                   "for the gradients" if self.prune.importance == "taylor" else
+                   "--finetune-epochs-per-step fine-tunes on data")
+            raise UserError(f"{why}; pass --data D (PruneJob.finetune.data)")
+        if self.finetune is not None and self.finetune.train.distill and not self.finetune.epochs:
+            raise UserError("--distill is given without --finetune-epochs N; distillation "
+                            "happens while fine-tuning (FinetuneConfig.epochs)")
+        if self.latency is not None:
+            latency_config(self.latency, None)
+
+
+@dataclass
+class JobResult:
+    model: nn.Module                    # the pruned (and fine-tuned) model, on the CPU
+    spec: Any
+    history: List[list]                 # the checkpoint's history, then this job's
+    before: Counts
+    after: Counts
+    report: Dict[str, Any]              # report.json
+    meta: Dict[str, Any]                # the checkpoint's meta
+    preprocessing: Dict[str, Any]
+    accuracy: Dict[str, Optional[float]] = field(default_factory=dict)
+    out_dir: Optional[str] = None
+
+
+# --------------------------------------------------------------------------------------------
+# Shared helpers.
+
+def latency_config(cfg: latency.LatencyConfig, spec) -> latency.LatencyConfig:
+    """``cfg`` with its device resolved and, when it gives no batch sizes, the defaults for the
+    model's input size; validated."""
+    sizes = cfg.batch_sizes or latency.default_batch_sizes(spec)
+    cfg = dataclasses.replace(cfg, batch_sizes=tuple(sizes),
+                              device=device_name(cfg.device))
+    cfg.validate()
+    return cfg
+
+
+def check_out_dir(out_dir: Optional[str]) -> None:
+    if out_dir and os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out {out_dir!r} is a file; give a folder")
+
+
+# --------------------------------------------------------------------------------------------
+# Stages.
+
+@dataclass
+class Prepared:
+    """What :func:`load` gives the later stages."""
+
+    loaded: Loaded
+    data: Optional[ImageData] = None
+    preprocessing: Dict[str, Any] = field(default_factory=dict)
+    train_cfg: Optional[train.TrainConfig] = None
+    teacher: Optional[train.Teacher] = None
+    top1_before: Optional[float] = None  # with FinetuneConfig.evaluates
+
+    @property
+    def saved_preprocessing(self) -> Dict[str, Any]:
+        """What pruned.pt records: the data's (resolved) preprocessing once the job evaluated
+        on them, else the checkpoint's."""
+        return self.preprocessing if self.top1_before is not None else self.loaded.preprocessing
+
+
+def load(job: PruneJob) -> Prepared:
+    """The model; with a fine-tuning sub-config its data, the teacher, and top-1 before."""
+    loaded = load_source(job.source)
+    ft = job.finetune
+    if ft is None:
+        return Prepared(loaded, preprocessing=dict(loaded.preprocessing))
+    cfg = dataclasses.replace(ft.train, epochs=ft.epochs) if ft.epochs else ft.train
+    teacher = make_teacher(job, loaded) if cfg.distill else None
+    data = load_data(ft.data)
+    pre = train.resolve_preprocessing(data, loaded.spec, loaded.preprocessing)
+    before = (train.evaluate_on(loaded.model, loaded.spec, data, pre, device=cfg.device).top1
+              if ft.evaluates else None)
+    return Prepared(loaded, data, pre, cfg, teacher, before)
+
+
+def make_teacher(job: PruneJob, loaded: Loaded) -> train.Teacher:
+    """``FinetuneConfig.teacher`` (read with the source's consent), else a copy of the model
+    before pruning."""
+    if job.finetune.teacher:
+        return train.Teacher.read(job.finetune.teacher, **job.source.consent())
+    return train.Teacher(copy.deepcopy(loaded.model), loaded.spec, list(loaded.history))
+
+
+def gradients(job: PruneJob, prep: Prepared) -> Optional[GradientBatches]:
+    """Training batches for ``--importance taylor``."""
+    if job.prune.importance != "taylor":
+        return None
+    return training_gradients(prep.data, prep.preprocessing, prep.loaded.spec,
+                              job.taylor_batches or DEFAULT_TAYLOR_BATCHES, job.prune.seed or 0)
+
+
+def solve_target(job: PruneJob, model: nn.Module, spec, cfg: pruning.PruneConfig,
+                 grads: Optional[GradientBatches]):
+    """The ratio that reaches ``job.target`` (and the plan), or ``cfg`` as it is."""
+    if job.target is None:
+        return cfg, None
+    return targets.solve(model, spec, cfg, job.target, gradients=grads)
+
+
+def fit_round_to(job: PruneJob, cfg: pruning.PruneConfig, model: nn.Module) -> pruning.PruneConfig:
+    """With ``round_to="auto"``, halve the device's multiple (16 -> 8 -> 4 ...) until every conv
+    keeps at least one multiple at the largest ratio asked for: a 16-channel layer pruned by 30%
+    keeps 8, not 0. An explicit ``round_to`` is left as given."""
+    if job.prune.round_to != "auto" or not cfg.round_to:
+        return cfg
+    ratios = [cfg.ratio or 0.0] + [float(r) for r in (cfg.layer_ratios or {}).values()]
+    if cfg.global_pruning:
+        ratios.append(cfg.max_layer_ratio if cfg.max_layer_ratio is not None else 0.9)
+    keep = min((int(m.out_channels * (1 - max(ratios))) for m in model.modules()
+                if isinstance(m, nn.Conv2d)), default=cfg.round_to)
+    k = cfg.round_to
+    while k > 1 and keep < k:
+        k //= 2
+    return dataclasses.replace(cfg, round_to=k)
+
+
+def schedule(job: PruneJob, prep: Prepared) -> Optional[iterative.Schedule]:
+    """``between_steps`` of :func:`tp_vgg.pruning.prune` for iterative steps: recalibrate BN and
+    evaluate, then fine-tune (against the original teacher throughout)."""
+    spec = prep.loaded.spec
+    if job.steps <= 1:
+        return None
+    if job.epochs_per_step <= 0:
+        return iterative.Schedule(spec, job.steps, 0)
+    data, pre, tcfg = prep.data, prep.preprocessing, prep.train_cfg
+    bn = job.finetune.bn_batches if job.finetune.evaluates else 0
+
+    def evaluate(model):  # after re-estimating BN statistics (--bn-recalibrate)
+        if bn:
+            home = next(model.parameters()).device
+            train.recalibrate_on(model, spec, data, pre, bn, tcfg.batch_size, tcfg.device,
+                                 tcfg.seed, tcfg.channels_last)
+            model.to(home, memory_format=torch.contiguous_format)
+        return train.top1(model, spec, data, pre, tcfg.device)
+
+    def finetune(model, epochs):
+        home = next(model.parameters()).device
+        res = train.fit(model, spec, data, dataclasses.replace(tcfg, epochs=epochs), None,
+                        preprocessing=pre, command="finetune-step", teacher=prep.teacher)
+        model.to(home, memory_format=torch.contiguous_format)
+        return res.final.top1 if res.final else None
+
+    return iterative.Schedule(spec, job.steps, job.epochs_per_step, finetune=finetune,
+                              evaluate=evaluate)
+
+
+def prune_model(model: nn.Module, spec, cfg: pruning.PruneConfig,
+                steps: Optional[iterative.Schedule],
+                grads: Optional[GradientBatches]) -> pruning.PruneResult:
+    """:func:`tp_vgg.pruning.prune` with the schedule between steps."""
+    return pruning.prune(model, spec, cfg, gradients=grads, between_steps=steps)
+
+
+def recover(job: PruneJob, prep: Prepared, model: nn.Module, history: List[list],
+            meta: Dict[str, Any], out_dir: Optional[str], log: Log) -> Dict[str, Optional[float]]:
+    """Recalibrate BN and fine-tune ``model`` in place (``out_dir/finetune/``); return the
+    top-1 fractions: before, pruned, recalibrated, finetuned. Nothing without
+    ``FinetuneConfig.evaluates``."""
+    ft = job.finetune
+    if ft is None or not ft.evaluates:
+        return {}
+    spec, data, pre, cfg = prep.loaded.spec, prep.data, prep.preprocessing, prep.train_cfg
+    dev = cfg.device
+    pruned = train.evaluate_on(model, spec, data, pre, device=dev).top1
+    acc = {"before": prep.top1_before, "pruned": pruned}
+    msg = f"top-1 before pruning {100 * prep.top1_before:.2f}%, after pruning {100 * pruned:.2f}%"
+    if ft.bn_batches:
+        n = train.recalibrate_on(model, spec, data, pre, ft.bn_batches, cfg.batch_size, dev,
+                                 cfg.seed, cfg.channels_last)
+        if n:
+            acc["recalibrated"] = train.evaluate_on(model, spec, data, pre, device=dev).top1
+            msg += (f", after re-estimating {n} BatchNorm layers' statistics on "
+                    f"{ft.bn_batches} batches {100 * acc['recalibrated']:.2f}%")
+        else:
+            msg += " (no BatchNorm running statistics to re-estimate)"
+    if ft.epochs:
+        log(msg + f"; fine-tuning {ft.epochs} epochs" + (" with distillation" if cfg.distill else ""))
+        res = train.fit(model, spec, data, cfg,
+                        os.path.join(out_dir, "finetune") if out_dir else None,
+                        data_cfg=ft.data, history=history, preprocessing=pre, meta=meta,
+                        command="finetune", teacher=prep.teacher)
+        acc["finetuned"] = res.final.top1 if res.final else acc.get("recalibrated", pruned)
+    else:
+        log(msg)
+    model.to("cpu", memory_format=torch.contiguous_format).eval()
+    return acc
+
+
+def measure(job: PruneJob, original: Optional[nn.Module], pruned: nn.Module, spec,
+            before: Counts, after: Counts, log: Log) -> Dict[str, Any]:
+    """``{"latency": ...}``: the pruned model timed against the original (empty without
+    ``job.latency``); logs the table."""
+    if original is None:
+        return {}
+    rep = latency.compare(original, pruned, spec, latency_config(job.latency, spec),
+                          before.macs, after.macs)
+    log(latency.format_latency_table(rep))
+    return {"latency": rep.to_dict()}
+
+
+def make_report(job: PruneJob, spec, cfg: pruning.PruneConfig, before: Counts, after: Counts,
+                result: pruning.PruneResult, plan: Optional[targets.TargetPlan],
+                steps: Optional[iterative.Schedule], **extra: Any) -> Dict[str, Any]:
+    """report.json of a structured prune."""
+    more: Dict[str, Any] = dict(extra)
+    if plan is not None:
+        d = plan.to_dict()
+        d.update(reached_macs=after.macs, reached_speedup=plan.macs_before / max(after.macs, 1),
+                 how=targets.describe(plan, after.macs))
+        more["target"] = d
+    if steps is not None:
+        more["schedule"] = steps.to_dict()
+    if result.notes:
+        more["notes"] = list(result.notes)
+    return report.prune_report(spec, cfg, before, after, result.output_layers,
+                               len(result.history), **more)
+
+
+def save_outputs(out_dir: Optional[str], model: nn.Module, spec, history: List[list],
+                 preprocessing: Dict[str, Any], meta: Dict[str, Any], rep: Dict[str, Any]) -> None:
+    """``out_dir/pruned.pt`` and ``report.json``, both or neither: pruned.pt is written whole
+    under a temp name, report.json is written (atomically), and only then is pruned.pt renamed
+    into place."""
+    if not out_dir:
+        return
+    ensure_dir(out_dir)
+    with atomic_path(os.path.join(out_dir, "pruned.pt")) as ckpt_tmp:
+        save_checkpoint(ckpt_tmp, model, spec, history=history, preprocessing=preprocessing,
+                        meta=meta, atomic=False)
+        write_json(os.path.join(out_dir, "report.json"), rep)
+
+
+def _summary(job: PruneJob, plan, steps, after: Counts, result: pruning.PruneResult, log: Log) -> None:
+    if plan is not None:
+        log(targets.describe(plan, after.macs))
+    if steps is not None:
+        for r in steps.records:
+            acc = "".join(f", top-1 {k} {100 * v:.2f}%" for k, v in
+                          (("pruned", r.top1_pruned), ("fine-tuned", r.top1_finetuned))
+                          if v is not None)
+            log(f"step {r.step}/{job.steps}: {human(r.macs)} MACs, {human(r.params)} params"
+                f"{acc}" + (f" ({r.finetune_epochs} epochs)" if r.finetune_epochs else ""))
+    for note in result.notes:
+        log(f"note: {note}")
+
+
+def _wrote(out_dir: Optional[str], log: Log) -> None:
+    if out_dir:
+        log(f"wrote {os.path.join(out_dir, 'pruned.pt')} and report.json")
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline.
+
+def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print) -> JobResult:
+    """Run ``job``: load -> count -> solve target -> prune -> fine-tune -> measure -> report ->
+    save (``out_dir/pruned.pt`` and ``report.json``; nothing is written without ``out_dir``)."""
+    check_out_dir(out_dir)
+    job.validate()
+    prep = load(job)
+    if job.unstructured is not None:
+        return prune_unstructured(job, prep, out_dir, log)
+    model, spec, loaded = prep.loaded.model, prep.loaded.spec, prep.loaded
+    grads = gradients(job, prep)
+    original = copy.deepcopy(model) if job.latency is not None else None
+    before = counting.count(model, spec)
+    cfg, plan = solve_target(job, model, spec, job.prune_config(), grads)
+    cfg = fit_round_to(job, cfg, model)
+    steps = schedule(job, prep)
+    result = prune_model(model, spec, cfg, steps, grads)
+    after = counting.count(model, spec)
+    history = loaded.history + result.history
+    accuracy = recover(job, prep, model, history, loaded.meta, out_dir, log)
+    if steps is not None:
+        steps.finish(model, accuracy.get("pruned"), job.finetune.epochs if job.finetune else 0,
+                     accuracy.get("finetuned"))
+    acc = {"accuracy": accuracy} if accuracy else {}
+    lat = measure(job, original, model, spec, before, after, log)
+    rep = make_report(job, spec, cfg, before, after, result, plan, steps, **acc, **lat)
+    meta = dict(loaded.meta, importance=cfg.importance, ratio=cfg.ratio, config=rep["config"],
+                macs_before=before.macs, macs_after=after.macs,
+                params_before=before.params, params_after=after.params, **acc)
+    save_outputs(out_dir, model, spec, history, prep.saved_preprocessing, meta, rep)
+    log(report.format_prune_table(rep))
+    _summary(job, plan, steps, after, result, log)
+    _wrote(out_dir, log)
+    return JobResult(model, spec, history, before, after, rep, meta, prep.saved_preprocessing,
+                     accuracy, out_dir)
+
+
+def prune_unstructured(job: PruneJob, prep: Prepared, out_dir: Optional[str],
+                       log: Log) -> JobResult:
+    """The pipeline with magnitude masks (or lottery tickets) in place of channel removal, made
+    permanent in ``out_dir/pruned.pt``; report.json has per-layer sparsity, dense MACs
+    (unchanged) and nonzero-weight MACs."""
+    loaded, cfg, ucfg = prep.loaded, job.prune, job.unstructured
+    model, spec = loaded.model, loaded.spec
+    before = counting.count(model, spec)
+    keep = pruning.output_layer_names(model, spec, cfg.output_layer)
+    config: Dict[str, Any] = {"unstructured": True, "ratio": cfg.ratio, "global": cfg.global_pruning,
+                              "method": "torch.nn.utils.prune " + (
+                                  "global_unstructured" if cfg.global_pruning else "l1_unstructured"),
+                              "not_pruned": keep}
+    accuracy: Dict[str, Any] = {}
+    rounds = None
+    if ucfg.lottery_rounds:
+        lcfg = unstructured.LotteryConfig(sparsity=cfg.ratio, rounds=ucfg.lottery_rounds,
+                                          epochs=job.finetune.epochs,
+                                          rewind_epoch=ucfg.rewind_epoch or 0,
+                                          global_ranking=cfg.global_pruning, exclude=keep)
+        lcfg.validate()
+        config["lottery"] = unstructured.config_dict(lcfg)
+
+        def fit(m, epochs, after_step, on_epoch_end):
+            res = train.fit(m, spec, prep.data, dataclasses.replace(prep.train_cfg, epochs=epochs),
+                            None, preprocessing=prep.preprocessing, command="lottery",
+                            after_step=after_step, on_epoch_end=on_epoch_end)
+            m.to("cpu", memory_format=torch.contiguous_format)
+            return res.final.top1 if res.final else None
+
+        _, rounds = unstructured.lottery(model, lcfg, fit)
+        model.eval()
+        accuracy = {"before": prep.top1_before, "finetuned": rounds[-1]["top1"]}
+    else:
+        unstructured.magnitude_prune(model, cfg.ratio, cfg.global_pruning, keep)
+        # fit() keeps the zeros: the meta says "unstructured"
+        accuracy = recover(job, prep, model, loaded.history,
+                           dict(loaded.meta, unstructured=config), out_dir, log)
+    after = counting.count(model, spec)
+    sparse = unstructured.sparsity_report(model, after)
+    extra: Dict[str, Any] = {"unstructured": sparse}
+    if accuracy:
+        extra["accuracy"] = accuracy
+    if rounds is not None:
+        extra["lottery_rounds"] = rounds
+    rep = report.prune_report(spec, config, before, after, keep, 0, **extra)
+    info = dict(config, sparsity=sparse["sparsity"], macs_nonzero=sparse["macs_nonzero"])
+    meta = dict(loaded.meta, importance="magnitude (unstructured)", ratio=cfg.ratio,
+                config=config, unstructured=info, macs_before=before.macs, macs_after=after.macs,
+                params_before=before.params, params_after=after.params,
+                **({"accuracy": accuracy} if accuracy else {}))
+    save_outputs(out_dir, model, spec, loaded.history, prep.saved_preprocessing, meta, rep)
+    log(report.format_sparsity_table(sparse))
+    for r in rounds or []:
+        top = f"top-1 {100 * r['top1']:.2f}%" if r["top1"] is not None else ""
+        log(f"lottery round {r['round']}: {100 * r['sparsity']:.1f}% zero, "
+            f"{r['epochs']} epochs, {top}")
+    if accuracy:
+        log("top-1: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items()
+                                  if v is not None))
+    log(unstructured.describe(sparse))
+    _wrote(out_dir, log)
+    return JobResult(model, spec, list(loaded.history), before, after, rep, meta,
+                     prep.saved_preprocessing, accuracy, out_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# A sweep: the job at several ratios.
+
+def run_dir_name(ratio: float) -> str:
+    """0.5 -> 'ratio_0.50', 0.125 -> 'ratio_0.125'."""
+    text = f"{ratio:.4f}".rstrip("0")
+    return "ratio_" + (text if len(text.split(".")[1]) >= 2 else f"{ratio:.2f}")
+
+
+def sweep(job: PruneJob, ratios: Sequence[float], out_dir: str, log: Log = print,
+          latency_label: Optional[str] = None) -> Dict[str, Any]:
+    """:func:`run` ``job`` at each ratio into ``out_dir/ratio_R/``; ``out_dir/sweep.json`` lists
+    the runs (rewritten after each) and ``report.md`` shows the trade-off curves.
+    ``latency_label`` is what sweep.json records for the latency setting (default: the batch
+    sizes, or ``"default"``)."""
+    if job.target is not None:
+        raise UserError("a sweep sets the ratio: leave PruneJob.target (--target-*) out")
+    check_out_dir(out_dir)
+    ratios = sorted(dict.fromkeys(float(r) for r in ratios))
+    for r in ratios:
+        pruning._check_ratio("--ratios (each ratio)", r)
+    job.validate()
+    ensure_dir(out_dir)
+    if latency_label is None and job.latency is not None:
+        latency_label = ",".join(map(str, job.latency.batch_sizes)) or "default"
+    runs = [{"ratio": r, "dir": run_dir_name(r)} for r in ratios]
+    ft = job.finetune
+    record = {"model": job.source.describe(), "ratios": ratios, "runs": runs,
+              "finetune_epochs": (ft.epochs or None) if ft else None,
+              "data": ft.data.name if ft else None, "latency": latency_label}
+    path = os.path.join(out_dir, mdreport.SWEEP_FILE)
+    write_json(path, record)
+    for i, entry in enumerate(runs):
+        t0 = time.perf_counter()
+        log(f"== sweep {i + 1}/{len(runs)}: ratio {entry['ratio']} -> "
+            f"{os.path.join(out_dir, entry['dir'])}")
+        run(dataclasses.replace(job, prune=dataclasses.replace(job.prune, ratio=entry["ratio"])),
+            os.path.join(out_dir, entry["dir"]), log)
+        entry["seconds"] = round(time.perf_counter() - t0, 2)
+        write_json(path, record)
+    written = mdreport.write_report(out_dir)
+    log(f"wrote {path} and {written.markdown}")
+    return record

@@ -1,0 +1,75 @@
+"""Where a model comes from: a :class:`~tp_vgg.models.ModelSpec` to build, or a checkpoint to
+rebuild (a user factory's only with consent; see :func:`tp_vgg.checkpoint.load_checkpoint`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+from tp_vgg.checkpoint import Checkpoint, default_preprocessing, load_checkpoint
+from tp_vgg.errors import UserError
+from tp_vgg.models import ModelSpec, build_model, check_forward
+
+
+@dataclass
+class ModelSource:
+    """``spec``: build this model (seeded by ``seed``); or ``checkpoint``: rebuild the model in
+    this file. ``factory`` (with ``checkpoint``) names your own copy of the checkpoint's factory,
+    which is then what runs; ``trust_model_code`` lets a checkpoint's own factory run."""
+
+    spec: Optional[ModelSpec] = None
+    checkpoint: Optional[str] = None
+    factory: Optional[str] = None
+    trust_model_code: bool = False
+    allow_changed_model_code: bool = False
+    seed: int = 0
+
+    def consent(self) -> Dict[str, bool]:
+        """The code consent, as keyword arguments of :func:`tp_vgg.load_checkpoint`."""
+        return {"trust_model_code": self.trust_model_code,
+                "allow_changed_model_code": self.allow_changed_model_code}
+
+    def validate(self) -> None:
+        if (self.spec is None) == (self.checkpoint is None):
+            raise UserError("give the model as ModelSource(spec=...) (--model) or "
+                            "ModelSource(checkpoint=...) (--checkpoint), one of the two")
+        if self.spec is not None:
+            for flag, on in self.consent().items():
+                if on:
+                    raise UserError(f"--{flag.replace('_', '-')} applies to --checkpoint: a "
+                                    "--model you name yourself is built without it "
+                                    f"(ModelSource.{flag} needs ModelSource.checkpoint)")
+
+    def describe(self) -> str:
+        """What the model was given as: the factory, the checkpoint file or the model name."""
+        return self.factory or self.checkpoint or (self.spec.name if self.spec else "")
+
+
+@dataclass
+class Loaded:
+    """A model ready to work on, with what its checkpoint recorded (empty for a new model)."""
+
+    model: nn.Module
+    spec: ModelSpec
+    history: List[list] = field(default_factory=list)
+    preprocessing: Dict[str, Any] = field(default_factory=dict)
+    meta: Dict[str, Any] = field(default_factory=dict)
+    checkpoint: Optional[Checkpoint] = None
+
+
+def load_source(source: ModelSource) -> Loaded:
+    """Build ``source.spec`` (seeded, so runs are reproducible) or rebuild ``source.checkpoint``:
+    a zoo model as is, a user factory's only with consent."""
+    source.validate()
+    if source.checkpoint is not None:
+        ckpt = load_checkpoint(source.checkpoint, factory=source.factory, **source.consent())
+        return Loaded(ckpt.build(), ckpt.spec, list(ckpt.history), dict(ckpt.preprocessing),
+                      dict(ckpt.meta), ckpt)
+    spec = source.spec.resolved()
+    torch.manual_seed(source.seed or 0)  # the seed also fixes the initial weights
+    model = build_model(spec)
+    check_forward(model, spec)
+    return Loaded(model, spec, [], default_preprocessing(spec), {})
