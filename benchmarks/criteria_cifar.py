@@ -82,7 +82,7 @@ def main() -> int:
     if a.replot:
         with open(os.path.join(RESULTS, f"criteria_cifar{a.tag}.json")) as f:
             done = json.load(f)
-        from tp_vgg.io import write_text
+        from tp_vgg.files import write_text
 
         write_text(os.path.join(RESULTS, f"criteria_cifar{a.tag}.md"), table(done))
         plot(done, os.path.join(RESULTS, f"criteria_cifar{a.tag}.png"))
@@ -92,7 +92,7 @@ def main() -> int:
     from tp_vgg.criteria import training_gradients as _gradients
     from tp_vgg.train import evaluate_on
     from tp_vgg.data import DataConfig, load_data
-    from tp_vgg.io import write_json, write_text
+    from tp_vgg.files import write_json, write_text
 
     os.makedirs(RESULTS, exist_ok=True)
     out_json = os.path.join(RESULTS, f"criteria_cifar{a.tag}.json")
@@ -253,7 +253,7 @@ def plot(done: dict, path: str) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=6, ncol=2, loc="lower right")
     fig.tight_layout()
-    from tp_vgg.io import write_with
+    from tp_vgg.files import write_with
 
     write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)

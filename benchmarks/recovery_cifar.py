@@ -86,7 +86,7 @@ def main() -> int:
     torch.set_num_threads(a.threads)
     out_json = os.path.join(RESULTS, f"recovery_cifar{a.tag}.json")
     out_md = os.path.join(RESULTS, f"recovery_cifar{a.tag}.md")
-    from tp_vgg.io import write_json, write_text
+    from tp_vgg.files import write_json, write_text
 
     done = json.load(open(out_json)) if os.path.exists(out_json) else {}
     if a.replot:

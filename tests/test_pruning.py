@@ -8,7 +8,7 @@ import tp_vgg
 from tp_vgg import PruneConfig, UserError
 from tp_vgg.models import ModelSpec, build_model
 from tp_vgg.pruning import out_channels
-from tp_vgg.verify import zero_removed_channels
+from masked_reference import zero_removed_channels
 
 from conftest import conv_and_linear, randomize, zoo_spec
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tp_vgg import mdreport, plots
+from tp_vgg import report_md, plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY = ["--model", "cifar_vgg11_bn", "--width", "0.125"]
@@ -34,7 +34,7 @@ def test_report_of_a_prune_run(run_cli, prune_run):
     md = (prune_run / "report.md").read_text()
     rep = json.loads((prune_run / "report.json").read_text())
     assert md.startswith("# Pruning report: cifar_vgg11_bn")
-    assert f"| MACs | {mdreport.human(rep['before']['macs'])} | {mdreport.human(rep['after']['macs'])} |" in md
+    assert f"| MACs | {report_md.human(rep['before']['macs'])} | {report_md.human(rep['after']['macs'])} |" in md
     assert "| `features.0` | Conv2d | 8 | 4 |" in md  # channels before -> after, per layer
     assert "## Latency" in md and "efficiency" in md
     c = rep["latency"]["comparisons"][0]

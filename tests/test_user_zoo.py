@@ -17,7 +17,7 @@ from tp_vgg import PruneConfig, UserError
 from tp_vgg.models import ModelSpec, build_model, select_logits
 from tp_vgg.criteria import IMPORTANCES
 from tp_vgg.pruning import out_channels
-from tp_vgg.verify import zero_removed_channels
+from masked_reference import zero_removed_channels
 
 from conftest import randomize
 

@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 
 from tp_vgg.errors import UserError
-from tp_vgg.io import write_with
+from tp_vgg.files import write_with
 from tp_vgg.models import (FactoryRef, ModelCode, ModelSpec, build_model, check_spec,
                            factory_kwargs)
 from tp_vgg.pruning import replay

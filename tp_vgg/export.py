@@ -83,7 +83,7 @@ def max_abs_diff(a: nn.Module, b: nn.Module, spec: ModelSpec, batch: int = 2, se
 def export_program(model: nn.Module, spec: ModelSpec, path: str) -> None:
     """Write ``model`` (eval, CPU, fp32) as a ``torch.export`` program with a dynamic batch axis;
     ``torch.export.load(path).module()`` runs it without tp-vgg or the model's code."""
-    from tp_vgg.io import write_with
+    from tp_vgg.files import write_with
 
     wrapped = LogitsOnly(copy.deepcopy(model).cpu().float().eval(), spec.output_key).eval()
     x = spec.example_input(batch=2)
@@ -126,7 +126,7 @@ def export_onnx(model: nn.Module, spec: ModelSpec, path: str, opset: int = 17,
     is run on a batch of two random inputs and must match PyTorch within
     ``atol + rtol * max|output|``; a mismatch raises RuntimeError. The file is written atomically.
     """
-    from tp_vgg.io import write_with
+    from tp_vgg.files import write_with
 
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):

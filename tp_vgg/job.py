@@ -27,14 +27,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from tp_vgg import counting, iterative, latency, mdreport, pruning, report, targets, train
+from tp_vgg import counting, iterative, latency, pruning, report_json, report_md, targets, train
 from tp_vgg import unstructured
 from tp_vgg.checkpoint import save as save_checkpoint
 from tp_vgg.counting import Counts, human
 from tp_vgg.criteria import DEFAULT_TAYLOR_BATCHES, GradientBatches, training_gradients
 from tp_vgg.data import DataConfig, ImageData, load_data
 from tp_vgg.errors import UserError
-from tp_vgg.io import atomic_path, ensure_dir, write_json
+from tp_vgg.files import atomic_path, ensure_dir, write_json
 from tp_vgg.runtime import device_name
 from tp_vgg.source import Loaded, ModelSource, load_source
 from tp_vgg.targets import Target
@@ -366,7 +366,7 @@ def make_report(job: PruneJob, spec, cfg: pruning.PruneConfig, before: Counts, a
         more["schedule"] = steps.to_dict()
     if result.notes:
         more["notes"] = list(result.notes)
-    return report.prune_report(spec, cfg, before, after, result.output_layers,
+    return report_json.prune_report(spec, cfg, before, after, result.output_layers,
                                len(result.history), **more)
 
 
@@ -435,7 +435,7 @@ def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print) -> JobRe
                 macs_before=before.macs, macs_after=after.macs,
                 params_before=before.params, params_after=after.params, **acc)
     save_outputs(out_dir, model, spec, history, prep.saved_preprocessing, meta, rep)
-    log(report.format_prune_table(rep))
+    log(report_json.format_prune_table(rep))
     _summary(job, plan, steps, after, result, log)
     _wrote(out_dir, log)
     return JobResult(model, spec, history, before, after, rep, meta, prep.saved_preprocessing,
@@ -487,14 +487,14 @@ def prune_unstructured(job: PruneJob, prep: Prepared, out_dir: Optional[str],
         extra["accuracy"] = accuracy
     if rounds is not None:
         extra["lottery_rounds"] = rounds
-    rep = report.prune_report(spec, config, before, after, keep, 0, **extra)
+    rep = report_json.prune_report(spec, config, before, after, keep, 0, **extra)
     info = dict(config, sparsity=sparse["sparsity"], macs_nonzero=sparse["macs_nonzero"])
     meta = dict(loaded.meta, importance="magnitude (unstructured)", ratio=cfg.ratio,
                 config=config, unstructured=info, macs_before=before.macs, macs_after=after.macs,
                 params_before=before.params, params_after=after.params,
                 **({"accuracy": accuracy} if accuracy else {}))
     save_outputs(out_dir, model, spec, loaded.history, prep.saved_preprocessing, meta, rep)
-    log(report.format_sparsity_table(sparse))
+    log(report_json.format_sparsity_table(sparse))
     for r in rounds or []:
         top = f"top-1 {100 * r['top1']:.2f}%" if r["top1"] is not None else ""
         log(f"lottery round {r['round']}: {100 * r['sparsity']:.1f}% zero, "
@@ -538,7 +538,7 @@ def sweep(job: PruneJob, ratios: Sequence[float], out_dir: str, log: Log = print
     record = {"model": job.source.describe(), "ratios": ratios, "runs": runs,
               "finetune_epochs": (ft.epochs or None) if ft else None,
               "data": ft.data.name if ft else None, "latency": latency_label}
-    path = os.path.join(out_dir, mdreport.SWEEP_FILE)
+    path = os.path.join(out_dir, report_md.SWEEP_FILE)
     write_json(path, record)
     for i, entry in enumerate(runs):
         t0 = time.perf_counter()
@@ -548,6 +548,6 @@ def sweep(job: PruneJob, ratios: Sequence[float], out_dir: str, log: Log = print
             os.path.join(out_dir, entry["dir"]), log)
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         write_json(path, record)
-    written = mdreport.write_report(out_dir)
+    written = report_md.write_report(out_dir)
     log(f"wrote {path} and {written.markdown}")
     return record

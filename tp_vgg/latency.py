@@ -317,7 +317,7 @@ def single(model: nn.Module, spec: ModelSpec, cfg: LatencyConfig, macs: int) -> 
 
 
 def format_latency_table(rep: LatencyReport) -> str:
-    from tp_vgg.report import _table
+    from tp_vgg.report_json import _table
 
     c = rep.config
     head = (f"latency on {rep.environment.get('device')} ({rep.environment.get('threads')} threads), "

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from tp_vgg.io import write_with
+from tp_vgg.files import write_with
 
 MAC_AXIS = "MACs (multiply-adds, conv + linear)"
 

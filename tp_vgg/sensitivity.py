@@ -22,7 +22,7 @@ from tp_vgg import pruning
 from tp_vgg.counting import count
 from tp_vgg.criteria import IMPORTANCES
 from tp_vgg.errors import UserError
-from tp_vgg.io import write_text, write_with
+from tp_vgg.files import write_text, write_with
 from tp_vgg.models import ModelSpec
 
 DEFAULT_RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 10))

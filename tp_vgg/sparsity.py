@@ -138,7 +138,7 @@ def plot_gamma(path: str, before: Optional[Dict[str, Any]], after: Optional[Dict
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tp_vgg.io import write_with
+    from tp_vgg.files import write_with
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for stats, label in ((before, "before"), (after, "after")):
@@ -165,7 +165,7 @@ def finish(reg: Regularizer, out_dir: Optional[str], log: Callable[[str], None])
     ``sparsity.json`` and ``bn_gamma.png`` there."""
     import os
 
-    from tp_vgg.io import write_json
+    from tp_vgg.files import write_json
 
     rep = reg.report()
     log(f"sparsity {reg.method} (reg {reg.reg:g}): BN gamma before: {summary(rep['gamma_before'])}")

@@ -37,7 +37,7 @@ from tp_vgg import checkpoint as ckpt_io
 from tp_vgg.data import BatchTransform, Batches, DataConfig, ImageData
 from tp_vgg.distributed import DistContext
 from tp_vgg.errors import UserError
-from tp_vgg.io import ensure_dir, write_json, write_text
+from tp_vgg.files import ensure_dir, write_json, write_text
 from tp_vgg.models import ModelSpec, keep_mode, select_logits
 from tp_vgg.registry import Registry
 from tp_vgg.runtime import resolve_device

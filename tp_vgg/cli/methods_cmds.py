@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from tp_vgg import counting, pruning, report, sensitivity, sparsity, targets, train
+from tp_vgg import counting, pruning, report_json, sensitivity, sparsity, targets, train
 from tp_vgg.cli import train_cmds
 from tp_vgg.cli.common import (MODEL_FLAGS, add_model_args, code_consent, comma_list,
                                load_model, nonneg_float, nonneg_int, numeric, positive_int)
@@ -32,7 +32,7 @@ from tp_vgg.criteria import IMPORTANCES
 from tp_vgg.criteria import DEFAULT_TAYLOR_BATCHES, training_gradients
 from tp_vgg.data import DATASETS, ImageData, load_data
 from tp_vgg.errors import UserError
-from tp_vgg.io import ensure_dir, write_json, write_text
+from tp_vgg.files import ensure_dir, write_json, write_text
 from tp_vgg.job import IterativeConfig, UnstructuredConfig
 
 
@@ -262,7 +262,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     command = (f"tp-vgg prune {source} --ratio 0 --layer-ratios "
                f"{shlex.quote(json.dumps(ratios))} --out DIR")
     rep = {
-        "units": report.MAC_NOTE, "model": spec.to_dict(), "data": data.name,
+        "units": report_json.MAC_NOTE, "model": spec.to_dict(), "data": data.name,
         "test_images": len(test.test_labels), "importance": args.importance,
         "budget_points": args.budget, "baseline_top1": res.baseline_top1,
         "layer_ratios": ratios,
@@ -318,6 +318,6 @@ def format_sensitivity_table(res: sensitivity.Sensitivity, ratios: Dict[str, flo
         by_ratio = {r["ratio"]: r for r in res.curve(layer)}
         rows.append([layer] + [f"{100 * by_ratio[r]['top1']:.1f}" if r in by_ratio else "-"
                                for r in res.ratios] + [f"{ratios.get(layer, 0):g}"])
-    text = report._table(header, rows)
+    text = report_json._table(header, rows)
     return (f"top-1 (%) with one layer pruned at each ratio (unpruned "
             f"{100 * res.baseline_top1:.2f}%):\n" + text)

@@ -13,7 +13,7 @@ import json
 from typing import Callable
 
 
-from tp_vgg import exported, report
+from tp_vgg import exported, report_json
 from tp_vgg.cli.common import MODEL_FLAGS, is_onnx
 from tp_vgg.cli.latency_args import MEASURE_FLAGS
 from tp_vgg.errors import UserError
@@ -96,17 +96,17 @@ def cmd_profile_onnx(args: argparse.Namespace) -> int:
             raise UserError(f"{given[0]} only applies with --latency")
     if args.json:
         extra = {"latency": lat.to_dict()} if lat else {}
-        print(json.dumps({"units": report.MAC_NOTE, "onnx": args.model, **counts.to_dict(), **extra},
+        print(json.dumps({"units": report_json.MAC_NOTE, "onnx": args.model, **counts.to_dict(), **extra},
                          indent=2))
     else:
-        print(report.format_profile_table(counts).replace("fvcore does not count", "not counted"))
+        print(report_json.format_profile_table(counts).replace("fvcore does not count", "not counted"))
         if lat:
             print(exported_latency_table(lat))
     return 0
 
 
 def exported_latency_table(lat) -> str:
-    from tp_vgg.report import _table
+    from tp_vgg.report_json import _table
 
     c = lat.config
     rows = [[str(b), f"{t['model'].median_ms:.2f}", f"{t['model'].p25_ms:.2f}-{t['model'].p75_ms:.2f}",

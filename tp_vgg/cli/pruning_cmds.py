@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Optional
 
-from tp_vgg import counting, pruning, report
+from tp_vgg import counting, pruning, report_json
 from tp_vgg.cli import common, latency_args, methods_cmds, train_cmds
 from tp_vgg.cli.common import add_model_args, json_object, load_model, ratio
 from tp_vgg.criteria import IMPORTANCES
@@ -95,9 +95,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     lat = latency_args.profile_latency(args, loaded, c)  # None without --latency
     if args.json:
         extra = {"latency": lat.to_dict()} if lat else {}
-        print(json.dumps({"units": report.MAC_NOTE, **c.to_dict(), **extra}, indent=2))
+        print(json.dumps({"units": report_json.MAC_NOTE, **c.to_dict(), **extra}, indent=2))
     else:
-        print(report.format_profile_table(c))
+        print(report_json.format_profile_table(c))
         if lat:
             print(latency_args.latency.format_latency_table(lat))
     return 0

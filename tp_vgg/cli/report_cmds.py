@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import List
 
-from tp_vgg import export, mdreport
+from tp_vgg import export, report_md
 from tp_vgg.cli import pruning_cmds
 from tp_vgg.cli.common import add_model_args, load_model, log, positive_int
 from tp_vgg.errors import UserError
@@ -90,7 +90,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    written = mdreport.write_report(args.run_dir)
+    written = report_md.write_report(args.run_dir)
     print(f"wrote {written.markdown}" + (f" and {len(written.plots)} plots in "
                                          f"{os.path.join(args.run_dir, 'plots')}" if written.plots else ""))
     return 0

@@ -22,8 +22,8 @@ from typing import Any, Dict, List, Optional
 from tp_vgg import plots
 from tp_vgg.counting import human
 from tp_vgg.errors import UserError
-from tp_vgg.io import ensure_dir, write_text
-from tp_vgg.report import MAC_NOTE
+from tp_vgg.files import ensure_dir, write_text
+from tp_vgg.report_json import MAC_NOTE
 
 SWEEP_FILE = "sweep.json"
 REPORT_FILE = "report.json"
