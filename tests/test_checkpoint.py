@@ -39,7 +39,7 @@ def test_checkpoint_holds_spec_history_preprocessing_and_meta(tmp_path):
     ckpt = load_checkpoint(path)
     assert ckpt.spec == spec
     assert ckpt.history == result.history
-    assert ckpt.preprocessing["class_names"] == list("abcdefghij")
+    assert ckpt.preprocessing.class_names == list("abcdefghij")
     assert ckpt.meta == {"macs_after": 123}
     raw = torch.load(path, weights_only=True)
     assert raw["tp_vgg_version"] == tp_vgg.__version__

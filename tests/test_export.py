@@ -199,8 +199,8 @@ def test_the_onnx_file_records_the_checkpoints_preprocessing(digits_export):
     props = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
     record = json.loads(props[export.METADATA_KEY])
     pre = tp_vgg.load_checkpoint(str(ck)).preprocessing
-    assert record["preprocessing"]["mean"] == pre["mean"] and record["preprocessing"]["std"] == pre["std"]
-    assert record["preprocessing"]["class_names"] == pre["class_names"]
+    assert record["preprocessing"]["mean"] == pre.mean and record["preprocessing"]["std"] == pre.std
+    assert record["preprocessing"]["class_names"] == pre.class_names
     assert (record["preprocessing"]["input_size"], record["preprocessing"]["in_channels"]) == (32, 3)
     assert record["model"] == "cifar_vgg11_bn"
 

@@ -171,7 +171,7 @@ def test_prune_with_finetune_reports_accuracy_and_saves_the_finetuned_weights(ru
     assert pruned.history == tuned.history and pruned.meta["accuracy"] == acc
     for k, v in tuned.state_dict.items():
         assert torch.equal(pruned.state_dict[k], v), k
-    assert pruned.preprocessing["mean"] is not None  # the fine-tuning normalization travels
+    assert pruned.preprocessing.mean is not None  # the fine-tuning normalization travels
     assert run_cli("prune", *TINY, "--ratio", "0.5", *FAKE, "--out", tmp_path / "q").code == 2
 
 

@@ -43,6 +43,7 @@ from tp_vgg.errors import UserError
 from tp_vgg.files import write_with
 from tp_vgg.models import (FactoryRef, ModelCode, ModelSpec, build_model, check_spec,
                            factory_kwargs)
+from tp_vgg.preprocessing import Preprocessing
 from tp_vgg.pruning import replay
 
 FORMAT = "tp-vgg-checkpoint"
@@ -58,7 +59,7 @@ class Checkpoint:
     spec: ModelSpec
     history: List[list]
     state_dict: Dict[str, torch.Tensor]
-    preprocessing: Dict[str, Any] = field(default_factory=dict)
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
     meta: Dict[str, Any] = field(default_factory=dict)
     train_state: Optional[Dict[str, Any]] = None
     path: Optional[str] = None
@@ -102,12 +103,6 @@ class Checkpoint:
             raise UserError(f"checkpoint {self.path!r}: {e}") from e
 
 
-def default_preprocessing(spec: ModelSpec) -> Dict[str, Any]:
-    s = spec.resolved()
-    return {"input_size": s.input_size, "in_channels": s.in_channels,
-            "mean": None, "std": None, "class_names": None}
-
-
 def _plain(obj: Any) -> Any:
     """Tensors, numbers, strings, lists, dicts only -- what weights_only loading accepts."""
     if isinstance(obj, torch.Tensor):
@@ -124,7 +119,8 @@ def _plain(obj: Any) -> Any:
 
 
 def save(path: str, model: nn.Module, spec: ModelSpec, history: Optional[List[list]] = None,
-         preprocessing: Optional[Dict[str, Any]] = None, meta: Optional[Dict[str, Any]] = None,
+         preprocessing: Preprocessing | Dict[str, Any] | None = None,
+         meta: Optional[Dict[str, Any]] = None,
          train_state: Optional[Dict[str, Any]] = None, atomic: bool = True) -> None:
     """Write the checkpoint atomically (temp file, then rename); ``atomic=False`` writes ``path``
     directly (when it is already a temp name of the caller's)."""
@@ -137,7 +133,7 @@ def save(path: str, model: nn.Module, spec: ModelSpec, history: Optional[List[li
         "model_spec": _plain(spec.to_dict()),
         "pruning_history": _plain(history or []),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "preprocessing": _plain(preprocessing or default_preprocessing(spec)),
+        "preprocessing": _plain(_preprocessing(preprocessing, spec).to_dict()),
         "meta": _plain(meta or {}),
     }
     if spec.is_user_factory:  # pin the code the model came from (read now; nothing imported)
@@ -148,6 +144,12 @@ def save(path: str, model: nn.Module, spec: ModelSpec, history: Optional[List[li
         write_with(path, lambda tmp: _torch_save(payload, tmp))
     else:
         _torch_save(payload, path)
+
+
+def _preprocessing(given, spec: ModelSpec) -> Preprocessing:
+    """What to store: ``given``, or for none the model's input size and channels."""
+    pre = Preprocessing.of(given)
+    return Preprocessing.for_spec(spec) if pre.is_empty() else pre
 
 
 def _torch_save(payload: Dict[str, Any], path: str) -> None:
@@ -226,7 +228,7 @@ def load_checkpoint(path: str, *, trust_model_code: bool = False,
         spec=spec,
         history=obj.get("pruning_history", []),
         state_dict=obj["state_dict"],
-        preprocessing=obj.get("preprocessing", {}),
+        preprocessing=Preprocessing.from_dict(obj.get("preprocessing", {})),
         meta=obj.get("meta", {}),
         train_state=obj.get("train_state"),
         path=path,

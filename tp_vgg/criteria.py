@@ -165,12 +165,13 @@ TAYLOR_BATCH_SIZE = 64
 def training_gradients(data, preprocessing, spec, batches: int = DEFAULT_TAYLOR_BATCHES,
                        seed: int = 0) -> GradientBatches:
     """Gradients for ``--importance taylor`` from ``batches`` shuffled, unaugmented training
-    batches of ``data`` (an :class:`tp_vgg.data.ImageData`), with ``preprocessing``."""
+    batches of ``data`` (an :class:`tp_vgg.data.ImageData`), with ``preprocessing`` (a resolved
+    :class:`tp_vgg.preprocessing.Preprocessing`)."""
     from tp_vgg.data import Batches, BatchTransform
 
     pre = preprocessing
     b = Batches(data.train_images, data.train_labels, TAYLOR_BATCH_SIZE,
-                BatchTransform(pre["mean"], pre["std"], pre["input_size"]), "cpu",
+                BatchTransform(pre.mean, pre.std, pre.input_size), "cpu",
                 train=True, augment=False, seed=seed)
     return GradientBatches(b, max_batches=batches, output_key=spec.output_key,
                            description=f"{batches} batches of {TAYLOR_BATCH_SIZE} {data.name} "

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
 
 from tp_vgg.errors import UserError
+from tp_vgg.preprocessing import Preprocessing
 from tp_vgg.registry import Registry
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
@@ -86,12 +87,12 @@ class ImageData:
         std = (sq / n - mean.pow(2)).clamp_min(1e-12).sqrt()
         return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
-    def preprocessing(self) -> Dict[str, Any]:
-        """The checkpoint's ``preprocessing`` entry for a model trained on these data."""
+    def preprocessing(self) -> Preprocessing:
+        """The preprocessing of a model trained on these data (their statistics)."""
         mean, std = self.stats()
-        return {"input_size": self.image_size, "in_channels": self.in_channels, "mean": mean,
-                "std": std, "class_names": list(self.class_names), "dataset": self.name,
-                "augment": {"crop_padding": self.pad, "horizontal_flip": self.flip}}
+        return Preprocessing(self.image_size, self.in_channels, mean, std, list(self.class_names),
+                             {"dataset": self.name,
+                              "augment": {"crop_padding": self.pad, "horizontal_flip": self.flip}})
 
 
 DATASETS: Registry[Callable[[DataConfig], ImageData]] = Registry("dataset")

@@ -22,6 +22,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from tp_vgg.errors import UserError
 from tp_vgg.models import LogitsOnly, ModelSpec, select_logits
+from tp_vgg.preprocessing import Preprocessing
 
 
 def fuse_bn(model: nn.Module, inplace: bool = False) -> nn.Module:
@@ -99,14 +100,14 @@ def export_program(model: nn.Module, spec: ModelSpec, path: str) -> None:
 METADATA_KEY = "tp_vgg"
 
 
-def onnx_metadata(spec: ModelSpec, preprocessing: Optional[Dict[str, Any]] = None,
+def onnx_metadata(spec: ModelSpec, preprocessing: Optional[Preprocessing] = None,
                   meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The record :func:`export_onnx` writes into the file: preprocessing (input size, channels,
     mean/std, class names), the model's name and a few facts from the checkpoint's meta."""
     from tp_vgg import __version__
 
     s = spec.resolved()
-    pre = dict(preprocessing or {})
+    pre = Preprocessing.of(preprocessing).to_dict()
     pre.update(input_size=s.input_size, in_channels=s.in_channels)
     keep = ("importance", "ratio", "macs_before", "macs_after", "params_before", "params_after")
     return {"tp_vgg_version": __version__, "model": s.name, "output_key": s.output_key,

@@ -35,6 +35,7 @@ from tp_vgg.criteria import DEFAULT_TAYLOR_BATCHES, GradientBatches, training_gr
 from tp_vgg.data import DataConfig, ImageData, load_data
 from tp_vgg.errors import UserError
 from tp_vgg.files import atomic_path, ensure_dir, write_json
+from tp_vgg.preprocessing import Preprocessing
 from tp_vgg.runtime import device_name
 from tp_vgg.source import Loaded, ModelSource, load_source
 from tp_vgg.targets import Target
@@ -168,7 +169,7 @@ class JobResult:
     after: Counts
     report: Dict[str, Any]              # report.json
     meta: Dict[str, Any]                # the checkpoint's meta
-    preprocessing: Dict[str, Any]
+    preprocessing: Preprocessing
     accuracy: Dict[str, Optional[float]] = field(default_factory=dict)
     out_dir: Optional[str] = None
 
@@ -200,13 +201,13 @@ class Prepared:
 
     loaded: Loaded
     data: Optional[ImageData] = None
-    preprocessing: Dict[str, Any] = field(default_factory=dict)
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
     train_cfg: Optional[train.TrainConfig] = None
     teacher: Optional[train.Teacher] = None
     top1_before: Optional[float] = None  # with FinetuneConfig.evaluates
 
     @property
-    def saved_preprocessing(self) -> Dict[str, Any]:
+    def saved_preprocessing(self) -> Preprocessing:
         """What pruned.pt records: the data's (resolved) preprocessing once the job evaluated
         on them, else the checkpoint's."""
         return self.preprocessing if self.top1_before is not None else self.loaded.preprocessing
@@ -217,7 +218,7 @@ def load(job: PruneJob) -> Prepared:
     loaded = load_source(job.source)
     ft = job.finetune
     if ft is None:
-        return Prepared(loaded, preprocessing=dict(loaded.preprocessing))
+        return Prepared(loaded, preprocessing=Preprocessing.of(loaded.preprocessing))
     cfg = dataclasses.replace(ft.train, epochs=ft.epochs) if ft.epochs else ft.train
     teacher = make_teacher(job, loaded) if cfg.distill else None
     data = load_data(ft.data)
@@ -371,7 +372,7 @@ def make_report(job: PruneJob, spec, cfg: pruning.PruneConfig, before: Counts, a
 
 
 def save_outputs(out_dir: Optional[str], model: nn.Module, spec, history: List[list],
-                 preprocessing: Dict[str, Any], meta: Dict[str, Any], rep: Dict[str, Any]) -> None:
+                 preprocessing: Preprocessing, meta: Dict[str, Any], rep: Dict[str, Any]) -> None:
     """``out_dir/pruned.pt`` and ``report.json``, both or neither: pruned.pt is written whole
     under a temp name, report.json is written (atomically), and only then is pruned.pt renamed
     into place."""

@@ -9,9 +9,10 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from tp_vgg.checkpoint import Checkpoint, default_preprocessing, load_checkpoint
+from tp_vgg.checkpoint import Checkpoint, load_checkpoint
 from tp_vgg.errors import UserError
 from tp_vgg.models import ModelSpec, build_model, check_forward
+from tp_vgg.preprocessing import Preprocessing
 
 
 @dataclass
@@ -55,7 +56,7 @@ class Loaded:
     model: nn.Module
     spec: ModelSpec
     history: List[list] = field(default_factory=list)
-    preprocessing: Dict[str, Any] = field(default_factory=dict)
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
     meta: Dict[str, Any] = field(default_factory=dict)
     checkpoint: Optional[Checkpoint] = None
 
@@ -66,10 +67,10 @@ def load_source(source: ModelSource) -> Loaded:
     source.validate()
     if source.checkpoint is not None:
         ckpt = load_checkpoint(source.checkpoint, factory=source.factory, **source.consent())
-        return Loaded(ckpt.build(), ckpt.spec, list(ckpt.history), dict(ckpt.preprocessing),
-                      dict(ckpt.meta), ckpt)
+        return Loaded(ckpt.build(), ckpt.spec, list(ckpt.history),
+                      Preprocessing.of(ckpt.preprocessing), dict(ckpt.meta), ckpt)
     spec = source.spec.resolved()
     torch.manual_seed(source.seed or 0)  # the seed also fixes the initial weights
     model = build_model(spec)
     check_forward(model, spec)
-    return Loaded(model, spec, [], default_preprocessing(spec), {})
+    return Loaded(model, spec, [], Preprocessing.for_spec(spec), {})

@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from tp_vgg.distributed import DistContext
 from tp_vgg.errors import UserError
 from tp_vgg.files import ensure_dir, write_json, write_text
 from tp_vgg.models import ModelSpec, keep_mode, select_logits
+from tp_vgg.preprocessing import Preprocessing
 from tp_vgg.registry import Registry
 from tp_vgg.runtime import resolve_device
 
@@ -46,6 +47,9 @@ from tp_vgg.runtime import resolve_device
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
+
+# A checkpoint's preprocessing, or its dict as stored.
+PreprocessingLike = Union[Preprocessing, Dict[str, Any]]
 
 # --------------------------------------------------------------------------------------------
 # Configuration.
@@ -484,7 +488,7 @@ def evaluate(model: nn.Module, batches: Batches, output_key: Optional[str] = Non
                       images=int(sums[3].item()))
 
 
-def evaluate_on(model: nn.Module, spec: ModelSpec, data: ImageData, preprocessing: Dict[str, Any],
+def evaluate_on(model: nn.Module, spec: ModelSpec, data: ImageData, preprocessing: PreprocessingLike,
                 split: str = "test", batch_size: int = 256,
                 device: Optional[str] = None) -> EvalResult:
     """Evaluate ``model`` on one split of ``data`` with the given (checkpoint's) preprocessing."""
@@ -493,12 +497,12 @@ def evaluate_on(model: nn.Module, spec: ModelSpec, data: ImageData, preprocessin
     check_model_fits(model.to(dev), spec, data)
     images, labels = data.split(split)
     batches = Batches(images, labels, batch_size,
-                      BatchTransform(pre["mean"], pre["std"], pre["input_size"]), dev)
+                      BatchTransform(pre.mean, pre.std, pre.input_size), dev)
     autocast, _, _ = make_amp(dev, "auto")
     return evaluate(model, batches, spec.output_key, autocast)
 
 
-def top1(model: nn.Module, spec: ModelSpec, data: ImageData, preprocessing: Dict[str, Any],
+def top1(model: nn.Module, spec: ModelSpec, data: ImageData, preprocessing: PreprocessingLike,
          device: Optional[str] = None, batch_size: int = 256) -> float:
     """Test top-1 of ``model`` (:func:`evaluate_on`); the model then goes back to the device it
     was on, so that pruning continues there."""
@@ -560,7 +564,7 @@ def recalibrate_bn(model: nn.Module, batches: Batches, num_batches: int,
     return len(bns)
 
 
-def recalibrate_on(model: nn.Module, spec: ModelSpec, data: ImageData, preprocessing: Dict[str, Any],
+def recalibrate_on(model: nn.Module, spec: ModelSpec, data: ImageData, preprocessing: PreprocessingLike,
                    num_batches: int, batch_size: int = 64, device: Optional[str] = None,
                    seed: int = 0, channels_last: bool = True,
                    dist: Optional[DistContext] = None) -> int:
@@ -571,7 +575,7 @@ def recalibrate_on(model: nn.Module, spec: ModelSpec, data: ImageData, preproces
     pre = resolve_preprocessing(data, spec, preprocessing)
     model.to(dev)
     batches = Batches(data.train_images, data.train_labels, batch_size,
-                      BatchTransform(pre["mean"], pre["std"], pre["input_size"], channels_last), dev,
+                      BatchTransform(pre.mean, pre.std, pre.input_size, channels_last), dev,
                       train=True, augment=False, seed=seed, rank=dist.rank,
                       world_size=dist.world_size)
     autocast, _, _ = make_amp(dev, "auto")
@@ -582,16 +586,17 @@ def recalibrate_on(model: nn.Module, spec: ModelSpec, data: ImageData, preproces
 # Preprocessing, seeding, RNG state.
 
 def resolve_preprocessing(data: ImageData, spec: ModelSpec,
-                          stored: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                          stored: Optional[PreprocessingLike] = None) -> Preprocessing:
     """The preprocessing to use: ``stored`` (a checkpoint's) where it has mean/std, else the
     data's statistics; input size and channels from the model."""
     pre = data.preprocessing()
-    if stored and stored.get("mean") is not None and stored.get("std") is not None:
-        pre.update(mean=list(stored["mean"]), std=list(stored["std"]))
+    stored = Preprocessing.of(stored)
+    if stored.normalized:
+        pre.mean, pre.std = list(stored.mean), list(stored.std)
     s = spec.resolved()
-    pre.update(input_size=s.input_size, in_channels=s.in_channels)
-    if len(pre["mean"]) != data.in_channels:
-        raise UserError(f"the stored preprocessing has {len(pre['mean'])} channel means but "
+    pre.input_size, pre.in_channels = s.input_size, s.in_channels
+    if len(pre.mean) != data.in_channels:
+        raise UserError(f"the stored preprocessing has {len(pre.mean)} channel means but "
                         f"{data.name} images have {data.in_channels} channels")
     return pre
 
@@ -682,7 +687,7 @@ class FitResult:
 
 def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
         out_dir: Optional[str] = None, *, data_cfg: Optional[DataConfig] = None,
-        history: Optional[List[list]] = None, preprocessing: Optional[Dict[str, Any]] = None,
+        history: Optional[List[list]] = None, preprocessing: Optional[PreprocessingLike] = None,
         meta: Optional[Dict[str, Any]] = None, dist: Optional[DistContext] = None,
         resume_state: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print,
         command: str = "train", after_step: Optional[Callable[[], None]] = None,
@@ -724,7 +729,7 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    transform = BatchTransform(pre["mean"], pre["std"], pre["input_size"], cfg.channels_last)
+    transform = BatchTransform(pre.mean, pre.std, pre.input_size, cfg.channels_last)
     train_b = Batches(data.train_images, data.train_labels, cfg.batch_size, transform, device,
                       train=True, pad=data.pad, flip=data.flip, augment=cfg.augment, seed=cfg.seed,
                       rank=dist.rank, world_size=dist.world_size)
@@ -779,7 +784,7 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
                             "backend": dist.backend, "threads": torch.get_num_threads(),
                             "torch": torch.__version__},
                 "data": dataclasses.asdict(data_cfg) if data_cfg else {"name": data.name},
-                "model": spec.to_dict(), "pruning_steps": len(history), "preprocessing": pre}
+                "model": spec.to_dict(), "pruning_steps": len(history), "preprocessing": pre.to_dict()}
     if writes:
         ensure_dir(out_dir)
         write_json(os.path.join(out_dir, "config.json"), resolved)
