@@ -90,7 +90,7 @@ def main() -> int:
 
     from tp_vgg import checkpoint, count, iterative, pruning, targets, train
     from tp_vgg.criteria import training_gradients as _gradients
-    from tp_vgg.train import evaluate_on
+    from tp_vgg.evaluation import evaluate_on
     from tp_vgg.data import DataConfig, load_data
     from tp_vgg.files import write_json, write_text
 

@@ -26,7 +26,8 @@ import time
 import torch
 import torch.nn as nn
 
-from tp_vgg.data import BatchTransform, Batches, DataConfig, load_data
+from tp_vgg.batches import BatchTransform, Batches
+from tp_vgg.data import DataConfig, load_data
 from tp_vgg.models import ModelSpec, build_model
 from tp_vgg.train import OPTIMIZERS, Engine, TrainConfig, lr_lambda, train_one_epoch
 

@@ -93,7 +93,7 @@ def main() -> int:
         write_text(out_md, table(done))
         return 0
 
-    from tp_vgg import checkpoint, count, pruning, targets, train
+    from tp_vgg import checkpoint, count, evaluation, pruning, targets, train
     from tp_vgg.data import DataConfig, load_data
     from tp_vgg.models import ModelSpec, build_model
 
@@ -132,7 +132,7 @@ def main() -> int:
     base = ck.build()
     base_counts = count(base, spec)
     if "unpruned" not in done:
-        done["unpruned"] = {"top1": train.evaluate_on(base, spec, data, pre, device="cpu").top1,
+        done["unpruned"] = {"top1": evaluation.evaluate_on(base, spec, data, pre, device="cpu").top1,
                             "macs": base_counts.macs, "params": base_counts.params,
                             "base": base_path, "base_epochs": ck.meta.get("epoch")}
     ft_cfg = train.TrainConfig(epochs=a.epochs, lr=train.OPTIMIZERS.get("sgd").lr * 0.2,
@@ -168,11 +168,11 @@ def main() -> int:
                 res = train.finetune(pruned_ck, data, dataclasses.replace(scratch_cfg, seed=seed),
                                      scratch=True, preprocessing=pre, log=log)
             else:
-                rec["top1_pruned"] = train.evaluate_on(model, spec, data, pre, device="cpu").top1
+                rec["top1_pruned"] = evaluation.evaluate_on(model, spec, data, pre, device="cpu").top1
                 if "recal" in variant:
-                    train.recalibrate_on(model, spec, data, pre, BN_BATCHES, ft_cfg.batch_size,
+                    evaluation.recalibrate_on(model, spec, data, pre, BN_BATCHES, ft_cfg.batch_size,
                                          "cpu", seed)
-                    rec["top1_recalibrated"] = train.evaluate_on(model, spec, data, pre,
+                    rec["top1_recalibrated"] = evaluation.evaluate_on(model, spec, data, pre,
                                                                  device="cpu").top1
                 teacher = None
                 if "distill" in variant:

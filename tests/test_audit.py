@@ -329,14 +329,13 @@ def test_out_of_memory_names_the_batch_size_and_suggests_one(run_cli, tmp_path, 
 
 
 def test_cpu_out_of_memory_during_eval(run_cli, tmp_path, pruned_ckpt, monkeypatch):
-    import tp_vgg.train
+    import tp_vgg.evaluation
 
     def oom(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
                            "allocate memory: you tried to allocate 8589934592 bytes.")
 
-    monkeypatch.setattr(tp_vgg.train, "evaluate", oom)
-    monkeypatch.setattr("tp_vgg.cli.train_cmds.train.evaluate", oom, raising=False)
+    monkeypatch.setattr(tp_vgg.evaluation, "evaluate", oom)
     r = run_cli("eval", "--checkpoint", pruned_ckpt, *FAKE, "--batch-size", "512")
     assert_user_error(r, None, "out of memory at --batch-size 512", "try --batch-size 256")
 

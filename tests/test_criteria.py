@@ -11,7 +11,8 @@ import torch_pruning as tp
 import tp_vgg
 from tp_vgg import PruneConfig, UserError
 from tp_vgg.criteria import GradientBatches
-from tp_vgg.data import BatchTransform, Batches, DataConfig, load_data
+from tp_vgg.batches import BatchTransform, Batches
+from tp_vgg.data import DataConfig, load_data
 from tp_vgg.models import ModelSpec, build_model
 from tp_vgg.criteria import IMPORTANCES
 from tp_vgg.pruning import out_channels

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from tp_vgg import checkpoint
-from tp_vgg.data import BatchTransform, Batches, DataConfig, load_data
+from tp_vgg.batches import BatchTransform, Batches
+from tp_vgg.data import DataConfig, load_data
 from tp_vgg.models import ModelSpec, build_model
 from tp_vgg.train import TrainConfig, fit, seed_everything
 

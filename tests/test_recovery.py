@@ -15,9 +15,12 @@ import torch.nn.functional as F
 
 import tp_vgg
 from tp_vgg import checkpoint
-from tp_vgg.data import BatchTransform, Batches, DataConfig, load_data
+from tp_vgg.batches import BatchTransform, Batches
+from tp_vgg.data import DataConfig, load_data
 from tp_vgg.models import ModelSpec, build_model
-from tp_vgg.train import Teacher, TrainConfig, distill_loss, fit, recalibrate_bn, seed_everything
+from tp_vgg.evaluation import recalibrate_bn
+from tp_vgg.steps import distill_loss
+from tp_vgg.train import Teacher, TrainConfig, fit, seed_everything
 
 from resume_util import assert_same_weights, cut_and_resume
 
@@ -94,7 +97,7 @@ def test_recalibration_after_pruning_raises_accuracy_from_a_trained_model(tmp_pa
     bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     old = bn.running_var.clone()
     pre = data.preprocessing()
-    from tp_vgg.train import recalibrate_on
+    from tp_vgg.evaluation import recalibrate_on
 
     assert recalibrate_on(model, SPEC, data, pre, num_batches=3, batch_size=32, device="cpu") == 8
     assert not torch.allclose(bn.running_var, old)

@@ -12,11 +12,13 @@ import torch.nn as nn
 
 import tp_vgg
 from tp_vgg import checkpoint
-from tp_vgg.data import BatchTransform, Batches, DataConfig, ImageData, load_data
+from tp_vgg.batches import BatchTransform, Batches
+from tp_vgg.data import DataConfig, ImageData, load_data
 from tp_vgg.errors import UserError
 from tp_vgg.models import ModelSpec, build_model
-from tp_vgg.train import (TrainConfig, TrainingDiverged, evaluate, finetune, fit, lr_lambda,
-                          seed_everything)
+from tp_vgg.evaluation import evaluate
+from tp_vgg.steps import TrainingDiverged
+from tp_vgg.train import TrainConfig, finetune, fit, lr_lambda, seed_everything
 
 FAKE = ["--data", "fake", "--data-kwargs", '{"train_size": 96, "test_size": 40}']
 TINY = ["--model", "cifar_vgg11_bn", "--width", "0.125"]

@@ -167,7 +167,7 @@ def training_gradients(data, preprocessing, spec, batches: int = DEFAULT_TAYLOR_
     """Gradients for ``--importance taylor`` from ``batches`` shuffled, unaugmented training
     batches of ``data`` (an :class:`tp_vgg.data.ImageData`), with ``preprocessing`` (a resolved
     :class:`tp_vgg.preprocessing.Preprocessing`)."""
-    from tp_vgg.data import Batches, BatchTransform
+    from tp_vgg.batches import BatchTransform, Batches
 
     pre = preprocessing
     b = Batches(data.train_images, data.train_labels, TAYLOR_BATCH_SIZE,

@@ -4,7 +4,7 @@ An ONNX file is a graph of standard operators and their weights; onnxruntime run
 in it is Python that tp-vgg would import or call, so it needs no trust. tp-vgg reads the
 preprocessing that :func:`tp_vgg.export.export_onnx` recorded in the file's metadata and feeds
 the model as ``tp-vgg eval --checkpoint`` feeds the checkpoint -- the same :class:`Batches`,
-:class:`BatchTransform` and :func:`tp_vgg.train.evaluate` -- so both report the same top-1.
+:class:`BatchTransform` and :func:`tp_vgg.evaluation.evaluate` -- so both report the same top-1.
 
 MACs are counted from the graph (``Conv``, ``Gemm`` and ``MatMul`` nodes, shapes from onnx's
 shape inference at batch 1) in fvcore's convention, one multiply-add = 1: the same numbers as
@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 
 from tp_vgg.counting import Counts, LayerCount
-from tp_vgg.data import Batches, BatchTransform, ImageData
+from tp_vgg.batches import BatchTransform, Batches
+from tp_vgg.data import ImageData
 from tp_vgg.errors import UserError
 from tp_vgg.export import METADATA_KEY
 from tp_vgg.latency import LatencyConfig, LatencyReport, Timing

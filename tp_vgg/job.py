@@ -27,8 +27,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from tp_vgg import counting, iterative, latency, pruning, report_json, report_md, targets, train
-from tp_vgg import unstructured
+from tp_vgg import counting, evaluation, iterative, latency, pruning, report_json, report_md
+from tp_vgg import targets, train, unstructured
 from tp_vgg.checkpoint import save as save_checkpoint
 from tp_vgg.counting import Counts, human
 from tp_vgg.criteria import DEFAULT_TAYLOR_BATCHES, GradientBatches, training_gradients
@@ -39,6 +39,7 @@ from tp_vgg.preprocessing import Preprocessing
 from tp_vgg.runtime import device_name
 from tp_vgg.source import Loaded, ModelSource, load_source
 from tp_vgg.targets import Target
+from tp_vgg.train_config import TrainConfig
 
 Log = Callable[[str], None]
 
@@ -78,7 +79,7 @@ class FinetuneConfig:
     ``bn_batches=0``: the data only serve a criterion (taylor) or the iterative steps."""
 
     data: DataConfig
-    train: train.TrainConfig = field(default_factory=train.TrainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     epochs: int = 0
     bn_batches: int = DEFAULT_BN_RECALIBRATE
     teacher: Optional[str] = None
@@ -202,7 +203,7 @@ class Prepared:
     loaded: Loaded
     data: Optional[ImageData] = None
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
-    train_cfg: Optional[train.TrainConfig] = None
+    train_cfg: Optional[TrainConfig] = None
     teacher: Optional[train.Teacher] = None
     top1_before: Optional[float] = None  # with FinetuneConfig.evaluates
 
@@ -222,8 +223,8 @@ def load(job: PruneJob) -> Prepared:
     cfg = dataclasses.replace(ft.train, epochs=ft.epochs) if ft.epochs else ft.train
     teacher = make_teacher(job, loaded) if cfg.distill else None
     data = load_data(ft.data)
-    pre = train.resolve_preprocessing(data, loaded.spec, loaded.preprocessing)
-    before = (train.evaluate_on(loaded.model, loaded.spec, data, pre, device=cfg.device).top1
+    pre = evaluation.resolve_preprocessing(data, loaded.spec, loaded.preprocessing)
+    before = (evaluation.evaluate_on(loaded.model, loaded.spec, data, pre, device=cfg.device).top1
               if ft.evaluates else None)
     return Prepared(loaded, data, pre, cfg, teacher, before)
 
@@ -283,10 +284,10 @@ def schedule(job: PruneJob, prep: Prepared) -> Optional[iterative.Schedule]:
     def evaluate(model):  # after re-estimating BN statistics (--bn-recalibrate)
         if bn:
             home = next(model.parameters()).device
-            train.recalibrate_on(model, spec, data, pre, bn, tcfg.batch_size, tcfg.device,
+            evaluation.recalibrate_on(model, spec, data, pre, bn, tcfg.batch_size, tcfg.device,
                                  tcfg.seed, tcfg.channels_last)
             model.to(home, memory_format=torch.contiguous_format)
-        return train.top1(model, spec, data, pre, tcfg.device)
+        return evaluation.top1(model, spec, data, pre, tcfg.device)
 
     def finetune(model, epochs):
         home = next(model.parameters()).device
@@ -316,14 +317,14 @@ def recover(job: PruneJob, prep: Prepared, model: nn.Module, history: List[list]
         return {}
     spec, data, pre, cfg = prep.loaded.spec, prep.data, prep.preprocessing, prep.train_cfg
     dev = cfg.device
-    pruned = train.evaluate_on(model, spec, data, pre, device=dev).top1
+    pruned = evaluation.evaluate_on(model, spec, data, pre, device=dev).top1
     acc = {"before": prep.top1_before, "pruned": pruned}
     msg = f"top-1 before pruning {100 * prep.top1_before:.2f}%, after pruning {100 * pruned:.2f}%"
     if ft.bn_batches:
-        n = train.recalibrate_on(model, spec, data, pre, ft.bn_batches, cfg.batch_size, dev,
+        n = evaluation.recalibrate_on(model, spec, data, pre, ft.bn_batches, cfg.batch_size, dev,
                                  cfg.seed, cfg.channels_last)
         if n:
-            acc["recalibrated"] = train.evaluate_on(model, spec, data, pre, device=dev).top1
+            acc["recalibrated"] = evaluation.evaluate_on(model, spec, data, pre, device=dev).top1
             msg += (f", after re-estimating {n} BatchNorm layers' statistics on "
                     f"{ft.bn_batches} batches {100 * acc['recalibrated']:.2f}%")
         else:

@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from tp_vgg import counting, pruning, report_json, sensitivity, sparsity, targets, train
+from tp_vgg import counting, evaluation, pruning, report_json, sensitivity, sparsity, targets
 from tp_vgg.cli import train_cmds
 from tp_vgg.cli.common import (MODEL_FLAGS, add_model_args, code_consent, comma_list,
                                load_model, nonneg_float, nonneg_int, numeric, positive_int)
@@ -244,13 +244,13 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     loaded = load_model(args)
     model, spec = loaded.model, loaded.spec
     data = load_data(train_cmds.data_config(args))
-    pre = train.resolve_preprocessing(data, spec, loaded.preprocessing)
+    pre = evaluation.resolve_preprocessing(data, spec, loaded.preprocessing)
     test = _subset(data, args.eval_images, args.seed)
     gradients = (training_gradients(data, pre, spec, args.taylor_batches or DEFAULT_TAYLOR_BATCHES,
                                     args.seed) if args.importance == "taylor" else None)
 
     def evaluate(m):
-        return train.top1(m, spec, test, pre, args.device, args.batch_size)
+        return evaluation.top1(m, spec, test, pre, args.device, args.batch_size)
 
     res = sensitivity.analyze(model, spec, evaluate, ratios=args.ratios,
                               importance=args.importance, layers=args.layers, seed=args.seed,

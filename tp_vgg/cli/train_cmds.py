@@ -14,7 +14,7 @@ import os
 from typing import Any, Optional
 
 
-from tp_vgg import distributed, train
+from tp_vgg import distributed, evaluation, progress, train
 from tp_vgg.checkpoint import load_checkpoint
 from tp_vgg.cli.common import (Loaded, add_model_args, add_trust_args, code_consent, comma_list,
                                json_object, load_model, nonneg_float,
@@ -23,6 +23,7 @@ from tp_vgg.cli.common import (Loaded, add_model_args, add_trust_args, code_cons
 from tp_vgg.data import DATASETS, DataConfig, load_data
 from tp_vgg.errors import UserError
 from tp_vgg.job import DEFAULT_BN_RECALIBRATE, FinetuneConfig
+from tp_vgg.train_config import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
 from tp_vgg.models import MODELS, build_model
 
 # Flags that set the training recipe; with --resume the saved recipe is used and these are refused.
@@ -105,14 +106,14 @@ _milestones = comma_list(int, lambda ms: all(m >= 1 for m in ms),
 def add_train_args(p: argparse.ArgumentParser, epochs: bool = True) -> None:
     """Training flags. Defaults are None here and come from TrainConfig, so that an explicitly
     given flag can be told apart (refused with --resume)."""
-    d = train.TrainConfig()
+    d = TrainConfig()
     g = p.add_argument_group("training")
     if epochs:
         _add(g, "--epochs", type=positive_int, metavar="N", help=f"default {d.epochs}")
     _add(g, "--batch-size", type=positive_int, metavar="N",
          help=f"per process (torchrun: global = N x processes); default {d.batch_size}")
     _add(g, "--optimizer", metavar="NAME",
-         help=f"{', '.join(train.OPTIMIZERS.names())} (default {d.optimizer})")
+         help=f"{', '.join(OPTIMIZERS.names())} (default {d.optimizer})")
     _add(g, "--lr", type=positive_float, metavar="LR",
          help="peak learning rate (default: sgd 0.05, adamw 0.001; finetune: a fifth of that)")
     _add(g, "--momentum", type=ratio, metavar="M", help=f"SGD momentum (default {d.momentum})")
@@ -120,7 +121,7 @@ def add_train_args(p: argparse.ArgumentParser, epochs: bool = True) -> None:
          help="Nesterov momentum (default on)")
     _add(g, "--weight-decay", type=nonneg_float, metavar="WD", help="default: sgd 5e-4, adamw 0.05")
     _add(g, "--schedule", metavar="NAME",
-         help=f"{', '.join(train.SCHEDULES.names())} (default {d.schedule}), applied per step")
+         help=f"{', '.join(SCHEDULES.names())} (default {d.schedule}), applied per step")
     _add(g, "--warmup-epochs", type=nonneg_float, metavar="E",
          help=f"linear LR warm-up, may be fractional (default {d.warmup_epochs}; finetune 0)")
     _add(g, "--step-size", type=positive_int, metavar="E", help="step schedule: epochs per decay")
@@ -134,18 +135,18 @@ def add_train_args(p: argparse.ArgumentParser, epochs: bool = True) -> None:
     _add(g, "--seed", type=int, metavar="S", help="seeds init, data order, augmentation (default 0)")
     r = p.add_argument_group("device")
     _add(r, "--device", metavar="DEV", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
-    _add(r, "--amp", choices=train.AMP_MODES, default=None,
+    _add(r, "--amp", choices=AMP_MODES, default=None,
          help="mixed precision on CUDA: auto (bf16 where supported, else fp16 + GradScaler), off")
     _add(r, "--channels-last", action=argparse.BooleanOptionalAction, default=None,
          help="channels_last memory format (default on)")
     _add(r, "--compile", action="store_true", default=None, help="torch.compile the model")
-    _add(r, "--progress", choices=train.PROGRESS.names(), default=None,
+    _add(r, "--progress", choices=progress.PROGRESS.names(), default=None,
          help="auto (default: a tqdm bar on a terminal, one line per epoch otherwise), bar, plain, none")
     _add(r, "--threads", type=positive_int, metavar="N", help="CPU threads (torch.set_num_threads)")
 
 
 def add_distill_args(p: argparse.ArgumentParser, prune: bool = True) -> None:
-    d = train.TrainConfig()
+    d = TrainConfig()
     g = p.add_argument_group("distillation")
     _add(g, "--distill", action="store_true", default=None,
          help="fine-tune against a teacher's soft labels (KL at --distill-temperature, weight "
@@ -196,12 +197,12 @@ def data_config(args: argparse.Namespace) -> DataConfig:
                       kwargs=args.data_kwargs or {})
 
 
-def train_config(args: argparse.Namespace, finetune: bool = False) -> train.TrainConfig:
+def train_config(args: argparse.Namespace, finetune: bool = False) -> TrainConfig:
     given = {k: getattr(args, k) for k in RECIPE + RUNTIME if getattr(args, k, None) is not None}
-    cfg = train.TrainConfig(**given)
+    cfg = TrainConfig(**given)
     if finetune:
         if "lr" not in given:
-            cfg.lr = train.OPTIMIZERS.get(cfg.optimizer).lr * FINETUNE_LR_SCALE
+            cfg.lr = OPTIMIZERS.get(cfg.optimizer).lr * FINETUNE_LR_SCALE
         for k, v in FINETUNE_DEFAULTS.items():
             if k not in given:
                 setattr(cfg, k, v)
@@ -319,7 +320,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     loaded: Loaded = load_model(args)
     data = load_data(data_config(args))
-    res = train.evaluate_on(loaded.model, loaded.spec, data, loaded.preprocessing, args.split,
+    res = evaluation.evaluate_on(loaded.model, loaded.spec, data, loaded.preprocessing, args.split,
                       args.batch_size, args.device)
     split = data.test_split if args.split == "test" else "train"
     print(f"{data.name} {split}: top-1 {100 * res.top1:.2f}%  top-5 {100 * res.top5:.2f}%  "
