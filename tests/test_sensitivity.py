@@ -104,3 +104,24 @@ def test_suggested_command_repeats_the_model_flags():
     args = build_parser().parse_args(["sensitivity", "--model", "cifar_vgg11_bn", "--width",
                                       "0.125", "--num-classes", "7", "--data", "fake", "--out", "x"])
     assert _source_flags(args) == "--model cifar_vgg11_bn --num-classes 7 --width 0.125"
+
+
+def test_sensitivity_study_runs_as_a_library_call(tmp_path):
+    """tp_vgg.sensitivity.run: the study `tp-vgg sensitivity` runs, without the command line;
+    nothing is written without out_dir."""
+    from tp_vgg.data import DataConfig
+    from tp_vgg.source import ModelSource
+
+    study = sensitivity.SensitivityStudy(
+        ModelSource(spec=ModelSpec("cifar_vgg11_bn", width=0.125)), DataConfig("digits"),
+        ratios=[0.5], budget=100.0, eval_images=60, layers=["features.0", "features.4"])
+    logged = []
+    rep = sensitivity.run(study, log=logged.append)
+    assert set(rep["layer_ratios"]) == {"features.0", "features.4"}    # a budget of 100 points
+    assert rep["predicted"]["macs_after"] < rep["predicted"]["macs_before"]
+    assert rep["test_images"] == 60 and rep["command"].startswith("tp-vgg prune --model cifar_vgg11_bn")
+    assert any(line.startswith("next: tp-vgg prune") for line in logged)
+    assert not any(line.startswith("wrote") for line in logged)
+    sensitivity.run(study, tmp_path / "s", log=lambda m: None)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+        "layer_ratios.json", "report.json", "sensitivity.csv", "sensitivity.png"]

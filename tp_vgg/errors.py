@@ -2,7 +2,10 @@
 
 A :class:`UserError` carries one line that names the bad value and what is accepted. The CLI
 prints it and exits with code 2; library callers catch it like any exception.
+:func:`parse_list` reads a comma-separated list of values, naming the first bad one.
 """
+
+from typing import Any, Callable, List
 
 
 class UserError(Exception):
@@ -10,3 +13,21 @@ class UserError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+def parse_list(text: str, convert: Callable[[str], Any], ok: Callable[[Any], bool], what: str,
+               item: str, accepted: str) -> List[Any]:
+    """``'a,b,c'`` -> the values ``convert``-ed, in order, once each; a part that does not
+    convert or is not ``ok`` is a UserError: ``{what} {text!r}: {part!r} is not {item};
+    accepted: {accepted}``."""
+    out: List[Any] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            value = convert(part)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise UserError(f"{what} {text!r}: {part!r} is not {item}; accepted: {accepted}")
+        out.append(value)
+    return list(dict.fromkeys(out))

@@ -180,3 +180,56 @@ def _check(model: nn.Module, x: torch.Tensor, path: str, atol: float, rtol: floa
         raise RuntimeError(f"onnxruntime and PyTorch outputs differ by {diff:.3g} "
                            f"(outputs up to {scale:.3g})")
     return OnnxCheck(True, diff, scale, sess.get_providers())
+
+
+@dataclass
+class ExportConfig:
+    """What `tp-vgg export` writes: ``onnx`` and/or ``pt2`` files, BatchNorm folded first with
+    ``fuse_bn``; the ONNX file checked with onnxruntime unless ``check`` is off."""
+
+    onnx: Optional[str] = None
+    pt2: Optional[str] = None
+    fuse_bn: bool = False
+    opset: int = 17
+    check: bool = True
+
+    def validate(self) -> None:
+        if not self.onnx and not self.pt2:
+            raise UserError("nothing to write: give --onnx OUT.onnx and/or --pt2 OUT.pt2 "
+                            "(ExportConfig.onnx / ExportConfig.pt2)")
+        for flag, path in (("--onnx", self.onnx), ("--pt2", self.pt2)):
+            if path:
+                folder = os.path.dirname(os.path.abspath(path))
+                if not os.path.isdir(folder):
+                    raise UserError(f"{flag} {path!r}: folder {folder!r} does not exist")
+                if os.path.isdir(path):
+                    raise UserError(f"{flag} {path!r} is a folder; give a file name")
+        if self.onnx and not onnx_available():
+            raise UserError("--onnx needs the onnx package: pip install 'tp-vgg[export]'")
+
+
+def export_model(model: nn.Module, spec: ModelSpec, cfg: ExportConfig,
+                 preprocessing: Optional[Preprocessing] = None,
+                 meta: Optional[Dict[str, Any]] = None, log=print) -> None:
+    """Write ``model`` (eval mode) as ``cfg`` says, logging what was written and checked."""
+    cfg.validate()
+    model = model.eval()
+    if cfg.fuse_bn:
+        n = count_bn(model)
+        fused = fuse_bn(model)
+        diff = max_abs_diff(model, fused, spec)
+        log(f"folded {n - count_bn(fused)} of {n} BatchNorm layers into the convs "
+            f"(max |output difference| {diff:.2g})")
+        model = fused
+    if cfg.onnx:
+        chk = export_onnx(model, spec, cfg.onnx, opset=cfg.opset, check=cfg.check,
+                          metadata=onnx_metadata(spec, preprocessing, meta))
+        if chk.checked:
+            log(f"wrote {cfg.onnx} (opset {cfg.opset}); onnxruntime matches PyTorch "
+                f"(max |difference| {chk.max_abs_diff:.2g}, outputs up to {chk.max_abs_output:.2g})")
+        else:
+            why = "--no-check" if not cfg.check else "onnxruntime is not installed"
+            log(f"wrote {cfg.onnx} (opset {cfg.opset}); not run with onnxruntime ({why})")
+    if cfg.pt2:
+        export_program(model, spec, cfg.pt2)
+        log(f"wrote {cfg.pt2} (torch.export program; torch.export.load(path).module())")

@@ -141,7 +141,7 @@ class PruneJob:
             if self.unstructured.lottery_rounds and not (self.finetune and self.finetune.epochs):
                 raise UserError("--lottery-rounds needs --finetune-epochs N (training epochs per "
                                 "round) and --data (PruneJob.finetune.epochs)")
-            pruning._check_ratio("--ratio (PruneConfig.ratio)", self.prune.ratio)
+            pruning._check_ratio("--ratio", self.prune.ratio, "PruneConfig.ratio")
             return
         self.prune_config().validate()
         if self.target is not None:
@@ -530,7 +530,7 @@ def sweep(job: PruneJob, ratios: Sequence[float], out_dir: str, log: Log = print
     check_out_dir(out_dir)
     ratios = sorted(dict.fromkeys(float(r) for r in ratios))
     for r in ratios:
-        pruning._check_ratio("--ratios (each ratio)", r)
+        pruning._check_ratio("--ratios", r, "sweep's ratios")
     job.validate()
     ensure_dir(out_dir)
     if latency_label is None and job.latency is not None:

@@ -31,8 +31,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from tp_vgg.errors import UserError
+from tp_vgg.counting import count
+from tp_vgg.errors import UserError, parse_list
 from tp_vgg.models import ModelSpec
+from tp_vgg.report_json import table
 from tp_vgg.runtime import resolve_device, set_threads
 
 DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16,
@@ -108,18 +110,8 @@ def default_batch_sizes(spec: Optional[ModelSpec]) -> Tuple[int, ...]:
 
 def parse_batch_sizes(text: str) -> Tuple[int, ...]:
     """'1,64' -> (1, 64); UserError naming the bad value otherwise."""
-    out = []
-    for part in str(text).split(","):
-        part = part.strip()
-        try:
-            v = int(part)
-        except ValueError:
-            v = 0
-        if v < 1:
-            raise UserError(f"--batch-sizes {text!r}: {part!r} is not a positive integer; "
-                            "accepted: comma-separated integers >= 1, e.g. 1,64")
-        out.append(v)
-    return tuple(dict.fromkeys(out))
+    return tuple(parse_list(text, int, lambda v: v >= 1, "--batch-sizes", "a positive integer",
+                            "comma-separated integers >= 1, e.g. 1,64"))
 
 
 @dataclass
@@ -316,9 +308,16 @@ def single(model: nn.Module, spec: ModelSpec, cfg: LatencyConfig, macs: int) -> 
     return LatencyReport(cfg, timings, [], {"model": int(macs)}, env)
 
 
-def format_latency_table(rep: LatencyReport) -> str:
-    from tp_vgg.report_json import _table
+def profile(model: nn.Module, spec: ModelSpec, cfg: LatencyConfig, macs: int,
+            unpruned: Optional[nn.Module] = None) -> LatencyReport:
+    """`tp-vgg profile --latency`: ``model`` timed against ``unpruned`` (its model before
+    pruning, e.g. :meth:`tp_vgg.Checkpoint.build_unpruned`), interleaved, or alone without one."""
+    if unpruned is None:
+        return single(model, spec, cfg, macs)
+    return compare(unpruned, model, spec, cfg, count(unpruned, spec).macs, macs)
 
+
+def format_latency_table(rep: LatencyReport) -> str:
     c = rep.config
     head = (f"latency on {rep.environment.get('device')} ({rep.environment.get('threads')} threads), "
             f"{c.dtype}{', channels-last' if c.channels_last else ''}"
@@ -328,9 +327,9 @@ def format_latency_table(rep: LatencyReport) -> str:
         rows = [[str(k.batch_size), f"{k.original.median_ms:.2f}", f"{k.pruned.median_ms:.2f}",
                  f"{k.speedup:.2f}x", f"{k.mac_ratio:.2f}x", f"{k.efficiency:.2f}"]
                 for k in rep.comparisons]
-        table = _table(["batch", "original ms", "pruned ms", "speed-up", "MAC ratio", "efficiency"],
-                       rows)
-        return head + "\n" + table + "\n(efficiency = speed-up / MAC ratio)"
+        text = table(["batch", "original ms", "pruned ms", "speed-up", "MAC ratio", "efficiency"],
+                     rows)
+        return head + "\n" + text + "\n(efficiency = speed-up / MAC ratio)"
     rows = [[str(b), f"{t['model'].median_ms:.2f}", f"{t['model'].p25_ms:.2f}-{t['model'].p75_ms:.2f}",
              f"{b * 1e3 / t['model'].median_ms:.1f}"] for b, t in rep.timings.items()]
-    return head + "\n" + _table(["batch", "median ms", "IQR ms", "images/s"], rows)
+    return head + "\n" + table(["batch", "median ms", "IQR ms", "images/s"], rows)

@@ -52,7 +52,7 @@ def prune_report(spec: ModelSpec, config: Any, before: Counts, after: Counts,
     }
 
 
-def _table(header: List[str], rows: List[List[str]]) -> str:
+def table(header: List[str], rows: List[List[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
     line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
                                for i, (c, w) in enumerate(zip(r, widths))).rstrip()
@@ -70,7 +70,7 @@ def format_prune_table(report: Dict[str, Any]) -> str:
     b, a = report["before"], report["after"]
     rows.append(["total", "", "",
                  f"{human(b['macs'])} -> {human(a['macs'])} ({report['macs_reduction']:.2f}x fewer)"])
-    text = _table(["layer", "type", "out channels", "MACs"], rows)
+    text = table(["layer", "type", "out channels", "MACs"], rows)
     text += (f"\nparams: {human(b['params'])} -> {human(a['params'])} "
              f"({report['params_reduction']:.2f}x fewer)")
     acc = report.get("accuracy")
@@ -85,7 +85,7 @@ def format_profile_table(c: Counts) -> str:
              f"{l.in_channels} -> {l.out_channels}", human(l.macs), human(l.params)]
             for l in c.layers]
     rows.append(["total", "", "", human(c.macs), human(c.params)])
-    text = _table(["layer", "type", "channels in -> out", "MACs", "params"], rows)
+    text = table(["layer", "type", "channels in -> out", "MACs", "params"], rows)
     if c.unsupported_ops:
         text += "\nops fvcore does not count (0 MACs): " + ", ".join(
             f"{k} x{v}" for k, v in c.unsupported_ops.items())
@@ -97,4 +97,4 @@ def format_sparsity_table(sparse: Dict[str, Any]) -> str:
              human(l["macs_dense"]), human(l["macs_nonzero"])] for l in sparse["layers"]]
     rows.append(["total", "", str(sparse["weights"]), f"{100 * sparse['sparsity']:.1f}%",
                  human(sparse["macs_dense"]), human(sparse["macs_nonzero"])])
-    return _table(["layer", "type", "weights", "zero", "dense MACs", "nonzero MACs"], rows)
+    return table(["layer", "type", "weights", "zero", "dense MACs", "nonzero MACs"], rows)

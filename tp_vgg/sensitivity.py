@@ -5,25 +5,34 @@ into per-layer ratios for an accuracy budget -- sensitive layers are pruned less
 :func:`analyze` takes an ``evaluate(model) -> top-1`` callable, so the library does not care
 where the data come from. :func:`recommend` gives, for every layer, the largest ratio of the grid
 at which -- and at every smaller ratio -- pruning that layer alone costs at most ``budget``
-points of top-1; layers that cannot be pruned within the budget are left out.
+points of top-1; layers that cannot be pruned within the budget are left out. :func:`run` is
+`tp-vgg sensitivity`: a :class:`SensitivityStudy` loaded, analyzed, recommended and written.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
+import json
+import os
+import shlex
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import torch
 import torch.nn as nn
 
-from tp_vgg import pruning
-from tp_vgg.counting import count
-from tp_vgg.criteria import IMPORTANCES
+from tp_vgg import evaluation, pruning
+from tp_vgg.counting import count, human
+from tp_vgg.criteria import DEFAULT_TAYLOR_BATCHES, IMPORTANCES, training_gradients
+from tp_vgg.data import DataConfig, load_data
 from tp_vgg.errors import UserError
-from tp_vgg.files import write_text, write_with
+from tp_vgg.files import ensure_dir, write_json, write_text, write_with
 from tp_vgg.models import ModelSpec
+from tp_vgg.report_json import MAC_NOTE, table
+from tp_vgg.source import ModelSource, load_source
 
 DEFAULT_RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 CSV_FIELDS = ["layer", "ratio", "channels_before", "channels_after", "macs", "top1", "drop_points"]
@@ -162,3 +171,119 @@ def plot(path: str, res: Sensitivity, budget: Optional[float] = None, title: str
     fig.tight_layout()
     write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# The study: `tp-vgg sensitivity` as one call.
+
+@dataclass
+class SensitivityStudy:
+    """What :func:`run` studies: the model (``source``), on ``data``'s test split (a seeded
+    sample of ``eval_images``), each of ``layers`` (default all but the logits layer) pruned
+    alone at ``ratios`` by ``importance``; ``budget`` top-1 points per layer sets the
+    recommended ``--layer-ratios``. ``source_flags``: how the suggested `tp-vgg prune` command
+    names the model (default ``--model NAME`` / ``--checkpoint FILE``)."""
+
+    source: ModelSource
+    data: DataConfig
+    ratios: Sequence[float] = DEFAULT_RATIOS
+    importance: str = "l1"
+    budget: float = 1.0
+    layers: Optional[Sequence[str]] = None
+    eval_images: Optional[int] = None
+    batch_size: int = 256
+    taylor_batches: Optional[int] = None
+    output_layer: Optional[str] = None
+    seed: int = 0
+    device: Optional[str] = None
+    source_flags: Optional[str] = None
+
+
+def _subset(data, n: Optional[int], seed: int):
+    if not n or n >= len(data.test_labels):
+        return data
+    idx = torch.randperm(len(data.test_labels), generator=torch.Generator().manual_seed(seed))[:n]
+    idx = idx.sort().values
+    return dataclasses.replace(data, test_images=data.test_images[idx],
+                               test_labels=data.test_labels[idx])
+
+
+def _pruned_copy(model: nn.Module, spec: ModelSpec, ratios: Dict[str, float],
+                 output_layer: Optional[str]) -> Optional[nn.Module]:
+    if not ratios:
+        return None
+    m = copy.deepcopy(model)
+    pruning.prune(m, spec, pruning.PruneConfig(ratio=0.0, layer_ratios=ratios,
+                                               output_layer=output_layer))
+    return m
+
+
+def format_table(res: Sensitivity, ratios: Dict[str, float]) -> str:
+    header = ["layer"] + [f"{r:g}" for r in res.ratios] + ["chosen"]
+    rows = []
+    for layer in res.layers:
+        by_ratio = {r["ratio"]: r for r in res.curve(layer)}
+        rows.append([layer] + [f"{100 * by_ratio[r]['top1']:.1f}" if r in by_ratio else "-"
+                               for r in res.ratios] + [f"{ratios.get(layer, 0):g}"])
+    text = table(header, rows)
+    return (f"top-1 (%) with one layer pruned at each ratio (unpruned "
+            f"{100 * res.baseline_top1:.2f}%):\n" + text)
+
+
+def run(study: SensitivityStudy, out_dir: Optional[str] = None,
+        log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Load, analyze, recommend; write ``out_dir/sensitivity.csv``, ``sensitivity.png``,
+    ``layer_ratios.json`` and ``report.json`` (nothing without ``out_dir``); return the report."""
+    if out_dir and os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out {out_dir!r} is a file; give a folder")
+    if study.taylor_batches and study.importance != "taylor":
+        raise UserError("--taylor-batches applies to --importance taylor "
+                        "(SensitivityStudy.taylor_batches)")
+    loaded = load_source(study.source)
+    model, spec = loaded.model, loaded.spec
+    data = load_data(study.data)
+    pre = evaluation.resolve_preprocessing(data, spec, loaded.preprocessing)
+    test = _subset(data, study.eval_images, study.seed)
+    gradients = (training_gradients(data, pre, spec, study.taylor_batches or DEFAULT_TAYLOR_BATCHES,
+                                    study.seed) if study.importance == "taylor" else None)
+
+    def evaluate(m):
+        return evaluation.top1(m, spec, test, pre, study.device, study.batch_size)
+
+    res = analyze(model, spec, evaluate, ratios=study.ratios, importance=study.importance,
+                  layers=study.layers, seed=study.seed, output_layer=study.output_layer,
+                  gradients=gradients)
+    ratios = recommend(res, study.budget)
+    trial = _pruned_copy(model, spec, ratios, study.output_layer)
+    after = count(trial if trial is not None else model, spec)
+    source = study.source_flags or shlex.join(
+        ["--checkpoint", study.source.checkpoint] if study.source.checkpoint else
+        ["--model", spec.name])
+    command = (f"tp-vgg prune {source} --ratio 0 --layer-ratios "
+               f"{shlex.quote(json.dumps(ratios))} --out DIR")
+    rep = {
+        "units": MAC_NOTE, "model": spec.to_dict(), "data": data.name,
+        "test_images": len(test.test_labels), "importance": study.importance,
+        "budget_points": study.budget, "baseline_top1": res.baseline_top1,
+        "layer_ratios": ratios,
+        "predicted": {"macs_before": res.baseline_macs, "macs_after": after.macs,
+                      "macs_reduction": res.baseline_macs / max(after.macs, 1),
+                      "note": "layers pruned together may cost more than each alone; fine-tune"},
+        "command": command, "rows": res.rows, "skipped": res.skipped,
+    }
+    if out_dir:
+        ensure_dir(out_dir)
+        write_csv(os.path.join(out_dir, "sensitivity.csv"), res)
+        plot(os.path.join(out_dir, "sensitivity.png"), res, study.budget,
+             f"{spec.name}: sensitivity to pruning ({study.importance}, {data.name})")
+        write_text(os.path.join(out_dir, "layer_ratios.json"), json.dumps(ratios, indent=2) + "\n")
+        write_json(os.path.join(out_dir, "report.json"), rep)
+    log(format_table(res, ratios))
+    log(f"budget {study.budget:g} top-1 points per layer: {len(ratios)} of {len(res.layers)} "
+        f"layers pruned, {human(res.baseline_macs)} -> {human(after.macs)} MACs "
+        f"({res.baseline_macs / max(after.macs, 1):.2f}x fewer) before fine-tuning")
+    log(f"next: {command}")
+    if out_dir:
+        log(f"wrote {os.path.join(out_dir, 'sensitivity.csv')}, sensitivity.png, "
+            "layer_ratios.json, report.json")
+    return rep

@@ -43,13 +43,16 @@ class Target:
 
     def validate(self) -> None:
         if (self.speedup is None) == (self.macs is None):
-            raise UserError("give one of --target-speedup X or --target-macs N")
+            raise UserError("give one of --target-speedup X or --target-macs N "
+                            "(Target.speedup or Target.macs)")
         if self.speedup is not None and not (isinstance(self.speedup, (int, float))
                                              and math.isfinite(self.speedup) and self.speedup > 1):
-            raise UserError(f"--target-speedup must be a number > 1, got {self.speedup!r}")
+            raise UserError(f"--target-speedup must be a number > 1, got {self.speedup!r} "
+                            "(Target.speedup)")
         if self.macs is not None and (isinstance(self.macs, bool) or not isinstance(self.macs, int)
                                       or self.macs < 1):
-            raise UserError(f"--target-macs must be a positive whole number of MACs, got {self.macs!r}")
+            raise UserError(f"--target-macs must be a positive whole number of MACs, got "
+                            f"{self.macs!r} (Target.macs)")
 
     def goal(self, macs_before: int) -> int:
         """The MACs to reach or go below."""

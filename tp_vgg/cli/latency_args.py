@@ -10,7 +10,7 @@ from tp_vgg.cli.common import numeric
 from tp_vgg.counting import Counts
 from tp_vgg.errors import UserError
 from tp_vgg.runtime import device_name
-from tp_vgg.models import ModelSpec
+from tp_vgg.models import ModelSpec, build_model
 
 def _sizes(sizes) -> str:
     return ",".join(map(str, sizes))
@@ -120,10 +120,8 @@ MEASURE_FLAGS = {"latency_batch_sizes": "--batch-sizes", "device": "--device",
 def profile_latency(args: argparse.Namespace, loaded, counts: Counts
                     ) -> Optional[latency.LatencyReport]:
     """With --latency: a pruned checkpoint is timed against its unpruned model (rebuilt from the
-    checkpoint's spec), anything else alone. Without it: None (measurement flags are refused)."""
-    from tp_vgg.counting import count
-    from tp_vgg.models import build_model
-
+    checkpoint's spec, with the consent it was read with), anything else alone. Without it: None
+    (measurement flags are refused)."""
     if not args.latency:
         given = [flag for dest, flag in MEASURE_FLAGS.items()
                  if getattr(args, dest, None) is not None]
@@ -131,10 +129,8 @@ def profile_latency(args: argparse.Namespace, loaded, counts: Counts
             raise UserError(f"{given[0]} only applies with --latency")
         return None
     cfg = latency_config(args, loaded.spec)
-    if loaded.history:  # a checkpoint's unpruned model, with the consent it was read with
-        original = (loaded.checkpoint.build_unpruned() if loaded.checkpoint is not None
+    unpruned = None
+    if loaded.history:
+        unpruned = (loaded.checkpoint.build_unpruned() if loaded.checkpoint is not None
                     else build_model(loaded.spec))
-        macs_original = count(original, loaded.spec).macs
-        return latency.compare(original, loaded.model, loaded.spec, cfg, macs_original,
-                               counts.macs)
-    return latency.single(loaded.model, loaded.spec, cfg, counts.macs)
+    return latency.profile(loaded.model, loaded.spec, cfg, counts.macs, unpruned)

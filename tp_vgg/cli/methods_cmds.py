@@ -14,25 +14,18 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
-import os
 import shlex
 from typing import Any, Dict, Optional
 
-import torch
-
-from tp_vgg import counting, evaluation, pruning, report_json, sensitivity, sparsity, targets
+from tp_vgg import sensitivity, sparsity, targets
 from tp_vgg.cli import train_cmds
-from tp_vgg.cli.common import (MODEL_FLAGS, add_model_args, code_consent, comma_list,
-                               load_model, nonneg_float, nonneg_int, numeric, positive_int)
-from tp_vgg.counting import human
-from tp_vgg.criteria import IMPORTANCES
-from tp_vgg.criteria import DEFAULT_TAYLOR_BATCHES, training_gradients
-from tp_vgg.data import DATASETS, ImageData, load_data
+from tp_vgg.cli.common import (MODEL_FLAGS, add_model_args, code_consent, comma_list, log,
+                               model_source, nonneg_float, nonneg_int, numeric, positive_int)
+from tp_vgg.criteria import DEFAULT_TAYLOR_BATCHES, IMPORTANCES
+from tp_vgg.data import DATASETS
 from tp_vgg.errors import UserError
-from tp_vgg.files import ensure_dir, write_json, write_text
 from tp_vgg.job import IterativeConfig, UnstructuredConfig
 
 
@@ -226,64 +219,14 @@ def method_configs(args: argparse.Namespace, ratio: Optional[float] = None) -> D
 # --------------------------------------------------------------------------------------------
 # `tp-vgg sensitivity`.
 
-def _subset(data: ImageData, n: Optional[int], seed: int) -> ImageData:
-    if not n or n >= len(data.test_labels):
-        return data
-    idx = torch.randperm(len(data.test_labels), generator=torch.Generator().manual_seed(seed))[:n]
-    idx = idx.sort().values
-    return dataclasses.replace(data, test_images=data.test_images[idx],
-                               test_labels=data.test_labels[idx])
-
-
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    out = args.out
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"--out {out!r} is a file; give a folder")
-    if args.taylor_batches and args.importance != "taylor":
-        raise UserError("--taylor-batches applies to --importance taylor")
-    loaded = load_model(args)
-    model, spec = loaded.model, loaded.spec
-    data = load_data(train_cmds.data_config(args))
-    pre = evaluation.resolve_preprocessing(data, spec, loaded.preprocessing)
-    test = _subset(data, args.eval_images, args.seed)
-    gradients = (training_gradients(data, pre, spec, args.taylor_batches or DEFAULT_TAYLOR_BATCHES,
-                                    args.seed) if args.importance == "taylor" else None)
-
-    def evaluate(m):
-        return evaluation.top1(m, spec, test, pre, args.device, args.batch_size)
-
-    res = sensitivity.analyze(model, spec, evaluate, ratios=args.ratios,
-                              importance=args.importance, layers=args.layers, seed=args.seed,
-                              output_layer=args.output_layer, gradients=gradients)
-    ratios = sensitivity.recommend(res, args.budget)
-    trial = _copy_pruned(model, spec, ratios, args)
-    after = counting.count(trial, spec) if trial is not None else counting.count(model, spec)
-    source = _source_flags(args)
-    command = (f"tp-vgg prune {source} --ratio 0 --layer-ratios "
-               f"{shlex.quote(json.dumps(ratios))} --out DIR")
-    rep = {
-        "units": report_json.MAC_NOTE, "model": spec.to_dict(), "data": data.name,
-        "test_images": len(test.test_labels), "importance": args.importance,
-        "budget_points": args.budget, "baseline_top1": res.baseline_top1,
-        "layer_ratios": ratios,
-        "predicted": {"macs_before": res.baseline_macs, "macs_after": after.macs,
-                      "macs_reduction": res.baseline_macs / max(after.macs, 1),
-                      "note": "layers pruned together may cost more than each alone; fine-tune"},
-        "command": command, "rows": res.rows, "skipped": res.skipped,
-    }
-    ensure_dir(out)
-    sensitivity.write_csv(os.path.join(out, "sensitivity.csv"), res)
-    sensitivity.plot(os.path.join(out, "sensitivity.png"), res, args.budget,
-                     f"{spec.name}: sensitivity to pruning ({args.importance}, {data.name})")
-    write_text(os.path.join(out, "layer_ratios.json"), json.dumps(ratios, indent=2) + "\n")
-    write_json(os.path.join(out, "report.json"), rep)
-    print(format_sensitivity_table(res, ratios))
-    print(f"budget {args.budget:g} top-1 points per layer: {len(ratios)} of {len(res.layers)} layers "
-          f"pruned, {human(res.baseline_macs)} -> {human(after.macs)} MACs "
-          f"({res.baseline_macs / max(after.macs, 1):.2f}x fewer) before fine-tuning")
-    print(f"next: {command}")
-    print(f"wrote {os.path.join(out, 'sensitivity.csv')}, sensitivity.png, layer_ratios.json, "
-          "report.json")
+    study = sensitivity.SensitivityStudy(
+        model_source(args), train_cmds.data_config(args), ratios=args.ratios,
+        importance=args.importance, budget=args.budget, layers=args.layers,
+        eval_images=args.eval_images, batch_size=args.batch_size,
+        taylor_batches=args.taylor_batches, output_layer=args.output_layer, seed=args.seed,
+        device=args.device, source_flags=_source_flags(args))
+    sensitivity.run(study, args.out, log=log)
     return 0
 
 
@@ -298,26 +241,3 @@ def _source_flags(args: argparse.Namespace) -> str:
         if value is not None:
             flags += [_flag(name), json.dumps(value) if isinstance(value, dict) else str(value)]
     return shlex.join(flags)
-
-
-def _copy_pruned(model, spec, ratios: Dict[str, float], args) -> Optional[torch.nn.Module]:
-    if not ratios:
-        return None
-    import copy
-
-    m = copy.deepcopy(model)
-    pruning.prune(m, spec, pruning.PruneConfig(ratio=0.0, layer_ratios=ratios,
-                                               output_layer=args.output_layer))
-    return m
-
-
-def format_sensitivity_table(res: sensitivity.Sensitivity, ratios: Dict[str, float]) -> str:
-    header = ["layer"] + [f"{r:g}" for r in res.ratios] + ["chosen"]
-    rows = []
-    for layer in res.layers:
-        by_ratio = {r["ratio"]: r for r in res.curve(layer)}
-        rows.append([layer] + [f"{100 * by_ratio[r]['top1']:.1f}" if r in by_ratio else "-"
-                               for r in res.ratios] + [f"{ratios.get(layer, 0):g}"])
-    text = report_json._table(header, rows)
-    return (f"top-1 (%) with one layer pruned at each ratio (unpruned "
-            f"{100 * res.baseline_top1:.2f}%):\n" + text)

@@ -106,7 +106,7 @@ def cmd_profile_onnx(args: argparse.Namespace) -> int:
 
 
 def exported_latency_table(lat) -> str:
-    from tp_vgg.report_json import _table
+    from tp_vgg.report_json import table
 
     c = lat.config
     rows = [[str(b), f"{t['model'].median_ms:.2f}", f"{t['model'].p25_ms:.2f}-{t['model'].p75_ms:.2f}",
@@ -114,4 +114,4 @@ def exported_latency_table(lat) -> str:
     head = (f"latency on {lat.environment['device']} {lat.environment['onnxruntime']} "
             f"({lat.environment['threads']} threads); median of {c.repeats} runs after {c.warmup} "
             "warm-up")
-    return head + "\n" + _table(["batch", "median ms", "IQR ms", "images/s"], rows)
+    return head + "\n" + table(["batch", "median ms", "IQR ms", "images/s"], rows)

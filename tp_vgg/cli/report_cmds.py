@@ -9,7 +9,7 @@ from typing import List
 from tp_vgg import export, report_md
 from tp_vgg.cli import pruning_cmds
 from tp_vgg.cli.common import add_model_args, load_model, log, positive_int
-from tp_vgg.errors import UserError
+from tp_vgg.errors import UserError, parse_list
 from tp_vgg.job import check_out_dir, sweep
 
 
@@ -48,44 +48,11 @@ def register(sub, common) -> None:
 
 # --------------------------------------------------------------------------------------------
 
-def _check_target(flag: str, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UserError(f"{flag} {path!r}: folder {folder!r} does not exist")
-    if os.path.isdir(path):
-        raise UserError(f"{flag} {path!r} is a folder; give a file name")
-
-
 def cmd_export(args: argparse.Namespace) -> int:
-    if not args.onnx and not args.pt2:
-        raise UserError("nothing to write: give --onnx OUT.onnx and/or --pt2 OUT.pt2")
-    for flag, path in (("--onnx", args.onnx), ("--pt2", args.pt2)):
-        if path:
-            _check_target(flag, path)
-    if args.onnx and not export.onnx_available():
-        raise UserError("--onnx needs the onnx package: pip install 'tp-vgg[export]'")
+    cfg = export.ExportConfig(args.onnx, args.pt2, args.fuse_bn, args.opset, not args.no_check)
+    cfg.validate()  # before the model is loaded
     loaded = load_model(args)
-    model, spec = loaded.model.eval(), loaded.spec
-    if args.fuse_bn:
-        n = export.count_bn(model)
-        fused = export.fuse_bn(model)
-        diff = export.max_abs_diff(model, fused, spec)
-        print(f"folded {n - export.count_bn(fused)} of {n} BatchNorm layers into the convs "
-              f"(max |output difference| {diff:.2g})")
-        model = fused
-    if args.onnx:
-        chk = export.export_onnx(model, spec, args.onnx, opset=args.opset, check=not args.no_check,
-                                 metadata=export.onnx_metadata(spec, loaded.preprocessing,
-                                                               loaded.meta))
-        if chk.checked:
-            print(f"wrote {args.onnx} (opset {args.opset}); onnxruntime matches PyTorch "
-                  f"(max |difference| {chk.max_abs_diff:.2g}, outputs up to {chk.max_abs_output:.2g})")
-        else:
-            why = "--no-check" if args.no_check else "onnxruntime is not installed"
-            print(f"wrote {args.onnx} (opset {args.opset}); not run with onnxruntime ({why})")
-    if args.pt2:
-        export.export_program(model, spec, args.pt2)
-        print(f"wrote {args.pt2} (torch.export program; torch.export.load(path).module())")
+    export.export_model(loaded.model, loaded.spec, cfg, loaded.preprocessing, loaded.meta, log=log)
     return 0
 
 
@@ -99,18 +66,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 def parse_ratios(text: str) -> List[float]:
-    out = []
-    for part in str(text).split(","):
-        part = part.strip()
-        try:
-            r = float(part)
-        except ValueError:
-            r = float("nan")
-        if not 0.0 <= r < 1.0:
-            raise UserError(f"--ratios {text!r}: {part!r} is not a number in [0, 1); "
-                            "accepted: comma-separated ratios, e.g. 0.1,0.3,0.5,0.7")
-        out.append(r)
-    return sorted(dict.fromkeys(out))
+    return sorted(parse_list(text, float, lambda r: 0.0 <= r < 1.0, "--ratios",
+                             "a number in [0, 1)",
+                             "comma-separated ratios, e.g. 0.1,0.3,0.5,0.7"))
 
 
 NOT_FOR_SWEEP = {"ratio": "--ratio", "target_speedup": "--target-speedup",
