@@ -35,11 +35,12 @@ from tp_vgg.criteria import DEFAULT_TAYLOR_BATCHES, GradientBatches, training_gr
 from tp_vgg.data import DataConfig, ImageData, load_data
 from tp_vgg.errors import UserError
 from tp_vgg.files import atomic_path, ensure_dir, write_json
+from tp_vgg.models import ModelSpec
 from tp_vgg.preprocessing import Preprocessing
 from tp_vgg.runtime import device_name
 from tp_vgg.source import Loaded, ModelSource, load_source
 from tp_vgg.targets import Target
-from tp_vgg.train_config import TrainConfig
+from tp_vgg.train_config import TrainConfig, finetuning
 
 Log = Callable[[str], None]
 
@@ -74,12 +75,13 @@ class UnstructuredConfig:
 @dataclass
 class FinetuneConfig:
     """Accuracy recovery after pruning, on ``data``: BatchNorm recalibration on ``bn_batches``
-    training batches, then ``epochs`` of fine-tuning with ``train`` (``train.distill``: against
+    training batches, then ``epochs`` of fine-tuning with ``train`` (default: the fine-tuning
+    defaults, :func:`tp_vgg.train_config.finetuning`; ``train.distill``: against
     ``teacher``, a checkpoint, or by default the model before pruning). ``epochs=0`` and
     ``bn_batches=0``: the data only serve a criterion (taylor) or the iterative steps."""
 
     data: DataConfig
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=finetuning)
     epochs: int = 0
     bn_batches: int = DEFAULT_BN_RECALIBRATE
     teacher: Optional[str] = None
@@ -141,7 +143,7 @@ class PruneJob:
             if self.unstructured.lottery_rounds and not (self.finetune and self.finetune.epochs):
                 raise UserError("--lottery-rounds needs --finetune-epochs N (training epochs per "
                                 "round) and --data (PruneJob.finetune.epochs)")
-            pruning._check_ratio("--ratio", self.prune.ratio, "PruneConfig.ratio")
+            pruning.check_ratio("--ratio", self.prune.ratio, "PruneConfig.ratio")
             return
         self.prune_config().validate()
         if self.target is not None:
@@ -164,7 +166,7 @@ class PruneJob:
 @dataclass
 class JobResult:
     model: nn.Module                    # the pruned (and fine-tuned) model, on the CPU
-    spec: Any
+    spec: ModelSpec
     history: List[list]                 # the checkpoint's history, then this job's
     before: Counts
     after: Counts
@@ -530,7 +532,7 @@ def sweep(job: PruneJob, ratios: Sequence[float], out_dir: str, log: Log = print
     check_out_dir(out_dir)
     ratios = sorted(dict.fromkeys(float(r) for r in ratios))
     for r in ratios:
-        pruning._check_ratio("--ratios", r, "sweep's ratios")
+        pruning.check_ratio("--ratios", r, "sweep's ratios")
     job.validate()
     ensure_dir(out_dir)
     if latency_label is None and job.latency is not None:

@@ -39,11 +39,11 @@ class PruneConfig:
     output_layer: Optional[str] = None  # name of the logits layer when the graph cannot tell
 
     def validate(self) -> None:
-        _check_ratio("--ratio", self.ratio, "PruneConfig.ratio")
+        check_ratio("--ratio", self.ratio, "PruneConfig.ratio")
         for name, r in self.layer_ratios.items():
-            _check_ratio(f"--layer-ratios[{name!r}]", r, "PruneConfig.layer_ratios")
+            check_ratio(f"--layer-ratios[{name!r}]", r, "PruneConfig.layer_ratios")
         if self.max_layer_ratio is not None:
-            _check_ratio("--max-layer-ratio", self.max_layer_ratio, "PruneConfig.max_layer_ratio")
+            check_ratio("--max-layer-ratio", self.max_layer_ratio, "PruneConfig.max_layer_ratio")
         if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
             raise UserError(f"--round-to must be a positive integer, got {self.round_to!r} "
                             "(PruneConfig.round_to)")
@@ -53,7 +53,7 @@ class PruneConfig:
         IMPORTANCES.get(self.importance)
 
 
-def _check_ratio(what: str, r: object, field: str) -> None:
+def check_ratio(what: str, r: object, field: str) -> None:
     """``r`` in [0, 1); the message names the flag (``what``) and the config ``field``."""
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= float(r) < 1.0:
         raise UserError(f"{what} must be a number in [0, 1), got {r!r} ({field})")

@@ -163,6 +163,24 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     return f
 
 
+# Fine-tuning starts from trained weights: a fifth of the optimizer's default LR, no warm-up.
+FINETUNE_LR_SCALE = 0.2
+FINETUNE_DEFAULTS = {"warmup_epochs": 0.0}
+
+
+def finetuning(**given: Any) -> TrainConfig:
+    """A :class:`TrainConfig` for fine-tuning: what is ``given``, and for the rest the fine-tuning
+    defaults (``FINETUNE_LR_SCALE`` of the optimizer's LR, ``FINETUNE_DEFAULTS``) over the
+    training ones."""
+    cfg = TrainConfig(**given)
+    if "lr" not in given:
+        cfg.lr = OPTIMIZERS.get(cfg.optimizer).lr * FINETUNE_LR_SCALE
+    for k, v in FINETUNE_DEFAULTS.items():
+        if k not in given:
+            setattr(cfg, k, v)
+    return cfg
+
+
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 

@@ -23,7 +23,7 @@ from tp_vgg.cli.common import (Loaded, add_model_args, add_trust_args, code_cons
 from tp_vgg.data import DATASETS, DataConfig, load_data
 from tp_vgg.errors import UserError
 from tp_vgg.job import DEFAULT_BN_RECALIBRATE, FinetuneConfig
-from tp_vgg.train_config import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
+from tp_vgg.train_config import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig, finetuning
 from tp_vgg.models import MODELS, build_model
 
 # Flags that set the training recipe; with --resume the saved recipe is used and these are refused.
@@ -33,9 +33,6 @@ RECIPE = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "we
           "distill_temperature", "distill_alpha")
 RUNTIME = ("device", "amp", "channels_last", "compile", "progress")
 
-# Fine-tuning starts from trained weights: a fifth of the optimizer's default LR, no warm-up.
-FINETUNE_LR_SCALE = 0.2
-FINETUNE_DEFAULTS = {"warmup_epochs": 0.0}
 
 
 def register(sub, common) -> None:
@@ -199,13 +196,7 @@ def data_config(args: argparse.Namespace) -> DataConfig:
 
 def train_config(args: argparse.Namespace, finetune: bool = False) -> TrainConfig:
     given = {k: getattr(args, k) for k in RECIPE + RUNTIME if getattr(args, k, None) is not None}
-    cfg = TrainConfig(**given)
-    if finetune:
-        if "lr" not in given:
-            cfg.lr = OPTIMIZERS.get(cfg.optimizer).lr * FINETUNE_LR_SCALE
-        for k, v in FINETUNE_DEFAULTS.items():
-            if k not in given:
-                setattr(cfg, k, v)
+    cfg = finetuning(**given) if finetune else TrainConfig(**given)
     cfg.validate()
     return cfg
 
