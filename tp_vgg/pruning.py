@@ -123,7 +123,7 @@ def build_graph(model: nn.Module, spec: ModelSpec, example: torch.Tensor) -> tp.
             raise _trace_failed(e, "trace the model") from e
 
 
-def find_output_layers(graph: tp.DependencyGraph) -> List[nn.Module]:
+def _graph_output_layers(graph: tp.DependencyGraph) -> List[nn.Module]:
     """The Conv/Linear layers whose outputs reach the model's output without passing another
     Conv/Linear: walk back from the graph's sinks through BN, pooling, flatten and the like."""
     found: List[nn.Module] = []
@@ -160,7 +160,7 @@ def output_layers(model: nn.Module, output_layer: Optional[str] = None,
         return [layer]
     if graph is None:
         graph = build_graph(model, spec, spec.example_input(device=next(model.parameters()).device))
-    return find_output_layers(graph)
+    return _graph_output_layers(graph)
 
 
 def output_layer_names(model: nn.Module, spec: ModelSpec,
@@ -256,7 +256,7 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
         if not protected:
             # Found on the pruner's own graph (one trace, not two); BasePruner reads
             # ``ignored_layers`` when it ranks, so setting it here protects the logits layer.
-            protected = find_output_layers(pruner.DG)
+            protected = output_layers(model, graph=pruner.DG)
             if not protected:
                 raise UserError(checks.no_output_layer_message(model, bare, pruner.DG))
             pruner.ignored_layers = [s for m in protected for s in m.modules()]
