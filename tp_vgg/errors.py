@@ -2,10 +2,13 @@
 
 A :class:`UserError` carries one line that names the bad value and what is accepted. The CLI
 prints it and exits with code 2; library callers catch it like any exception.
-:func:`parse_list` reads a comma-separated list of values, naming the first bad one.
+:func:`parse_list` reads a comma-separated list of values, naming the first bad one;
+:func:`naming_fields` makes a config's checks name its field beside the flag.
 """
 
-from typing import Any, Callable, List
+import contextlib
+import re
+from typing import Any, Callable, Iterator, List
 
 
 class UserError(Exception):
@@ -31,3 +34,17 @@ def parse_list(text: str, convert: Callable[[str], Any], ok: Callable[[Any], boo
             raise UserError(f"{what} {text!r}: {part!r} is not {item}; accepted: {accepted}")
         out.append(value)
     return list(dict.fromkeys(out))
+
+
+@contextlib.contextmanager
+def naming_fields(config: str) -> Iterator[None]:
+    """A UserError raised inside whose message starts with a flag (``--warmup-epochs ...``) is
+    raised again naming the config field as well (``... (TrainConfig.warmup_epochs)``), so that
+    a library caller can read it too."""
+    try:
+        yield
+    except UserError as e:
+        m = re.match(r"--([a-z][a-z0-9-]*)", str(e))
+        if not m:
+            raise
+        raise UserError(f"{e} ({config}.{m.group(1).replace('-', '_')})") from e

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from tp_vgg.counting import count
-from tp_vgg.errors import UserError, parse_list
+from tp_vgg.errors import UserError, naming_fields, parse_list
 from tp_vgg.models import ModelSpec
 from tp_vgg.report_json import table
 from tp_vgg.runtime import resolve_device, set_threads
@@ -69,6 +69,10 @@ class LatencyConfig:
     clock: str = "wall"
 
     def validate(self) -> None:
+        with naming_fields("LatencyConfig"):
+            self._check()
+
+    def _check(self) -> None:
         resolve_device(self.device, DEVICES)
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype {self.dtype!r} is not supported; accepted: {', '.join(DTYPES)}")

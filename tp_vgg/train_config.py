@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from tp_vgg.errors import UserError
+from tp_vgg.errors import UserError, naming_fields
 from tp_vgg.progress import PROGRESS
 from tp_vgg.registry import Registry
 
@@ -69,6 +69,10 @@ class TrainConfig:
             milestones=list(milestones) if milestones else None)
 
     def validate(self) -> None:
+        with naming_fields("TrainConfig"):
+            self._check()
+
+    def _check(self) -> None:
         OPTIMIZERS.get(self.optimizer)
         SCHEDULES.get(self.schedule)
         PROGRESS.get(self.progress)
