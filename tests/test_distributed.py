@@ -87,3 +87,48 @@ def test_torchrun_two_cpu_processes_match_one_process(tmp_path):
     assert rec2["test_top1"] == pytest.approx(rec1["test_top1"])
     assert rec2["test_loss"] == pytest.approx(rec1["test_loss"], rel=1e-4)
     assert rec2["train_loss"] == pytest.approx(rec1["train_loss"], rel=1e-4)
+
+
+def test_torchrun_prune_recalibrates_and_distills_on_two_cpu_processes(tmp_path):
+    spec = ModelSpec("cifar_vgg11_bn", width=0.125, num_classes=10).resolved()
+    data_cfg = DataConfig("fake", kwargs=DATA_KWARGS)
+    seed_everything(0)
+    fit(build_model(spec), spec, load_data(data_cfg), TrainConfig(epochs=1, batch_size=32,
+        progress="none", device="cpu"), str(tmp_path / "base"), data_cfg=data_cfg)
+
+    launcher, script = _launcher()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(tp_vgg.__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1")
+    out = tmp_path / "p"
+    cmd = launcher + ["--standalone", "--nproc_per_node=2"] + script + [
+        "prune", "--checkpoint", str(tmp_path / "base" / "last.pt"), "--ratio", "0.5",
+        "--data", "fake", "--data-kwargs", json.dumps(DATA_KWARGS), "--finetune-epochs", "2",
+        "--distill", "--bn-recalibrate", "2", "--batch-size", "16", "--device", "cpu",
+        "--progress", "plain", "--out", str(out)]
+    r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("top-1: before") == 1 and r.stdout.count("epoch 2/2") == 1  # rank 0
+    rep = json.loads((out / "report.json").read_text())
+    assert list(rep["accuracy"]) == ["before", "pruned", "recalibrated", "finetuned"]
+    cfg = json.loads((out / "finetune" / "config.json").read_text())
+    assert cfg["runtime"]["world_size"] == 2 and cfg["runtime"]["backend"] == "gloo"
+    assert cfg["train"]["distill"] and (out / "finetune" / "teacher.pt").exists()
+    # pruned.pt holds the fine-tuned weights of rank 0, which DDP kept equal on both ranks
+    pruned = checkpoint.load_checkpoint(str(out / "pruned.pt"))
+    tuned = checkpoint.load_checkpoint(str(out / "finetune" / "last.pt"))
+    assert pruned.history == tuned.history
+    assert all(torch.equal(v, tuned.state_dict[k]) for k, v in pruned.state_dict.items())
+    assert sorted(os.listdir(out)) == ["finetune", "pruned.pt", "report.json"]
+
+
+def test_torchrun_prune_refuses_latency(tmp_path):
+    from tp_vgg.job import PruneJob, run
+    from tp_vgg.latency import LatencyConfig
+    from tp_vgg.pruning import PruneConfig
+    from tp_vgg.source import ModelSource
+
+    job = PruneJob(ModelSource(spec=ModelSpec("cifar_vgg11_bn", width=0.125)), PruneConfig(ratio=0.5),
+                   latency=LatencyConfig())
+    with pytest.raises(UserError, match="--latency and --unstructured run in one process"):
+        run(job, None, log=lambda s: None, dist=distributed.DistContext(rank=0, world_size=2))

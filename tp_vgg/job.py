@@ -33,6 +33,7 @@ from tp_vgg.checkpoint import save as save_checkpoint
 from tp_vgg.counting import Counts, human
 from tp_vgg.criteria import DEFAULT_TAYLOR_BATCHES, GradientBatches, training_gradients
 from tp_vgg.data import DataConfig, ImageData, load_data
+from tp_vgg.distributed import DistContext
 from tp_vgg.errors import UserError
 from tp_vgg.files import atomic_path, ensure_dir, write_json
 from tp_vgg.models import ModelSpec
@@ -272,9 +273,11 @@ def fit_round_to(job: PruneJob, cfg: pruning.PruneConfig, model: nn.Module) -> p
     return dataclasses.replace(cfg, round_to=k)
 
 
-def schedule(job: PruneJob, prep: Prepared) -> Optional[iterative.Schedule]:
+def schedule(job: PruneJob, prep: Prepared,
+             dist: Optional[DistContext] = None) -> Optional[iterative.Schedule]:
     """``between_steps`` of :func:`tp_vgg.pruning.prune` for iterative steps: recalibrate BN and
-    evaluate, then fine-tune (against the original teacher throughout)."""
+    evaluate, then fine-tune (against the original teacher throughout; under torchrun every rank
+    fine-tunes its shard, so all ranks prune the same weights at the next step)."""
     spec = prep.loaded.spec
     if job.steps <= 1:
         return None
@@ -287,14 +290,15 @@ def schedule(job: PruneJob, prep: Prepared) -> Optional[iterative.Schedule]:
         if bn:
             home = next(model.parameters()).device
             evaluation.recalibrate_on(model, spec, data, pre, bn, tcfg.batch_size, tcfg.device,
-                                 tcfg.seed, tcfg.channels_last)
+                                 tcfg.seed, tcfg.channels_last, dist=dist)
             model.to(home, memory_format=torch.contiguous_format)
         return evaluation.top1(model, spec, data, pre, tcfg.device)
 
     def finetune(model, epochs):
         home = next(model.parameters()).device
         res = train.fit(model, spec, data, dataclasses.replace(tcfg, epochs=epochs), None,
-                        preprocessing=pre, command="finetune-step", teacher=prep.teacher)
+                        preprocessing=pre, command="finetune-step", teacher=prep.teacher,
+                        dist=dist)
         model.to(home, memory_format=torch.contiguous_format)
         return res.final.top1 if res.final else None
 
@@ -310,10 +314,12 @@ def prune_model(model: nn.Module, spec, cfg: pruning.PruneConfig,
 
 
 def recover(job: PruneJob, prep: Prepared, model: nn.Module, history: List[list],
-            meta: Dict[str, Any], out_dir: Optional[str], log: Log) -> Dict[str, Optional[float]]:
+            meta: Dict[str, Any], out_dir: Optional[str], log: Log,
+            dist: Optional[DistContext] = None) -> Dict[str, Optional[float]]:
     """Recalibrate BN and fine-tune ``model`` in place (``out_dir/finetune/``); return the
     top-1 fractions: before, pruned, recalibrated, finetuned. Nothing without
-    ``FinetuneConfig.evaluates``."""
+    ``FinetuneConfig.evaluates``. Under torchrun (``dist``) each rank re-estimates the statistics
+    on its shard (averaged over ranks) and fine-tunes its shard with DDP."""
     ft = job.finetune
     if ft is None or not ft.evaluates:
         return {}
@@ -324,7 +330,7 @@ def recover(job: PruneJob, prep: Prepared, model: nn.Module, history: List[list]
     msg = f"top-1 before pruning {100 * prep.top1_before:.2f}%, after pruning {100 * pruned:.2f}%"
     if ft.bn_batches:
         n = evaluation.recalibrate_on(model, spec, data, pre, ft.bn_batches, cfg.batch_size, dev,
-                                 cfg.seed, cfg.channels_last)
+                                 cfg.seed, cfg.channels_last, dist=dist)
         if n:
             acc["recalibrated"] = evaluation.evaluate_on(model, spec, data, pre, device=dev).top1
             msg += (f", after re-estimating {n} BatchNorm layers' statistics on "
@@ -336,7 +342,7 @@ def recover(job: PruneJob, prep: Prepared, model: nn.Module, history: List[list]
         res = train.fit(model, spec, data, cfg,
                         os.path.join(out_dir, "finetune") if out_dir else None,
                         data_cfg=ft.data, history=history, preprocessing=pre, meta=meta,
-                        command="finetune", teacher=prep.teacher)
+                        command="finetune", teacher=prep.teacher, dist=dist)
         acc["finetuned"] = res.final.top1 if res.final else acc.get("recalibrated", pruned)
     else:
         log(msg)
@@ -410,11 +416,22 @@ def _wrote(out_dir: Optional[str], log: Log) -> None:
 # --------------------------------------------------------------------------------------------
 # The pipeline.
 
-def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print) -> JobResult:
+def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print,
+        dist: Optional[DistContext] = None) -> JobResult:
     """Run ``job``: load -> count -> solve target -> prune -> fine-tune -> measure -> report ->
-    save (``out_dir/pruned.pt`` and ``report.json``; nothing is written without ``out_dir``)."""
+    save (``out_dir/pruned.pt`` and ``report.json``; nothing is written without ``out_dir``).
+
+    Under torchrun, ``dist`` (:func:`tp_vgg.distributed.init`) has every rank prune the same
+    channels (the criteria are deterministic) and fine-tune its shard of the data with DDP;
+    rank 0 alone logs and writes."""
+    dist = dist or DistContext()
     check_out_dir(out_dir)
     job.validate()
+    if dist.enabled and (job.latency is not None or job.unstructured is not None):
+        raise UserError("--latency and --unstructured run in one process: run them without "
+                        "torchrun (PruneJob.latency / PruneJob.unstructured)")
+    if not dist.is_main:
+        log, out_dir = (lambda s: None), None
     prep = load(job)
     if job.unstructured is not None:
         return prune_unstructured(job, prep, out_dir, log)
@@ -424,11 +441,11 @@ def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print) -> JobRe
     before = counting.count(model, spec)
     cfg, plan = solve_target(job, model, spec, job.prune_config(), grads)
     cfg = fit_round_to(job, cfg, model)
-    steps = schedule(job, prep)
+    steps = schedule(job, prep, dist)
     result = prune_model(model, spec, cfg, steps, grads)
     after = counting.count(model, spec)
     history = loaded.history + result.history
-    accuracy = recover(job, prep, model, history, loaded.meta, out_dir, log)
+    accuracy = recover(job, prep, model, history, loaded.meta, out_dir, log, dist)
     if steps is not None:
         steps.finish(model, accuracy.get("pruned"), job.finetune.epochs if job.finetune else 0,
                      accuracy.get("finetuned"))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Optional
 
-from tp_vgg import counting, pruning, report_json
+from tp_vgg import counting, distributed, pruning, report_json
 from tp_vgg.cli import common, latency_args, methods_cmds, train_cmds
 from tp_vgg.cli.common import add_model_args, json_object, load_model, ratio
 from tp_vgg.criteria import IMPORTANCES
@@ -85,7 +86,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    run(prune_job(args), args.out, log=common.log)
+    job = prune_job(args)
+    ctx = distributed.from_env(os.environ)  # torchrun: every rank prunes, fine-tunes its shard
+    ctx = distributed.init(ctx, ctx.device(args.device))
+    try:
+        run(job, args.out, log=common.log, dist=ctx)
+    finally:
+        distributed.shutdown(ctx)
     return 0
 
 
