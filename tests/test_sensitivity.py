@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from tp_vgg import UserError, sensitivity
 from tp_vgg.models import ModelSpec, build_model
@@ -125,3 +126,46 @@ def test_sensitivity_study_runs_as_a_library_call(tmp_path):
     sensitivity.run(study, tmp_path / "s", log=lambda m: None)
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
         "layer_ratios.json", "report.json", "sensitivity.csv", "sensitivity.png"]
+
+
+def test_pruned_copies_are_evaluated_after_bn_recalibration(tmp_path, monkeypatch):
+    """Each pruned copy's BN statistics are re-estimated before it is evaluated (default), the
+    unpruned baseline keeps its own; 0 evaluates the raw copies."""
+    from tp_vgg import checkpoint, evaluation
+    from tp_vgg.data import DataConfig, load_data
+    from tp_vgg.source import ModelSource
+    from tp_vgg.train import TrainConfig, fit, seed_everything
+
+    data_cfg = DataConfig("fake", kwargs={"train_size": 192, "test_size": 64})
+    seed_everything(0)
+    fit(build_model(SPEC), SPEC, load_data(data_cfg), TrainConfig(epochs=2, batch_size=32,
+        progress="none", device="cpu"), str(tmp_path / "base"), data_cfg=data_cfg)
+    base = str(tmp_path / "base" / "last.pt")
+    before = checkpoint.load_checkpoint(base).state_dict
+    calls = []
+    real = evaluation.recalibrate_on
+
+    def spy(model, *args, **kwargs):
+        old = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
+        n = real(model, *args, **kwargs)
+        new = model.state_dict()
+        calls.append((args[3], n, [m.out_channels for m in model.modules()
+                                   if isinstance(m, torch.nn.Conv2d)][:2],
+                      any(not torch.equal(v, new[k]) for k, v in old.items())))
+        return n
+    monkeypatch.setattr(evaluation, "recalibrate_on", spy)
+
+    def study(bn):
+        return sensitivity.run(sensitivity.SensitivityStudy(
+            ModelSource(checkpoint=base), data_cfg, ratios=[0.5], layers=["features.0", "features.4"],
+            device="cpu", bn_batches=bn), None, log=lambda s: None)
+
+    raw = study(0)
+    assert calls == [] and raw["bn_recalibrate_batches"] == 0
+    recal = study(2)
+    assert recal["bn_recalibrate_batches"] == 2 and raw["baseline_top1"] == recal["baseline_top1"]
+    # once per pruned copy (features.0 at 8 -> 4 channels, then features.4 at 16 -> 8), never
+    # the baseline; 2 batches; 8 BN layers re-estimated, their statistics changed
+    assert calls == [(2, 8, [4, 16], True), (2, 8, [8, 8], True)]
+    after = checkpoint.load_checkpoint(base).state_dict  # the file is only read
+    assert all(before[k].equal(after[k]) for k in before)

@@ -99,6 +99,11 @@ def top1(model: nn.Module, spec: ModelSpec, data: ImageData, preprocessing: Prep
 # --------------------------------------------------------------------------------------------
 # BatchNorm recalibration.
 
+# Training batches BatchNorm statistics are re-estimated on after pruning, by default (prune with
+# --data, sensitivity): 50 x 64 images, a few percent of a CIFAR epoch.
+DEFAULT_BN_RECALIBRATE = 50
+
+
 def batchnorms(model: nn.Module) -> List[nn.modules.batchnorm._BatchNorm]:
     """The BatchNorm layers that keep running statistics (used in eval mode)."""
     return [m for m in model.modules()

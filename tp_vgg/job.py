@@ -35,6 +35,7 @@ from tp_vgg.criteria import DEFAULT_TAYLOR_BATCHES, GradientBatches, training_gr
 from tp_vgg.data import DataConfig, ImageData, load_data
 from tp_vgg.distributed import DistContext
 from tp_vgg.errors import UserError
+from tp_vgg.evaluation import DEFAULT_BN_RECALIBRATE
 from tp_vgg.files import atomic_path, ensure_dir, write_json
 from tp_vgg.models import ModelSpec
 from tp_vgg.preprocessing import Preprocessing
@@ -45,9 +46,8 @@ from tp_vgg.train_config import TrainConfig, finetuning
 
 Log = Callable[[str], None]
 
-# BatchNorm statistics are re-estimated on this many training batches after pruning when data
-# are given (EagleEye's adaptive BN): free accuracy before evaluating or fine-tuning.
-DEFAULT_BN_RECALIBRATE = 50
+# BatchNorm statistics are re-estimated on DEFAULT_BN_RECALIBRATE training batches after pruning
+# when data are given (EagleEye's adaptive BN), before evaluating or fine-tuning.
 
 
 # --------------------------------------------------------------------------------------------

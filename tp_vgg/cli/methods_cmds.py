@@ -20,6 +20,7 @@ import shlex
 from typing import Any, Dict, Optional
 
 from tp_vgg import sensitivity, sparsity, targets
+from tp_vgg.evaluation import DEFAULT_BN_RECALIBRATE
 from tp_vgg.cli import train_cmds
 from tp_vgg.cli.common import (MODEL_FLAGS, add_model_args, code_consent, comma_list, log,
                                model_source, nonneg_float, nonneg_int, numeric, positive_int)
@@ -92,6 +93,10 @@ def register(sub, common) -> None:
                         f"(default {DEFAULT_TAYLOR_BATCHES})")
     g.add_argument("--output-layer", metavar="NAME",
                    help="the layer producing the logits, when the graph cannot tell")
+    g.add_argument("--bn-recalibrate", type=nonneg_int, default=DEFAULT_BN_RECALIBRATE,
+                   metavar="N", help="re-estimate each pruned copy's BatchNorm statistics on N "
+                   f"training batches before evaluating it (default {DEFAULT_BN_RECALIBRATE}; "
+                   "0: evaluate the raw pruned copy)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda, cuda:N")
     g.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads")
@@ -225,7 +230,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         importance=args.importance, budget=args.budget, layers=args.layers,
         eval_images=args.eval_images, batch_size=args.batch_size,
         taylor_batches=args.taylor_batches, output_layer=args.output_layer, seed=args.seed,
-        device=args.device, source_flags=_source_flags(args))
+        device=args.device, source_flags=_source_flags(args), bn_batches=args.bn_recalibrate)
     sensitivity.run(study, args.out, log=log)
     return 0
 
