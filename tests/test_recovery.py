@@ -263,3 +263,34 @@ def test_scratch_model_has_the_pruned_shapes_and_fresh_seeded_weights(run_cli, b
     cfg = json.loads((tmp_path / "s" / "config.json").read_text())
     assert cfg["command"] == "scratch" and cfg["train"]["lr"] == 0.05 and cfg["train"]["warmup_epochs"] == 1.0
     assert checkpoint.load_checkpoint(str(tmp_path / "s" / "last.pt")).meta["scratch"] is True
+
+
+def test_prune_scratch_control_defaults_to_the_same_total_epochs(run_cli, base, tmp_path):
+    r = run_cli("prune", "--checkpoint", base, "--ratio", "0.5", *FAKE, "--finetune-epochs", "1",
+                "--scratch", "--batch-size", "32", *QUIET, "--out", tmp_path / "p")
+    assert r.code == 0, r.err
+    acc = json.loads((tmp_path / "p" / "report.json").read_text())["accuracy"]
+    assert list(acc) == ["before", "pruned", "recalibrated", "finetuned", "scratch"]
+    cfg = json.loads((tmp_path / "p" / "scratch" / "config.json").read_text())
+    assert cfg["command"] == "scratch" and cfg["train"]["epochs"] == 2 + 1  # base 2 + fine-tune 1
+    assert cfg["train"]["lr"] == 0.05 and cfg["train"]["warmup_epochs"] == 1.0  # training recipe
+    scratch = checkpoint.load_checkpoint(str(tmp_path / "p" / "scratch" / "last.pt"))
+    pruned = checkpoint.load_checkpoint(str(tmp_path / "p" / "pruned.pt"))
+    assert scratch.history == pruned.history and scratch.meta["scratch"] is True
+    assert {k: v.shape for k, v in scratch.state_dict.items()} == \
+        {k: v.shape for k, v in pruned.state_dict.items()}
+    r = run_cli("prune", "--checkpoint", base, "--ratio", "0.5", *FAKE, "--scratch", "2",
+                *QUIET, "--out", tmp_path / "x")
+    assert r.code == 2 and "--scratch is given without --finetune-epochs" in r.err
+
+
+def test_sweep_scratch_adds_the_control_to_the_table(run_cli, tmp_path):
+    r = run_cli("sweep", "--model", "cifar_vgg11_bn", "--width", "0.125", "--ratios", "0.3,0.5",
+                *FAKE, "--finetune-epochs", "1", "--scratch", "1", "--batch-size", "32", *QUIET,
+                "--out", tmp_path / "s")
+    assert r.code == 0, r.err
+    for d in ("ratio_0.30", "ratio_0.50"):
+        acc = json.loads((tmp_path / "s" / d / "report.json").read_text())["accuracy"]
+        assert 0 <= acc["scratch"] <= 1
+    md = (tmp_path / "s" / "report.md").read_text()
+    assert "top-1 scratch" in md

@@ -37,7 +37,7 @@ from tp_vgg.distributed import DistContext
 from tp_vgg.errors import UserError
 from tp_vgg.evaluation import DEFAULT_BN_RECALIBRATE
 from tp_vgg.files import atomic_path, ensure_dir, write_json
-from tp_vgg.models import ModelSpec
+from tp_vgg.models import ModelSpec, build_model
 from tp_vgg.preprocessing import Preprocessing
 from tp_vgg.runtime import device_name
 from tp_vgg.source import Loaded, ModelSource, load_source
@@ -86,6 +86,7 @@ class FinetuneConfig:
     epochs: int = 0
     bn_batches: int = DEFAULT_BN_RECALIBRATE
     teacher: Optional[str] = None
+    scratch_epochs: int = 0  # also train the pruned architecture from random init (the control)
 
     @property
     def evaluates(self) -> bool:
@@ -347,7 +348,31 @@ def recover(job: PruneJob, prep: Prepared, model: nn.Module, history: List[list]
     else:
         log(msg)
     model.to("cpu", memory_format=torch.contiguous_format).eval()
+    if ft.scratch_epochs:
+        acc["scratch"] = scratch_control(job, prep, history, out_dir, log, dist)
     return acc
+
+
+def scratch_control(job: PruneJob, prep: Prepared, history: List[list], out_dir: Optional[str],
+                    log: Log, dist: Optional[DistContext] = None) -> Optional[float]:
+    """Top-1 of the pruned architecture trained from a random initialization (the unpruned
+    model's own, seeded, with ``history`` replayed) for ``FinetuneConfig.scratch_epochs`` with the
+    training recipe (the optimizer's training LR, 1 warm-up epoch) into ``out_dir/scratch/``:
+    the control of Liu et al., "Rethinking the Value of Network Pruning" (2019)."""
+    ft, loaded = job.finetune, prep.loaded
+    cfg = dataclasses.replace(ft.train, epochs=ft.scratch_epochs, lr=None, warmup_epochs=1.0,
+                              distill=False)
+    train.seed_everything(cfg.seed)
+    fresh = (loaded.checkpoint.build_unpruned() if loaded.checkpoint is not None
+             else build_model(loaded.spec))  # consent as the source was read with
+    model = pruning.replay(fresh, loaded.spec, history)
+    log(f"scratch control: the pruned architecture from random initialization, "
+        f"{cfg.epochs} epochs")
+    res = train.fit(model, loaded.spec, prep.data, cfg,
+                    os.path.join(out_dir, "scratch") if out_dir else None, data_cfg=ft.data,
+                    history=history, preprocessing=prep.preprocessing,
+                    meta={"scratch": True}, command="scratch", dist=dist)
+    return res.final.top1 if res.final else None
 
 
 def measure(job: PruneJob, original: Optional[nn.Module], pruned: nn.Module, spec,

@@ -253,6 +253,9 @@ def sweep_markdown(sweep_dir: str, sweep: Dict[str, Any], plotter: _Plots) -> st
     batch_sizes = sorted({c["batch_size"] for r in done
                           for c in (r["report"].get("latency") or {}).get("comparisons", [])})
     header = ["ratio", "MACs", "params", "MAC reduction", "top-1 pruned", "top-1 fine-tuned"]
+    scratch = any("scratch" in (r["report"].get("accuracy") or {}) for r in done)
+    if scratch:  # sweep --scratch: the pruned architecture trained from random init
+        header.append("top-1 scratch")
     for bs in batch_sizes:
         header += [f"ms b{bs}", f"speed-up b{bs}", f"efficiency b{bs}"]
     base_acc = _pct((first.get("accuracy") or {}).get("before"))
@@ -261,7 +264,7 @@ def sweep_markdown(sweep_dir: str, sweep: Dict[str, Any], plotter: _Plots) -> st
         c = next((c for c in (_comparison(r["report"], bs) for r in done) if c), None)
         base_ms += [f"{c['original']['median_ms']:.2f}" if c else "", "1.00x", ""]
     table = [["0 (original)", human(first["before"]["macs"]), human(first["before"]["params"]),
-              "1.00x", base_acc, base_acc] + base_ms]
+              "1.00x", base_acc, base_acc] + ([""] if scratch else []) + base_ms]
     acc_pts, lat_pts = [], []
     base_acc = (first.get("accuracy") or {}).get("before")
     if base_acc is not None:
@@ -284,6 +287,8 @@ def sweep_markdown(sweep_dir: str, sweep: Dict[str, Any], plotter: _Plots) -> st
         acc = rep.get("accuracy") or {}
         line = [r["ratio"], human(rep["after"]["macs"]), human(rep["after"]["params"]),
                 _x(rep.get("macs_reduction")), _pct(acc.get("pruned")), _pct(acc.get("finetuned"))]
+        if scratch:
+            line.append(_pct(acc.get("scratch")))
         for bs in batch_sizes:
             c = _comparison(rep, bs)
             line += ([f"{c['pruned']['median_ms']:.2f}", _x(c["speedup"]), f"{c['efficiency']:.2f}"]
@@ -292,7 +297,8 @@ def sweep_markdown(sweep_dir: str, sweep: Dict[str, Any], plotter: _Plots) -> st
                 lat_pts.append({"macs": rep["after"]["macs"], "batch_size": bs,
                                 "latency_ms": c["pruned"]["median_ms"], "label": str(r["ratio"])})
         table.append(line)
-        for key, series in (("pruned", "pruned"), ("finetuned", "fine-tuned")):
+        for key, series in (("pruned", "pruned"), ("finetuned", "fine-tuned"),
+                            ("scratch", "scratch")):
             if acc.get(key) is not None:
                 acc_pts.append({"macs": rep["after"]["macs"], "top1": acc[key], "series": series,
                                 "label": str(r["ratio"])})

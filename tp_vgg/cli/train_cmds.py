@@ -336,6 +336,10 @@ def add_prune_finetune_args(p: argparse.ArgumentParser) -> None:
          help="after pruning, re-estimate BatchNorm running statistics on N training batches "
               f"(no training) before evaluating and fine-tuning (default {DEFAULT_BN_RECALIBRATE} "
               "whenever --data is given; 0: off)")
+    _add(g, "--scratch", nargs="?", const=0, type=positive_int, metavar="E",
+         help="the control: also train the pruned architecture from a random initialization for "
+              "E epochs with the training recipe (default: the checkpoint's training epochs + "
+              "--finetune-epochs); report.json accuracy gains 'scratch'")
     add_data_args(p)
     add_train_args(p, epochs=False)
     add_distill_args(p)
@@ -347,6 +351,9 @@ def finetune_config(args: argparse.Namespace, data_used: bool = False) -> Option
     epochs = getattr(args, "finetune_epochs", None) or 0
     bn = getattr(args, "bn_recalibrate", None)
     if not epochs:
+        if getattr(args, "scratch", None) is not None:
+            raise UserError("--scratch is given without --finetune-epochs N; the control is "
+                            "compared with fine-tuning")
         if getattr(args, "distill", None):
             raise UserError("--distill is given without --finetune-epochs N; distillation "
                             "happens while fine-tuning")
@@ -365,4 +372,19 @@ def finetune_config(args: argparse.Namespace, data_used: bool = False) -> Option
     cfg = train_config(args, finetune=True)
     check_distill_args(args)
     return FinetuneConfig(data_cfg, cfg, epochs, DEFAULT_BN_RECALIBRATE if bn is None else bn,
-                          getattr(args, "teacher", None) if cfg.distill else None)
+                          getattr(args, "teacher", None) if cfg.distill else None,
+                          scratch_epochs(args, epochs))
+
+
+def scratch_epochs(args: argparse.Namespace, finetune_epochs: int) -> int:
+    """``--scratch [E]``: E epochs, or by default as many as the source checkpoint was trained
+    (its meta ``epoch``) plus the fine-tuning epochs -- the same total."""
+    given = getattr(args, "scratch", None)
+    if given is None:
+        return 0
+    if given:  # --scratch E; a bare --scratch is 0: the same total
+        return given
+    trained = 0
+    if getattr(args, "checkpoint", None):
+        trained = int(load_checkpoint(args.checkpoint).meta.get("epoch") or 0)
+    return trained + finetune_epochs
