@@ -50,6 +50,19 @@ def _launcher():
     return [torchrun], ([entry] if os.path.exists(entry) else ["-m", "tp_vgg"])
 
 
+def _torchrun2(cwd, argv):
+    """`torchrun --standalone --nproc_per_node=2 tp-vgg ARGV` with one thread per process;
+    asserts it exits 0."""
+    launcher, script = _launcher()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(tp_vgg.__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1")
+    cmd = launcher + ["--standalone", "--nproc_per_node=2"] + script + argv
+    r = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
 def test_torchrun_two_cpu_processes_match_one_process(tmp_path):
     # A model without BatchNorm: per-process BN statistics would differ by design.
     spec = ModelSpec("cifar_vgg11", width=0.125, num_classes=10).resolved()
@@ -59,18 +72,12 @@ def test_torchrun_two_cpu_processes_match_one_process(tmp_path):
     seed_everything(cfg.seed)  # what `tp-vgg train` does before building the model
     one = fit(build_model(spec), spec, load_data(data_cfg), cfg, str(tmp_path / "one"), data_cfg=data_cfg)
 
-    launcher, script = _launcher()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(tp_vgg.__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1")
     out = tmp_path / "two"
-    cmd = launcher + ["--standalone", "--nproc_per_node=2"] + script + [
+    r = _torchrun2(tmp_path, [
         "train", "--model", "cifar_vgg11", "--width", "0.125", "--data", "fake",
         "--data-kwargs", json.dumps(DATA_KWARGS), "--epochs", "2", "--batch-size", "16",
         "--lr", "0.02", "--warmup-epochs", "0.5", "--device", "cpu", "--progress", "plain",
-        "--out", str(out)]
-    r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+        "--out", str(out)])
     assert r.stdout.count("epoch 2/2") == 1  # rank 0 alone prints
 
     two = checkpoint.load_checkpoint(str(out / "last.pt"))
@@ -96,18 +103,12 @@ def test_torchrun_prune_recalibrates_and_distills_on_two_cpu_processes(tmp_path)
     fit(build_model(spec), spec, load_data(data_cfg), TrainConfig(epochs=1, batch_size=32,
         progress="none", device="cpu"), str(tmp_path / "base"), data_cfg=data_cfg)
 
-    launcher, script = _launcher()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(tp_vgg.__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1")
     out = tmp_path / "p"
-    cmd = launcher + ["--standalone", "--nproc_per_node=2"] + script + [
+    r = _torchrun2(tmp_path, [
         "prune", "--checkpoint", str(tmp_path / "base" / "last.pt"), "--ratio", "0.5",
         "--data", "fake", "--data-kwargs", json.dumps(DATA_KWARGS), "--finetune-epochs", "2",
         "--distill", "--bn-recalibrate", "2", "--batch-size", "16", "--device", "cpu",
-        "--progress", "plain", "--out", str(out)]
-    r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+        "--progress", "plain", "--out", str(out)])
     assert r.stdout.count("top-1: before") == 1 and r.stdout.count("epoch 2/2") == 1  # rank 0
     rep = json.loads((out / "report.json").read_text())
     assert list(rep["accuracy"]) == ["before", "pruned", "recalibrated", "finetuned"]
