@@ -86,7 +86,9 @@ class FinetuneConfig:
     epochs: int = 0
     bn_batches: int = DEFAULT_BN_RECALIBRATE
     teacher: Optional[str] = None
-    scratch_epochs: int = 0  # also train the pruned architecture from random init (the control)
+    # also train the pruned architecture from random init (the control): None no, 0 for as many
+    # epochs as the source checkpoint was trained (its meta "epoch") plus ``epochs``, else that many
+    scratch_epochs: Optional[int] = None
 
     @property
     def evaluates(self) -> bool:
@@ -348,7 +350,7 @@ def recover(job: PruneJob, prep: Prepared, model: nn.Module, history: List[list]
     else:
         log(msg)
     model.to("cpu", memory_format=torch.contiguous_format).eval()
-    if ft.scratch_epochs:
+    if ft.scratch_epochs is not None:
         acc["scratch"] = scratch_control(job, prep, history, out_dir, log, dist)
     return acc
 
@@ -360,7 +362,8 @@ def scratch_control(job: PruneJob, prep: Prepared, history: List[list], out_dir:
     training recipe (the optimizer's training LR, 1 warm-up epoch) into ``out_dir/scratch/``:
     the control of Liu et al., "Rethinking the Value of Network Pruning" (2019)."""
     ft, loaded = job.finetune, prep.loaded
-    cfg = dataclasses.replace(ft.train, epochs=ft.scratch_epochs, lr=None, warmup_epochs=1.0,
+    epochs = ft.scratch_epochs or int(loaded.meta.get("epoch") or 0) + ft.epochs
+    cfg = dataclasses.replace(ft.train, epochs=epochs, lr=None, warmup_epochs=1.0,
                               distill=False)
     train.seed_everything(cfg.seed)
     fresh = (loaded.checkpoint.build_unpruned() if loaded.checkpoint is not None

@@ -373,18 +373,5 @@ def finetune_config(args: argparse.Namespace, data_used: bool = False) -> Option
     check_distill_args(args)
     return FinetuneConfig(data_cfg, cfg, epochs, DEFAULT_BN_RECALIBRATE if bn is None else bn,
                           getattr(args, "teacher", None) if cfg.distill else None,
-                          scratch_epochs(args, epochs))
+                          getattr(args, "scratch", None))  # None: no control; 0: same total
 
-
-def scratch_epochs(args: argparse.Namespace, finetune_epochs: int) -> int:
-    """``--scratch [E]``: E epochs, or by default as many as the source checkpoint was trained
-    (its meta ``epoch``) plus the fine-tuning epochs -- the same total."""
-    given = getattr(args, "scratch", None)
-    if given is None:
-        return 0
-    if given:  # --scratch E; a bare --scratch is 0: the same total
-        return given
-    trained = 0
-    if getattr(args, "checkpoint", None):
-        trained = int(load_checkpoint(args.checkpoint).meta.get("epoch") or 0)
-    return trained + finetune_epochs
