@@ -78,6 +78,20 @@ def test_bad_or_unreachable_targets_are_user_errors(model, target, message):
         targets.solve(model, SPEC, PruneConfig(), target)
 
 
+def test_round_to_never_empties_a_layer(model):
+    """--round-to rounds a kept count down: on an 8-channel layer, K 8 empties it at any ratio, so
+    the target is refused in one line instead of building a layer with 0 channels."""
+    with pytest.raises(UserError, match="cannot be reached with --round-to 8: at most 1.00x .* "
+                                        "would keep 0 channels"):
+        targets.solve(model, SPEC, PruneConfig(round_to=8), targets.Target(speedup=2))
+    cfg, plan = targets.solve(model, SPEC, PruneConfig(round_to=4), targets.Target(speedup=2))
+    pruned = copy.deepcopy(model)
+    tp_vgg.prune(pruned, SPEC, cfg)
+    assert all(c % 4 == 0 and c > 0 for n, c in out_channels(pruned).items()
+               if n != "classifier.2")  # the logits keep their 10
+    assert tp_vgg.count(pruned, SPEC).macs == plan.predicted_macs <= plan.goal_macs
+
+
 def test_raising_max_layer_ratio_reaches_further(model):
     with pytest.raises(UserError):
         targets.solve(model, SPEC, PruneConfig(), targets.Target(speedup=20))

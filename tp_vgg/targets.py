@@ -135,6 +135,13 @@ class _Ranked:
     def _kept(self, c: int, keep: int) -> int:
         return keep - keep % self.round_to if self.round_to else keep
 
+    def empties(self, plan: Dict[str, int]) -> List[str]:
+        """The layers ``plan`` would leave with no channel (``--round-to`` rounds a kept count
+        below the multiple down to 0)."""
+        sizes = dict(zip(self.roots, self.ranking.sizes))
+        sizes.update({n: c for n, (c, _) in self.fixed.items()})
+        return [n for n, lost in plan.items() if lost >= sizes[n]]
+
     def plan(self, ratio: float) -> Dict[str, int]:
         """Channels each layer loses at ``ratio``."""
         out = {name: c - self._kept(c, int(c * (1 - r))) for name, (c, r) in self.fixed.items()}
@@ -223,6 +230,7 @@ def solve(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, target: T
                         "logits layer, fixed by --layer-ratios, or not ranked by the criterion)")
     top = max_ratio if not cfg.global_pruning else 0.999
     steps: List[List[float]] = []
+    emptied: List[str] = []
 
     def walk(sizer: _Sizer, start: float, stop: float, step: float,
              exact: bool = False) -> Optional[float]:
@@ -235,6 +243,9 @@ def solve(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, target: T
             if r > stop + 1e-9:
                 return None
             plan = ranked.plan(r)
+            if ranked.empties(plan):  # ratios from here on would leave a layer empty
+                emptied.extend(ranked.empties(plan))
+                return None
             if plan != last_plan:  # the same channels: the same MACs
                 macs = sizer.macs(plan)
                 if exact:
@@ -249,6 +260,11 @@ def solve(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, target: T
     if coarse is None:
         best = min((m for _, m in steps), default=macs_before)
         how = "every layer" if not cfg.global_pruning else "the layers"
+        if emptied:
+            raise UserError(
+                f"{target.describe()} ({human(goal)} MACs) cannot be reached with --round-to "
+                f"{cfg.round_to}: at most {macs_before / max(best, 1):.2f}x ({human(best)} MACs) "
+                f"before layer {emptied[0]!r} would keep 0 channels; lower --round-to or the target")
         raise UserError(
             f"{target.describe()} ({human(goal)} MACs) cannot be reached while {how} keep at least "
             f"{1 - max_ratio:.0%} of their channels: at most {macs_before / max(best, 1):.2f}x "
