@@ -30,17 +30,23 @@ def zoo_spec(name: str) -> ModelSpec:
     return ModelSpec(name, **SPEC_OVERRIDES.get(name, {})).resolved()
 
 
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
+
+
 @torch.no_grad()
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and affine terms, and non-zero biases everywhere, so that a lost
-    bias or BN term changes the output."""
+    """Non-trivial BN statistics and affine terms (of every normalization layer that has them),
+    and non-zero biases everywhere, so that a lost bias or BN term changes the output."""
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+        if isinstance(m, _NORMS):  # BN, InstanceNorm, GroupNorm; with or without affine / stats
+            n = m.num_channels if isinstance(m, nn.GroupNorm) else m.num_features
+            if getattr(m, "running_mean", None) is not None:
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            if m.weight is not None:
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
         elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
             m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.05)
     return model

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+import torch_pruning as tp
 
 import tp_vgg
-from tp_vgg import PruneConfig, UserError
+from tp_vgg import PruneConfig, UserError, checks, targets
 from tp_vgg.models import ModelSpec, build_model, select_logits
 from tp_vgg.criteria import IMPORTANCES
-from tp_vgg.pruning import out_channels
+from tp_vgg.pruning import build_graph, out_channels
 from masked_reference import zero_removed_channels
 
 from conftest import randomize
@@ -43,9 +44,14 @@ ZOO = {
     "vgg_dict_named": {"output_key": "scores"},
     "vgg_strided": {},
     "vgg_functional": {},
+    "vgg_groupnorm": {},
+    "vgg_bn_no_affine": {},
+    "vgg_bn_no_stats": {},
+    "vgg_instancenorm": {},
 }
 # Criteria that need something a model may lack: the criterion must refuse it with a UserError.
-NEEDS = {"bn-scale": ("BatchNorm", lambda m: any(isinstance(x, nn.BatchNorm2d) for x in m.modules()))}
+NEEDS = {"bn-scale": ("BatchNorm", lambda m: any(
+    isinstance(x, nn.modules.batchnorm._BatchNorm) and x.affine for x in m.modules()))}
 DATA_CRITERIA = {"taylor"}  # rank from gradients: given a tiny fake batch
 
 
@@ -151,6 +157,154 @@ def test_dict_with_several_tensors_asks_for_output_key(run_cli, tmp_path):
     assert loaded(torch.randn(1, 3, 32, 32))["scores"].shape == (1, 10)
 
 
+# --- normalization layers other than affine BatchNorm ----------------------------------------
+
+# vgg_groupnorm: conv -> GroupNorm(groups, C); channels each conv keeps, exactly, per ratio
+GROUPNORM = {"features.0.0": ("features.0.1", 8, 2), "features.2.0": ("features.2.1", 16, 4),
+             "features.4.0": ("features.4.1", 16, 1)}
+GROUPNORM_KEPT = {0.3: [4, 8, 11], 0.5: [4, 8, 8], 0.7: [2, 4, 4]}
+
+
+def _pruned_zoo_model(name, monkeypatch, **cfg):
+    spec = user_spec(name, "file", monkeypatch)
+    original = randomize(build_model(spec)).eval()
+    model = copy.deepcopy(original)
+    return spec, original, model, tp_vgg.prune(model, spec, PruneConfig(**cfg))
+
+
+@pytest.mark.parametrize("ratio", list(GROUPNORM_KEPT))
+def test_groupnorm_keeps_its_groups_and_each_group_loses_the_same_channels(ratio, monkeypatch):
+    """num_groups stays, each group keeps int(C / G * (1 - r)) channels: the same positions in
+    every group, so num_channels stays a multiple of num_groups; GroupNorm(1, C) prunes freely."""
+    spec, original, model, result = _pruned_zoo_model("vgg_groupnorm", monkeypatch, ratio=ratio)
+    for (conv, (norm, c, g)), kept in zip(GROUPNORM.items(), GROUPNORM_KEPT[ratio]):
+        gn = model.get_submodule(norm)
+        assert result.channels_after[conv] == gn.num_channels == kept, conv
+        assert gn.num_groups == g and kept % g == 0
+        if gn.affine:
+            assert gn.weight.shape == gn.bias.shape == (kept,)
+        (gone,) = [idxs for layer, _, idxs in result.history if layer == conv]  # one step
+        size = c // g
+        positions = [sorted(i % size for i in gone if i // size == k) for k in range(g)]
+        assert all(p == positions[0] for p in positions) and len(positions[0]) == size - kept // g
+    x = spec.example_input(batch=3)
+    zeroed = zero_removed_channels(copy.deepcopy(original), spec, result.history)
+    with torch.no_grad():
+        got, want = model(x), zeroed(x)
+        assert torch.isfinite(got).all() and got.shape == (3, 7)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+        assert not torch.allclose(original(x), want, rtol=1e-4, atol=1e-5)  # pruning did matter
+
+
+def test_groupnorm_with_round_to_rounds_each_group_alike(monkeypatch):
+    """torch-pruning 1.6.1 would round the per-group count as if it were the layer's and skip
+    the layer; here the kept total is a multiple of --round-to and of the groups."""
+    _, _, model, result = _pruned_zoo_model("vgg_groupnorm", monkeypatch, ratio=0.3, round_to=8,
+                                            layer_ratios={"features.0.0": 0})
+    assert [result.channels_after[n] for n in GROUPNORM] == [8, 8, 8]
+    assert model.features[2][1].num_channels == 8 and model.features[2][1].num_groups == 4
+    _, _, _, result = _pruned_zoo_model("vgg_groupnorm", monkeypatch, ratio=0.5, round_to=4)
+    assert [result.channels_after[n] for n in GROUPNORM] == [4, 8, 8]
+
+
+def test_groupnorm_ratio_that_empties_its_groups_is_refused(monkeypatch):
+    spec = user_spec("vgg_groupnorm", "file", monkeypatch)
+    model = build_model(spec)
+    with pytest.raises(UserError, match=r"ratio 0.85 would leave layer 'features.0.0' with 0 of its 8 "
+                       r"channels: it feeds a GroupNorm of 2 groups of 4, .*= 0; use at most 0.750"):
+        tp_vgg.prune(model, spec, PruneConfig(ratio=0.85))
+    assert out_channels(model) == out_channels(build_model(spec))  # nothing was pruned
+    others = {"features.2.0": 0, "features.4.0": 0}
+    with pytest.raises(UserError, match=r"int\(4 \* \(1 - 0.5\)\) = 2, lowered alike until the "
+                       r"total is a multiple of --round-to 3; use at most 0.250 for it"):
+        tp_vgg.prune(model, spec, PruneConfig(ratio=0.5, round_to=3, layer_ratios=others))
+    with pytest.raises(UserError, match=r"no equal count per group makes a multiple of --round-to "
+                       r"16; keep it unpruned with --layer-ratios '\{\"features.0.0\": 0\}'"):
+        tp_vgg.prune(model, spec, PruneConfig(ratio=0.5, round_to=16, layer_ratios=others))
+    tp_vgg.prune(model, spec, PruneConfig(ratio=0.25, round_to=3, layer_ratios=others))
+    assert model.features[0][1].num_channels == 6  # 3 per group: the most that is a multiple of 3
+
+
+def test_groupnorm_global_ranking_removes_whole_rows_of_groups(monkeypatch):
+    """--global ranks a GroupNorm-fed layer by position within a group (G channels at a time),
+    caps it per group (never the last channel of a group) and reaches the total (G channels go
+    together, so it may remove up to G - 1 more)."""
+    _, _, model, result = _pruned_zoo_model("vgg_groupnorm", monkeypatch, ratio=0.8,
+                                            global_pruning=True)
+    assert [result.channels_after[n] for n in GROUPNORM] == [2, 4, 2]  # every cap reached
+    _, _, model, result = _pruned_zoo_model("vgg_groupnorm", monkeypatch, ratio=0.5,
+                                            global_pruning=True)
+    after = [result.channels_after[n] for n in GROUPNORM]
+    assert 20 <= 40 - sum(after) < 20 + 4
+    assert all(k % g == 0 and k >= g for k, (_, _, g) in zip(after, GROUPNORM.values()))
+
+
+@pytest.mark.parametrize("global_pruning", [False, True])
+def test_groupnorm_target_speedup_plans_what_prune_does(global_pruning, monkeypatch):
+    """--target-speedup plans the same GroupNorm-aligned channel counts that pruning then gives."""
+    spec = user_spec("vgg_groupnorm", "file", monkeypatch)
+    model = randomize(build_model(spec)).eval()
+    cfg, plan = targets.solve(model, spec, PruneConfig(global_pruning=global_pruning, round_to=4),
+                              targets.Target(speedup=1.5))
+    result = tp_vgg.prune(model, spec, cfg)
+    assert plan.channels == {n: result.channels_before[n] - result.channels_after[n]
+                             for n in plan.channels}
+    assert all(result.channels_after[n] % 4 == 0 for n in GROUPNORM)
+    assert tp_vgg.count(model, spec).macs == plan.predicted_macs
+
+
+def test_groupnorm_check_is_exact_and_catches_groups_that_lose_unequally(monkeypatch):
+    """The after-pruning check normalizes each group of the zeroed original over its kept
+    channels: one channel from each group passes; a whole group (12 = 4 x 3 channels left,
+    regrouped) is caught at the GroupNorm, with the right cause."""
+    spec = user_spec("vgg_groupnorm", "file", monkeypatch)
+    for gone, ok in (([0, 5, 10, 15], True), ([0, 1, 2, 3], False)):
+        model = randomize(build_model(spec)).eval()
+        reference = copy.deepcopy(model)
+        graph = build_graph(model, spec, spec.example_input())
+        removed = checks.RemovedChannels(model, graph)
+        group = graph.get_pruning_group(model.features[2][0], tp.prune_conv_out_channels, gone)
+        removed.record(group)
+        group.prune()
+        assert model.features[2][1].num_channels == 12
+        if ok:
+            checks.check_pruned(model, spec, spec.example_input(), reference, removed)
+            continue
+        with pytest.raises(UserError, match=r"first layer whose output differs is 'features.2.1' "
+                           r"\(GroupNorm\), right after 'features.2.0': its 4 groups did not each "
+                           r"lose the same number of channels"):
+            checks.check_pruned(model, spec, spec.example_input(), reference, removed)
+
+
+def test_batchnorm_without_affine_or_running_stats_prunes_channel_by_channel(monkeypatch):
+    _, _, model, result = _pruned_zoo_model("vgg_bn_no_affine", monkeypatch, ratio=0.5)
+    assert result.channels_after == {"features.0": 4, "features.4": 8, "classifier.0": 12,
+                                     "classifier.3": 7}
+    for bn, kept in (("features.1", 4), ("features.5", 8), ("classifier.1", 12)):
+        m = model.get_submodule(bn)
+        assert m.weight is None and m.num_features == kept
+        assert m.running_mean.shape == m.running_var.shape == (kept,)
+    _, _, model, result = _pruned_zoo_model("vgg_bn_no_stats", monkeypatch, ratio=0.5)
+    for conv, bn, kept in (("features.0", "features.1", 4), ("features.4", "features.5", 8)):
+        m = model.get_submodule(bn)
+        assert result.channels_after[conv] == m.num_features == kept
+        assert m.running_mean is None and m.weight.shape == m.bias.shape == (kept,)
+    _, _, model, result = _pruned_zoo_model("vgg_instancenorm", monkeypatch, ratio=0.5)
+    assert [(m.num_features, tuple(m.weight.shape)) for m in model.modules()
+            if isinstance(m, nn.InstanceNorm2d)] == [(4, (4,)), (8, (8,)), (8, (8,))]
+
+
+def test_bn_scale_refuses_batchnorm_without_affine_in_one_line(run_cli, tmp_path):
+    r = run_cli("prune", "--model", _unsupported("vgg_bn_no_affine"), "--importance", "bn-scale",
+                "--ratio", "0.5", "--out", tmp_path / "o")
+    assert r.code == 2
+    (line,) = r.err.strip().splitlines()
+    assert ("no prunable layer of this model is followed by an affine BatchNorm (its BatchNorm "
+            "layers have affine=False, no gamma: features.1, features.5, classifier.1); "
+            "accepted here: l1, l2, random, fpgm, lamp, taylor") in line
+    assert not (tmp_path / "o").exists()
+
+
 # --- through the command line ---------------------------------------------------------------
 
 @pytest.mark.parametrize("form", ["import", "file"])
@@ -210,17 +364,28 @@ UNSUPPORTED = {
     "output layer not a layer": (
         "vgg_seq_linear", ["--output-layer", "features.2"],
         ["--output-layer 'features.2' is a ReLU; accepted: the Conv2d or Linear"]),
+    "LayerNorm over (C, H, W)": (
+        "unsupported_channel_norm", [],
+        ["forward fails in module 'features.1' (LayerNorm)", "normalized_shape=[8, 32, 28]",
+         "nn.LayerNorm over (C, H, W) is pruned by torch-pruning along its last dimension",
+         "nn.GroupNorm(1, C)", "--layer-ratios '{\"features.0\": 0}'"]),
+    "LocalResponseNorm (mixes neighbouring channels)": (
+        "unsupported_channel_norm:make_lrn", [],
+        ["the first layer whose output differs is 'features.1' (LocalResponseNorm)",
+         "LocalResponseNorm normalizes across channels", "--layer-ratios '{\"features.0\": 0}'"]),
 }
 
 
 @pytest.mark.parametrize("case", list(UNSUPPORTED))
 def test_unsupported_pattern_is_explained_and_nothing_written(run_cli, tmp_path, case):
     name, extra, phrases = UNSUPPORTED[case]
+    name, _, factory = name.partition(":")
     args = {"--ratio": "0.5"}
     if "--ratio" in extra:
         args = {}
     out = tmp_path / "out"
-    r = run_cli("prune", "--model", _unsupported(name), *[x for kv in args.items() for x in kv],
+    r = run_cli("prune", "--model", _unsupported(name, factory or "make"),
+                *[x for kv in args.items() for x in kv],
                 *extra, "--out", out)
     assert r.code == 2, r.err
     lines = r.err.strip().splitlines()
@@ -240,6 +405,13 @@ def test_following_the_advice_works(run_cli, tmp_path):
     assert r.code == 0, r.err
     assert tp_vgg.load(str(tmp_path / "b" / "pruned.pt"),
                        trust_model_code=True).body[0].out_channels == 8
+    for factory in ("make", "make_lrn"):
+        r = run_cli("prune", "--model", _unsupported("unsupported_channel_norm", factory),
+                    "--ratio", "0.5", "--layer-ratios", '{"features.0": 0}',
+                    "--out", tmp_path / factory)
+        assert r.code == 0, r.err
+        loaded = tp_vgg.load(str(tmp_path / factory / "pruned.pt"), trust_model_code=True)
+        assert [m.out_channels for m in loaded.features if isinstance(m, nn.Conv2d)] == [8, 8]
 
 
 def test_a_per_channel_bare_parameter_is_pruned_and_said(tmp_path):

@@ -12,6 +12,16 @@ guesses which dimension of a bare ``nn.Parameter`` is the channel one, and it ca
    masked-equivalence invariant holds: the pruned model computes what the original computes with
    the removed channels zeroed. A failure names the first layer whose output differs.
 
+Normalization layers: BatchNorm (with or without affine terms or running statistics) and
+InstanceNorm normalize each channel on its own, so zeroing a removed channel's input, affine
+terms and running mean zeroes its output, and the invariant holds as stated. GroupNorm (and
+``GroupNorm(1, C)``, a LayerNorm over C x H x W) normalizes each group over all its channels: a
+zeroed channel would still count in its group's mean and variance. There the zeroed original
+normalizes each of its groups over the group's kept channels -- what the pruned GroupNorm
+computes when every group kept the same number of channels, in order -- so the check stays
+exact. Other layers that mix channels (``nn.LayerNorm``, ``nn.LocalResponseNorm``) are named as
+such when the check fails there.
+
 Each failure is a :class:`UserError` (one line); nothing is written by the caller.
 """
 
@@ -26,13 +36,16 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch_pruning as tp
 
 from tp_vgg.errors import UserError
 from tp_vgg.models import ModelSpec, select_logits
 
 VERIFY_MAX_PARAMS = 20_000_000  # masked-equivalence check up to this size (a deep copy each)
-_LAYERS = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
+_MIXING = (nn.LayerNorm, nn.LocalResponseNorm, nn.CrossMapLRN2d)  # normalize across channels
+_LAYERS = (nn.Conv2d, nn.Linear) + _NORMS + _MIXING
 _LIBRARY_DIRS = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (torch, tp))
 _OURS = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _STDLIB = os.path.dirname(os.path.abspath(os.__file__)) + os.sep
@@ -136,13 +149,23 @@ def bare_parameter_notes(model: nn.Module, bare: Dict[str, Tuple[tuple, int]],
     return notes
 
 
+def _num_channels(layer: nn.Module) -> int:
+    for attr in ("num_features", "num_channels"):  # BatchNorm / InstanceNorm, GroupNorm
+        if isinstance(getattr(layer, attr, None), int):
+            return getattr(layer, attr)
+    return int(layer.weight.shape[0])
+
+
 class RemovedChannels:
     """The output channels each pruning group removes, in the original numbering, recorded group
     by group before ``group.prune()``; :meth:`zero` zeroes them in an unpruned copy (conv and
-    linear rows and biases, BN gamma and beta, bare parameters along their pruned dimension)."""
+    linear rows and biases, the affine terms and running mean of BatchNorm, InstanceNorm and
+    GroupNorm, bare parameters along their pruned dimension) and makes each GroupNorm normalize
+    over its groups' kept channels."""
 
     _OUT = (tp.prune_conv_out_channels, tp.prune_linear_out_channels,
-            tp.prune_batchnorm_out_channels)
+            tp.prune_batchnorm_out_channels, tp.prune_instancenorm_out_channels,
+            tp.prune_groupnorm_out_channels)
 
     def __init__(self, model: nn.Module, graph: tp.DependencyGraph):
         self.names = {m: n for n, m in model.named_modules()}
@@ -159,7 +182,7 @@ class RemovedChannels:
                 size = target.module.shape[key[2]]
             elif dep.handler in self._OUT and target.module in self.names:
                 key = ("layer", self.names[target.module], 0)
-                size = target.module.weight.shape[0]
+                size = _num_channels(target.module)
             else:
                 continue
             if key in seen:
@@ -182,10 +205,36 @@ class RemovedChannels:
                 p.index_fill_(dim, ii.to(p.device), 0)
                 continue
             layer = reference.get_submodule(name)
-            layer.weight[ii.to(layer.weight.device)] = 0
-            if getattr(layer, "bias", None) is not None:
-                layer.bias[ii.to(layer.bias.device)] = 0
+            # running_mean too: an affine-free BatchNorm then maps the zeroed channel to zero
+            for attr in ("weight", "bias", "running_mean"):
+                t = getattr(layer, attr, None)
+                if isinstance(t, torch.Tensor):
+                    t[ii.to(t.device)] = 0
+            if isinstance(layer, nn.GroupNorm):
+                kept_group_norm(layer, gone)
         return reference
+
+
+def kept_group_norm(layer: nn.GroupNorm, gone) -> nn.GroupNorm:
+    """Make ``layer`` (unpruned) normalize each of its groups over the group's channels not in
+    ``gone`` only, and output zero for those in ``gone``: what the pruned GroupNorm computes, when
+    every group lost the same number of channels."""
+    size = layer.num_channels // layer.num_groups
+    kept = [[c for c in range(g * size, (g + 1) * size) if c not in gone]
+            for g in range(layer.num_groups)]
+
+    def hook(mod, args, out):
+        x = args[0]
+        y = torch.zeros_like(out)
+        for channels in kept:
+            if channels:
+                ii = torch.as_tensor(channels, dtype=torch.long, device=x.device)
+                affine = [None if t is None else t[ii] for t in (mod.weight, mod.bias)]
+                y[:, ii] = F.group_norm(x[:, ii], 1, *affine, mod.eps)
+        return y
+
+    layer.register_forward_hook(hook)
+    return layer
 
 
 def check_pruned(model: nn.Module, spec: ModelSpec, example: torch.Tensor,
@@ -228,12 +277,24 @@ def check_pruned(model: nn.Module, spec: ModelSpec, example: torch.Tensor,
                  + (f", right after {prev!r}" if prev else ""))
     keep = f" with --layer-ratios '{json.dumps({prev: 0})}'" if prev else " with --layer-ratios"
     params = f" (parameters outside modules: {', '.join(bare)})" if bare else ""
+    head = ("after pruning, the model no longer computes what the original computes with the "
+            f"removed channels zeroed (largest logit difference {diff:.3g}, tolerance {tol:.3g})"
+            f"{where}")
+    layer = model.get_submodule(first) if first is not None else None
+    if isinstance(layer, nn.GroupNorm):  # not from torch-pruning's grouping: e.g. a history
+        raise UserError(
+            f"{head}: its {layer.num_groups} groups did not each lose the same number of "
+            f"channels, so the kept channels are grouped differently; keep the layer before it "
+            f"unpruned{keep}")
+    if isinstance(layer, _MIXING):
+        raise UserError(
+            f"{head}: {type(layer).__name__} normalizes across channels, so removing channels "
+            "changes what the kept ones compute (nn.GroupNorm is pruned group by group "
+            f"instead); keep the layer before it unpruned{keep}")
     raise UserError(
-        "after pruning, the model no longer computes what the original computes with the removed "
-        f"channels zeroed (largest logit difference {diff:.3g}, tolerance {tol:.3g}){where}: "
-        "forward uses the channels in a way torch-pruning cannot follow (a reduction or index over "
-        f"the channel dimension such as x.mean(1) or x[:, k], a size written as a number{params}); "
-        f"rewrite that step or keep the layer before it unpruned{keep}")
+        f"{head}: forward uses the channels in a way torch-pruning cannot follow (a reduction or "
+        "index over the channel dimension such as x.mean(1) or x[:, k], a size written as a "
+        f"number{params}); rewrite that step or keep the layer before it unpruned{keep}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,6 +379,12 @@ def _forward_failure(e: BaseException, module_name: Optional[str], module: Optio
                 f"its channel dimension and cut dimension {dim} ({_shape(shape)} -> {_shape(now)}); "
                 "make it a per-channel (1, C, 1, 1) parameter or part of a module, or keep the "
                 f"layers it is coupled to unpruned with {keep}")
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) >= 3:
+        return (f"{msg}: nn.LayerNorm over (C, H, W) is pruned by torch-pruning along its last "
+                "dimension (the width), not the channels; write it as nn.GroupNorm(1, C) (the same "
+                "normalization, with per-channel affine terms), which prunes with the channels, "
+                "or keep the layer before it "
+                f"unpruned with --layer-ratios '{json.dumps({last_layer or 'NAME': 0})}'")
     line = frame.line if frame is not None and frame.line else ""
     text = str(e)
     target = re.search(r"shape '\[(.*?)\]' is invalid for input of size", text)

@@ -98,12 +98,16 @@ class BNScale(tp.importance.BNScaleImportance):
                          for dep, _ in group)
             (scored if has_bn else unscored).append(names.get(root, "?"))
         if not scored:
+            plain = [n for n, m in model.named_modules() if isinstance(m, _BN) and not m.affine]
+            why = (f" (its BatchNorm layers have affine=False, no gamma: {', '.join(plain[:3])}"
+                   f"{', ...' if len(plain) > 3 else ''})" if plain else "")
             raise UserError(
                 "--importance bn-scale ranks channels by the gamma of the BatchNorm after them "
                 "(Network Slimming), but no prunable layer of this model is followed by an affine "
-                "BatchNorm; accepted here: " + ", ".join(n for n in IMPORTANCES if n != "bn-scale"))
+                f"BatchNorm{why}; accepted here: "
+                + ", ".join(n for n in IMPORTANCES if n != "bn-scale"))
         if unscored:
-            return [f"bn-scale: no BatchNorm after {', '.join(unscored)}, so "
+            return [f"bn-scale: no affine BatchNorm after {', '.join(unscored)}, so "
                     f"{'it is' if len(unscored) == 1 else 'they are'} not pruned"]
         return []
 

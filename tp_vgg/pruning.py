@@ -3,6 +3,12 @@
 Nothing here copies weights by hand: ``tp.pruner.BasePruner`` removes each channel from every
 coupled layer (conv -> BN -> activation -> pool -> flatten -> linear). Importance criteria live in
 the ``IMPORTANCES`` registry.
+
+GroupNorm keeps its ``num_groups``: a layer feeding a ``GroupNorm(G, C)`` loses the same channels
+of each of the G groups (torch-pruning's channel grouping; the importance is averaged over the
+groups), so it keeps ``G * int(C / G * (1 - ratio))`` channels and ``num_channels`` stays a
+multiple of ``num_groups`` (:func:`kept_channels`). ``GroupNorm(1, C)`` prunes like any layer.
+BatchNorm without affine terms or running statistics and InstanceNorm prune channel by channel.
 """
 
 from __future__ import annotations
@@ -192,10 +198,42 @@ def _resolve_layer_ratios(model: nn.Module, layer_ratios: Dict[str, float]) -> D
     return out
 
 
+def round_kept(per_group: int, groups: int = 1, round_to: Optional[int] = None) -> int:
+    """``groups`` groups of ``per_group`` kept channels, each group lowered alike until the total
+    is a multiple of ``round_to`` (0 when no smaller count is)."""
+    if round_to:
+        while per_group > 0 and per_group * groups % round_to:
+            per_group -= 1
+    return per_group * groups
+
+
+def kept_channels(c: int, ratio: float, groups: int = 1, round_to: Optional[int] = None) -> int:
+    """The channels a layer of ``c`` keeps at ``ratio``: ``int(C * (1 - r))`` rounded down to a
+    multiple of ``round_to``; a layer feeding a GroupNorm of ``groups`` groups keeps the same count
+    in each: ``groups * int(C / groups * (1 - r))``, lowered alike per group to a multiple of
+    ``round_to``."""
+    return round_kept(int(c // groups * (1 - ratio)), groups, round_to)
+
+
+def channel_groups(pruner: tp.pruner.BasePruner) -> Dict[nn.Module, int]:
+    """Root layer -> the number of groups of the GroupNorm it feeds (only those with > 1)."""
+    if not pruner.out_channel_groups:
+        return {}
+    out = {}
+    for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                          root_module_types=pruner.root_module_types):
+        g = pruner._get_channel_groups(group)
+        if g > 1 and pruner.DG.is_out_channel_pruning_fn(group[0].dep.handler):
+            out[group[0].dep.target.module] = g
+    return out
+
+
 def _check_kept_channels(model: nn.Module, cfg: PruneConfig, ratios: Dict[nn.Module, float],
-                         protected: List[nn.Module]) -> None:
+                         protected: List[nn.Module],
+                         groups: Optional[Dict[nn.Module, int]] = None) -> None:
     """Refuse a ratio that would leave a layer with no channel (torch-pruning would build a
-    broken model): ``int(C * (1 - r))`` rounded down to ``round_to`` must stay >= 1."""
+    broken model, or silently leave the layer whole): :func:`kept_channels` must stay >= 1.
+    ``groups``: layer -> groups of the GroupNorm it feeds (:func:`channel_groups`)."""
     names = {m: n for n, m in model.named_modules()}
     for m in protected:
         if m in ratios:
@@ -212,13 +250,34 @@ def _check_kept_channels(model: nn.Module, cfg: PruneConfig, ratios: Dict[nn.Mod
             continue
         c = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
         r = layer_ratio.get(m, cfg.ratio)
-        keep = int(c * (1 - r))
-        rounded = keep - keep % cfg.round_to if cfg.round_to else keep
+        g = (groups or {}).get(m, 1)
+        keep = kept_channels(c, r, g)
+        rounded = kept_channels(c, r, g, cfg.round_to)
         if r > 0 and rounded < 1:
             why = (f" after rounding down to a multiple of --round-to {cfg.round_to}"
                    if keep >= 1 else "")
+            if g > 1:
+                raise UserError(_group_norm_message(name, c, g, r, cfg.round_to))
             raise UserError(f"ratio {r} would leave layer {name!r} with 0 of its {c} channels{why}; "
                             f"use at most {1 - max(1, cfg.round_to or 1) / c:.3f} for it")
+
+
+def _group_norm_message(name: str, c: int, g: int, r: float, round_to: Optional[int]) -> str:
+    """Why a layer feeding a GroupNorm of ``g`` groups would keep no channel, and what to use."""
+    import json
+
+    size = c // g
+    head = (f"ratio {r} would leave layer {name!r} with 0 of its {c} channels: it feeds a "
+            f"GroupNorm of {g} groups of {size}, which each keep the same number of channels, "
+            f"int({size} * (1 - {r})) = {int(size * (1 - r))}")
+    least = next((k for k in range(1, size + 1) if round_kept(k, g, round_to)), None)
+    if least is None:
+        return (f"{head}, and no equal count per group makes a multiple of --round-to {round_to}; "
+                f"keep it unpruned with --layer-ratios '{json.dumps({name: 0})}' or use another "
+                "--round-to")
+    rounded = (f", lowered alike until the total is a multiple of --round-to {round_to}"
+               if round_to else "")
+    return f"{head}{rounded}; use at most {1 - least / size:.3f} for it"
 
 
 def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
@@ -267,7 +326,7 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
             if not prunable and (cfg.ratio > 0 or any(r > 0 for r in ratios.values())):
                 raise UserError(checks.untraced_message(untraced) + "; nothing would be pruned: "
                                 "keep forward differentiable for the layers to prune")
-        _check_kept_channels(model, cfg, ratios, protected)
+        _check_kept_channels(model, cfg, ratios, protected, channel_groups(pruner))
         notes = _criterion_hook(pruner, "check", model, gradients) or []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
@@ -319,12 +378,32 @@ def _criterion_hook(pruner: tp.pruner.BasePruner, hook: str, model: nn.Module, g
     return fn(pruner, model, gradients) if hook == "check" else fn(model, gradients)
 
 
+class _Pruner(tp.pruner.BasePruner):
+    """``BasePruner`` whose ``round_to`` keeps a GroupNorm's groups equal. torch-pruning 1.6.1
+    rounds the count removed from *each group* as if it were the whole layer's, which removes
+    every channel (and then leaves the layer whole): here each group loses alike until the kept
+    total is a multiple of ``round_to`` (:func:`round_kept`)."""
+
+    _ranking = None  # the group being pruned: the loop asks _is_atten_group right before _round_to
+
+    def _is_atten_group(self, group):
+        self._ranking = group
+        return super()._is_atten_group(group)
+
+    def _round_to(self, n_pruned, current_channels, round_to):
+        g = self._get_channel_groups(self._ranking) if self._ranking is not None else 1
+        if g == 1:
+            return super()._round_to(n_pruned, current_channels, round_to)
+        per_group = current_channels // g
+        return per_group - round_kept(per_group - n_pruned, g, round_to) // g
+
+
 def _make_pruner(model, spec, cfg, example, ratios, protected, max_ratio) -> tp.pruner.BasePruner:
     importance = IMPORTANCES.get(cfg.importance)(cfg)
     with warnings.catch_warnings(), _traceable(model):
         warnings.simplefilter("ignore")
         try:
-            return tp.pruner.BasePruner(
+            return _Pruner(
                 model, example, importance=importance,
                 global_pruning=cfg.global_pruning, pruning_ratio=cfg.ratio,
                 pruning_ratio_dict=ratios or None, max_pruning_ratio=max_ratio,
@@ -370,10 +449,14 @@ def _global_allocation(pruner: tp.pruner.BasePruner, cfg: PruneConfig, fixed: se
 
 class GlobalRanking:
     """One global ranking of every channel of the rankable layers (scored once); ``allocate``
-    turns a total ratio into per-layer ratios. A larger ratio only removes more channels."""
+    turns a total ratio into per-layer ratios. A larger ratio only removes more channels.
+
+    A layer feeding a GroupNorm of G groups is ranked by channel position within a group (the
+    importance averaged over the groups, as torch-pruning does): each entry stands for G channels,
+    one per group, which go together."""
 
     def __init__(self, pruner: tp.pruner.BasePruner, fixed: set):
-        roots, scores = [], []
+        roots, scores, groups = [], [], []
         for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
                                               root_module_types=pruner.root_module_types):
             root = group[0].dep.target.module
@@ -382,18 +465,25 @@ class GlobalRanking:
             imp = pruner.estimate_importance(group)
             if imp is None:
                 continue
+            g = pruner._get_channel_groups(group)
+            imp = imp.detach().float().cpu()
             roots.append(root)
-            scores.append(imp.detach().float().cpu())
+            scores.append(imp.view(g, -1).mean(0) if g > 1 else imp)
+            groups.append(g)
         self.roots = roots
-        self.sizes = [len(s) for s in scores]
-        self.owner = (torch.cat([torch.full((c,), i) for i, c in enumerate(self.sizes)]).tolist()
+        self.groups = groups  # channels per entry: the GroupNorm's groups, else 1
+        self.sizes = [len(s) * g for s, g in zip(scores, groups)]  # channels
+        self.owner = (torch.cat([torch.full((len(s),), i) for i, s in enumerate(scores)]).tolist()
                       if scores else [])
         self.order = torch.cat(scores).argsort(stable=True).tolist() if scores else []
 
     def removed(self, ratio: float, max_ratio: float) -> List[int]:
         """Channels each root loses: the lowest-ranked go first until ``ratio`` of all ranked
-        channels are gone, while no layer loses more than ``int(C * max_ratio)`` or its last."""
-        caps = [min(int(c * max_ratio), c - 1) for c in self.sizes]
+        channels are gone, while no layer loses more than ``int(C * max_ratio)`` or its last
+        (per group, for a layer feeding a GroupNorm: its G channels go together, so up to G - 1
+        more may go)."""
+        units = [c // g for c, g in zip(self.sizes, self.groups)]
+        caps = [min(int(u * max_ratio), u - 1) for u in units]
         total = sum(self.sizes)
         target = total - int(total * (1 - ratio))
         removed = [0] * len(self.roots)
@@ -404,14 +494,15 @@ class GlobalRanking:
             i = self.owner[j]
             if removed[i] < caps[i]:
                 removed[i] += 1
-                n += 1
-        return removed
+                n += self.groups[i]
+        return [k * g for k, g in zip(removed, self.groups)]
 
     def allocate(self, ratio: float, max_ratio: float) -> Dict[nn.Module, float]:
         removed = self.removed(ratio, max_ratio)
-        # torch-pruning keeps int(C * (1 - r)); r = (k - 0.5) / C makes that exactly C - k.
-        return {root: ((k - 0.5) / c if k else 0.0)
-                for root, k, c in zip(self.roots, removed, self.sizes)}
+        # torch-pruning keeps int(C * (1 - r)); r = (k - 0.5) / C makes that exactly C - k (per
+        # group of a GroupNorm: C / G channels, k / G of them removed)
+        return {root: ((k // g - 0.5) / (c // g) if k else 0.0)
+                for root, k, c, g in zip(self.roots, removed, self.sizes, self.groups)}
 
 
 def replay(model: nn.Module, spec: ModelSpec, history: List[list],

@@ -118,10 +118,13 @@ class _Ranked:
                 torch.manual_seed(cfg.seed)
                 pruning._criterion_hook(pruner, "prepare", scored, gradients)
                 self.ranking = pruning.GlobalRanking(pruner, fixed)
+            groups = pruning.channel_groups(pruner)
         names = {m: n for n, m in scored.named_modules()}
+        # layers feeding a GroupNorm keep the same count in each of its groups
+        self.groups = {names[m]: g for m, g in groups.items()}
         self.roots = [names[m] for m in self.ranking.roots]
         protected_set = {s for m in protected for s in m.modules()}
-        # layers given their own ratio in --layer-ratios: int(C * (1 - r)) kept, as prune() does
+        # layers given their own ratio in --layer-ratios: kept_channels(C, r), as prune() does
         self.fixed: Dict[str, Tuple[int, float]] = {}
         for m, r in ratios.items():
             for sub in m.modules():
@@ -132,8 +135,9 @@ class _Ranked:
         self.max_ratio = max_ratio
         self.global_pruning = cfg.global_pruning
 
-    def _kept(self, c: int, keep: int) -> int:
-        return keep - keep % self.round_to if self.round_to else keep
+    def _kept(self, name: str, c: int, r: float) -> int:
+        """Channels layer ``name`` of ``c`` keeps at ratio ``r``, as prune() does."""
+        return pruning.kept_channels(c, r, self.groups.get(name, 1), self.round_to)
 
     def empties(self, plan: Dict[str, int]) -> List[str]:
         """The layers ``plan`` would leave with no channel (``--round-to`` rounds a kept count
@@ -144,14 +148,15 @@ class _Ranked:
 
     def plan(self, ratio: float) -> Dict[str, int]:
         """Channels each layer loses at ``ratio``."""
-        out = {name: c - self._kept(c, int(c * (1 - r))) for name, (c, r) in self.fixed.items()}
+        out = {name: c - self._kept(name, c, r) for name, (c, r) in self.fixed.items()}
         sizes = self.ranking.sizes
         if self.global_pruning:
             removed = self.ranking.removed(ratio, self.max_ratio)
-            out.update({n: c - self._kept(c, c - k) for n, c, k in zip(self.roots, sizes, removed)})
+            out.update({n: c - pruning.round_kept((c - k) // g, g, self.round_to)
+                        for n, c, k, g in zip(self.roots, sizes, removed, self.ranking.groups)})
         else:
             r = min(ratio, self.max_ratio)
-            out.update({n: c - self._kept(c, int(c * (1 - r))) for n, c in zip(self.roots, sizes)})
+            out.update({n: c - self._kept(n, c, r) for n, c in zip(self.roots, sizes)})
         return out
 
 
