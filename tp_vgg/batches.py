@@ -9,11 +9,13 @@ DataLoader workers."""
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
+
+from tp_vgg.preprocessing import input_hw
 
 
 class BatchTransform:
@@ -23,11 +25,11 @@ class BatchTransform:
     both done by one gather with per-sample offsets drawn beforehand (see :class:`Batches`).
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], input_size: int,
-                 channels_last: bool = False):
+    def __init__(self, mean: Sequence[float], std: Sequence[float],
+                 input_size: Union[int, Sequence[int]], channels_last: bool = False):
         self.mean255 = torch.tensor([m * 255 for m in mean]).view(1, -1, 1, 1)
         self.inv_std255 = torch.tensor([1 / (s * 255) for s in std]).view(1, -1, 1, 1)
-        self.input_size = int(input_size)
+        self.input_hw = input_hw(input_size)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def to(self, device: torch.device) -> "BatchTransform":
@@ -53,9 +55,10 @@ class BatchTransform:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
-        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
-                              align_corners=False, antialias=x.shape[-1] > self.input_size)
+        h, w = self.input_hw
+        if x.shape[-2] != h or x.shape[-1] != w:
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False,
+                              antialias=x.shape[-2] > h or x.shape[-1] > w)
         x = (x - self.mean255) * self.inv_std255
         return x.contiguous(memory_format=self.memory_format)
 

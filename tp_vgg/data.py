@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from tp_vgg.errors import UserError
-from tp_vgg.preprocessing import Preprocessing
+from tp_vgg.preprocessing import Preprocessing, input_hw, size_value
 from tp_vgg.registry import Registry
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
@@ -54,8 +54,9 @@ class ImageData:
         return int(self.train_images.shape[1])
 
     @property
-    def image_size(self) -> int:
-        return int(self.train_images.shape[-1])
+    def image_size(self) -> Any:
+        """S, or [H, W] for non-square images."""
+        return size_value(tuple(self.train_images.shape[-2:]))
 
     def split(self, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
         if name == "train":
@@ -136,17 +137,17 @@ DATASETS.register("digits", _digits, "scikit-learn's 1,797 8x8 digits, 32x32 RGB
 def _fake(cfg: DataConfig) -> ImageData:
     opts = _options(cfg, {"train_size": 512, "test_size": 128, "num_classes": 10,
                           "image_size": 32, "channels": 3, "seed": 0, "noise": 0.5})
-    for key in ("train_size", "test_size", "num_classes", "image_size", "channels"):
+    for key in ("train_size", "test_size", "num_classes", "channels"):
         if not isinstance(opts[key], int) or opts[key] < 1:
             raise UserError(f"--data-kwargs {key} must be a positive integer, got {opts[key]!r}")
     g = torch.Generator().manual_seed(int(opts["seed"]))
-    k, c, s = opts["num_classes"], opts["channels"], opts["image_size"]
-    protos = F.interpolate(torch.rand(k, c, 4, 4, generator=g), size=(s, s), mode="bilinear",
+    k, c, hw = opts["num_classes"], opts["channels"], _size_option(opts["image_size"])
+    protos = F.interpolate(torch.rand(k, c, 4, 4, generator=g), size=hw, mode="bilinear",
                            align_corners=False)
 
     def make(n: int) -> Tuple[torch.Tensor, torch.Tensor]:
         y = torch.randint(0, k, (n,), generator=g)
-        noise = torch.rand(n, c, s, s, generator=g)
+        noise = torch.rand(n, c, *hw, generator=g)
         x = (1 - opts["noise"]) * protos[y] + opts["noise"] * noise
         return (x * 255).round().clamp(0, 255).to(torch.uint8), y
 
@@ -227,7 +228,7 @@ def _list_images(folder: str, classes: Optional[List[str]]) -> Tuple[List[str], 
     return files, labels, classes
 
 
-def _decode_all(files: Sequence[str], size: Optional[int]) -> torch.Tensor:
+def _decode_all(files: Sequence[str], size: Optional[Tuple[int, int]]) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     out: Optional[torch.Tensor] = None
@@ -237,7 +238,7 @@ def _decode_all(files: Sequence[str], size: Optional[int]) -> torch.Tensor:
         except (RuntimeError, ValueError, OSError) as e:
             msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
             raise UserError(f"cannot decode image {path!r}: {msg}") from e
-        if size is not None and tuple(img.shape[1:]) != (size, size):
+        if size is not None and tuple(img.shape[1:]) != size:
             img = _resize_center_crop(img, size)
         if out is None:
             h, w = img.shape[1:]
@@ -245,21 +246,31 @@ def _decode_all(files: Sequence[str], size: Optional[int]) -> torch.Tensor:
         if img.shape != out.shape[1:]:
             raise UserError(
                 f"image {path!r} is {img.shape[2]}x{img.shape[1]}, not {out.shape[3]}x{out.shape[2]} "
-                f"like {files[0]!r}; pass --data-kwargs '{{\"image_size\": S}}' to resize every image "
-                "(shorter side to S, centre crop)")
+                f"like {files[0]!r}; pass --data-kwargs '{{\"image_size\": S}}' (or [H, W]) to resize "
+                "every image (to cover S x S, then centre crop)")
         out[i] = img
     assert out is not None
     return out
 
 
-def _resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+def _resize_center_crop(img: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Scale ``img`` to cover ``size`` (H, W), keeping its aspect, then crop the centre."""
     h, w = img.shape[1:]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    th, tw = size
+    scale = max(th / h, tw / w)
+    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
     x = F.interpolate(img[None].float(), size=(nh, nw), mode="bilinear", align_corners=False,
                       antialias=scale < 1)[0]
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return x[:, top:top + size, left:left + size].round().clamp(0, 255).to(torch.uint8)
+    top, left = (nh - th) // 2, (nw - tw) // 2
+    return x[:, top:top + th, left:left + tw].round().clamp(0, 255).to(torch.uint8)
+
+
+def _size_option(v: Any) -> Tuple[int, int]:
+    """``--data-kwargs image_size``: S or [H, W], positive integers."""
+    ok = lambda d: isinstance(d, int) and not isinstance(d, bool) and d >= 1  # noqa: E731
+    if ok(v) or (isinstance(v, list) and len(v) == 2 and all(ok(d) for d in v)):
+        return input_hw(v)
+    raise UserError(f"--data-kwargs image_size must be a positive integer S or [H, W], got {v!r}")
 
 
 def _imagefolder(cfg: DataConfig) -> ImageData:
@@ -276,13 +287,11 @@ def _imagefolder(cfg: DataConfig) -> ImageData:
         missing = "train/" if not os.path.isdir(train_dir) else "val/ or test/"
         raise UserError(f"--data-dir {root!r} has no {missing} folder; expected {root}/train/<class>/ "
                         f"and {root}/val/<class>/ (or test/)")
-    size = opts["image_size"]
-    if size is not None and (not isinstance(size, int) or size < 1):
-        raise UserError(f"--data-kwargs image_size must be a positive integer, got {size!r}")
+    size = _size_option(opts["image_size"]) if opts["image_size"] is not None else None
     files, labels, classes = _list_images(train_dir, None)
     xtr = _decode_all(files, size)
     tfiles, tlabels, _ = _list_images(os.path.join(root, test_name), classes)
-    xte = _decode_all(tfiles, size or xtr.shape[-1])
+    xte = _decode_all(tfiles, size or tuple(xtr.shape[-2:]))
     return ImageData("imagefolder", xtr, torch.tensor(labels), xte, torch.tensor(tlabels),
                      classes, test_split=test_name)
 

@@ -22,7 +22,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from tp_vgg.errors import UserError
 from tp_vgg.models import LogitsOnly, ModelSpec, select_logits
-from tp_vgg.preprocessing import Preprocessing
+from tp_vgg.preprocessing import Preprocessing, input_hw
 
 
 def fuse_bn(model: nn.Module, inplace: bool = False) -> nn.Module:
@@ -70,7 +70,7 @@ def onnx_available() -> bool:
 def max_abs_diff(a: nn.Module, b: nn.Module, spec: ModelSpec, batch: int = 2, seed: int = 0) -> float:
     """Largest |difference| of the logits of ``a`` and ``b`` (eval mode) on one random batch."""
     s = spec.resolved()
-    x = torch.randn(batch, s.in_channels, s.input_size, s.input_size,
+    x = torch.randn(batch, s.in_channels, *input_hw(s.input_size),
                     generator=torch.Generator().manual_seed(seed))
     was = (a.training, b.training)
     a.eval(), b.eval()

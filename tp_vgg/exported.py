@@ -31,6 +31,7 @@ from tp_vgg.data import ImageData
 from tp_vgg.errors import UserError
 from tp_vgg.export import METADATA_KEY
 from tp_vgg.latency import LatencyConfig, LatencyReport, Timing
+from tp_vgg.preprocessing import input_hw, size_value
 
 NEEDS = "pip install 'tp-vgg[export]'"
 
@@ -46,7 +47,7 @@ class OnnxInfo:
 
     input_name: str
     in_channels: int
-    input_size: int
+    input_size: Any       # S, or [H, W] for a non-square input
     num_outputs: int
     metadata: Dict[str, Any] = field(default_factory=dict)  # tp-vgg's record ({} if none)
 
@@ -71,7 +72,16 @@ def _numbers(values: Any, n: int) -> bool:
 
 
 def _dim(d: Any) -> Optional[int]:
-    return d if isinstance(d, int) and d > 0 else None
+    return d if isinstance(d, int) and not isinstance(d, bool) and d > 0 else None
+
+
+def _recorded_size(v: Any) -> Optional[List[int]]:
+    """A recorded input size (S or [H, W]) as [H, W], or None when it is not one."""
+    if _dim(v):
+        return [v, v]
+    if isinstance(v, list) and len(v) == 2 and all(_dim(d) for d in v):
+        return list(v)
+    return None
 
 
 class OnnxModel(nn.Module):
@@ -129,16 +139,17 @@ def _info(path: str, session) -> OnnxInfo:
                         f"{inputs[0].shape if inputs else []}; tp-vgg reads image classifiers "
                         "with one NCHW input")
     _, c, h, w = inputs[0].shape
-    size = _dim(h) if _dim(h) == _dim(w) else None
-    c, size = _dim(c) or _dim(pre.get("in_channels")), size or _dim(pre.get("input_size"))
+    size = [_dim(h), _dim(w)] if _dim(h) and _dim(w) else _recorded_size(pre.get("input_size"))
+    c = _dim(c) or _dim(pre.get("in_channels"))
     if c is None or size is None:
         raise UserError(f"{path!r} has input shape {inputs[0].shape} and no recorded input size; "
-                        "tp-vgg reads square NCHW inputs of a fixed size (as tp-vgg export writes)")
+                        "tp-vgg reads NCHW inputs of a fixed size (as tp-vgg export writes)")
+    size = size_value(size)
     n = _dim(outputs[0].shape[-1]) if outputs and outputs[0].shape else None
     if n is None:  # a dynamic class axis: run once
-        x = torch.zeros(1, c, size, size).numpy()
+        x = torch.zeros(1, c, *input_hw(size)).numpy()
         n = int(session.run(None, {inputs[0].name: x})[0].shape[-1])
-    return OnnxInfo(inputs[0].name, int(c), int(size), int(n), metadata)
+    return OnnxInfo(inputs[0].name, int(c), size, int(n), metadata)
 
 
 def load_onnx(path: str, threads: Optional[int] = None) -> OnnxModel:
@@ -223,7 +234,7 @@ def time_onnx(model: OnnxModel, batch_sizes: Sequence[int], warmup: int = 3,
     timings: Dict[int, Dict[str, Timing]] = {}
     g = torch.Generator().manual_seed(0)
     for b in batch_sizes:
-        x = torch.randn(b, info.in_channels, info.input_size, info.input_size, generator=g).numpy()
+        x = torch.randn(b, info.in_channels, *input_hw(info.input_size), generator=g).numpy()
         feed = {info.input_name: x}
         for _ in range(warmup):
             model.session.run(None, feed)

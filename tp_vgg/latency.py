@@ -34,6 +34,7 @@ import torch.nn as nn
 from tp_vgg.counting import count
 from tp_vgg.errors import UserError, naming_fields, parse_list
 from tp_vgg.models import ModelSpec
+from tp_vgg.preprocessing import input_hw
 from tp_vgg.report_json import table
 from tp_vgg.runtime import resolve_device, set_threads
 
@@ -109,7 +110,7 @@ LARGE_INPUT_BATCHES = (1, 8)    # larger inputs (224x224 torchvision VGGs)
 def default_batch_sizes(spec: Optional[ModelSpec]) -> Tuple[int, ...]:
     """The batch sizes timed for ``spec``'s input size when none are given."""
     size = spec.resolved().input_size if spec is not None else None
-    return LARGE_INPUT_BATCHES if size and size > 64 else SMALL_INPUT_BATCHES
+    return LARGE_INPUT_BATCHES if size and max(input_hw(size)) > 64 else SMALL_INPUT_BATCHES
 
 
 def parse_batch_sizes(text: str) -> Tuple[int, ...]:
@@ -204,7 +205,7 @@ def prepare(model: nn.Module, cfg: LatencyConfig) -> nn.Module:
 def _input(spec: ModelSpec, batch: int, cfg: LatencyConfig, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     s = spec.resolved()
-    x = torch.randn(batch, s.in_channels, s.input_size, s.input_size, generator=g)
+    x = torch.randn(batch, s.in_channels, *input_hw(s.input_size), generator=g)
     x = x.to(device=resolve_device(cfg.device, DEVICES), dtype=DTYPES[cfg.dtype])
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

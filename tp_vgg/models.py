@@ -25,7 +25,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -33,6 +33,7 @@ import torchvision
 from torchvision.models.vgg import cfgs as TORCHVISION_CFGS
 
 from tp_vgg.errors import UserError
+from tp_vgg.preprocessing import InputSize, input_hw, size_text, size_value
 from tp_vgg.registry import Registry
 
 
@@ -48,7 +49,7 @@ class ModelSpec:
     num_classes: Optional[int] = None
     width: Optional[float] = None
     in_channels: Optional[int] = None
-    input_size: Optional[int] = None
+    input_size: Optional[InputSize] = None   # S, or [H, W] for a non-square input
     weights: Optional[str] = None
     kwargs: Dict[str, Any] = field(default_factory=dict)
     output_key: Optional[str] = None
@@ -79,13 +80,13 @@ class ModelSpec:
             MODELS.get(self.name).input_size, MODELS.get(self.name).in_channels)
         return dataclasses.replace(
             self,
-            input_size=self.input_size or size,
+            input_size=size_value(self.input_size) if self.input_size else size,
             in_channels=self.in_channels or chans,
         )
 
     def example_input(self, batch: int = 1, device: str | torch.device = "cpu") -> torch.Tensor:
         s = self.resolved()
-        return torch.randn(batch, s.in_channels, s.input_size, s.input_size, device=device)
+        return torch.randn(batch, s.in_channels, *input_hw(s.input_size), device=device)
 
 
 @dataclass(frozen=True)
@@ -144,17 +145,18 @@ TORCHVISION_KWARGS = {"dropout": Arg(float, 0, 1), "init_weights": Arg(bool)}
 TORCHVISION_HEAD = 512 * 7 * 7  # the classifier input after the adaptive 7x7 average pool
 
 
-def _conv_size(cfg: Sequence, batch_norm: bool, c_in: int, size: int, width: float = 1.0
+def _conv_size(cfg: Sequence, batch_norm: bool, c_in: int, size: InputSize, width: float = 1.0
                ) -> Tuple[int, int, int]:
     """(parameters, values per image, last channels) of a VGG ``features`` stack."""
-    params, values = 0, c_in * size * size
+    h, w = input_hw(size)
+    params, values = 0, c_in * h * w
     for v in cfg:
         if v == "M":
-            size //= 2
+            h, w = h // 2, w // 2
             continue
         c_out = max(1, int(round(v * width)))
         params += c_in * c_out * 9 + c_out + (2 * c_out if batch_norm else 0)
-        values += c_out * size * size
+        values += c_out * h * w
         c_in = c_out
     return params, values, c_in
 
@@ -169,6 +171,20 @@ def _torchvision_size(cfg_key: str, batch_norm: bool) -> Callable[[ModelSpec], T
                                        spec.input_size or 224)
         return params + _linear_params(TORCHVISION_HEAD, 4096, 4096, spec.num_classes or 1000), values
     return size
+
+
+def weights_preprocessing(spec: ModelSpec) -> Optional[Dict[str, Any]]:
+    """What the torchvision weights ``spec.weights`` were trained with, from the weights enum
+    (nothing is downloaded): input size (the eval crop), mean/std, the 1,000 category names and
+    the eval resize; None for a model without torchvision weights."""
+    if spec.weights is None or spec.is_user_factory or spec.name not in MODELS or \
+            "weights" not in MODELS.get(spec.name).accepts:
+        return None
+    w = torchvision.models.get_model_weights(spec.name).verify(spec.weights)
+    t = w.transforms()
+    return {"input_size": size_value(t.crop_size), "mean": [float(v) for v in t.mean],
+            "std": [float(v) for v in t.std], "class_names": list(w.meta["categories"]),
+            "resize_size": size_value(t.resize_size), "weights": str(w)}
 
 
 def _torchvision_builder(name: str) -> Callable[[ModelSpec], nn.Module]:
@@ -306,6 +322,10 @@ def _is_json(value: Any, depth: int = 0) -> bool:
     return False
 
 
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
 def check_types(spec: ModelSpec) -> None:
     """Every field of ``spec`` has the type (and sign) the builders expect: a spec from a file
     is data of unknown origin."""
@@ -313,7 +333,12 @@ def check_types(spec: ModelSpec) -> None:
         raise UserError(f"the model name must be a non-empty string, got {_short(spec.name)}")
     for f in ("num_classes", "in_channels", "input_size"):
         v = getattr(spec, f)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+        if f == "input_size" and isinstance(v, (list, tuple)):
+            if len(v) != 2 or not all(_positive_int(d) for d in v):
+                raise UserError(f"--input-size must be S or [H, W] of positive integers, got "
+                                f"{_short(v)}")
+            continue
+        if v is not None and not _positive_int(v):
             raise UserError(f"{_FLAG[f]} must be a positive integer, got {_short(v)}")
     w = spec.width
     if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float))
@@ -373,9 +398,10 @@ def check_spec(spec: ModelSpec) -> None:
 
 def _check_size(spec: ModelSpec, entry: ZooEntry) -> None:
     params, values = entry.size(spec.resolved())
-    given = ", ".join(f"{_FLAG[f]} {getattr(spec, f)}" for f in
-                      ("width", "num_classes", "in_channels", "input_size")
-                      if getattr(spec, f) is not None)
+    given = ", ".join(f"{_FLAG[f]} {size_text(v) if f == 'input_size' else v}"
+                      for f, v in ((f, getattr(spec, f)) for f in
+                      ("width", "num_classes", "in_channels", "input_size"))
+                      if v is not None)
     given += (", " if given and spec.kwargs else "") + ", ".join(f"{k}={v}" for k, v in spec.kwargs.items())
     what = f"{spec.name}" + (f" with {given}" if given else "")
     if params > MAX_PARAMS:
@@ -510,11 +536,55 @@ def _exec_file(ref: FactoryRef, code: Optional[ModelCode], allow_changed: bool):
         module = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = module
         try:  # the bytes just read (and hashed) are what runs, not a second read of the file
-            exec(compile(content, path, "exec"), module.__dict__)
+            with _siblings_importable(os.path.dirname(path)):
+                exec(compile(content, path, "exec"), module.__dict__)
         except Exception as e:
             del sys.modules[mod_name]
             raise UserError(f"importing {where!r} failed: {type(e).__name__}: {e}") from e
     return module
+
+
+def _module_names(folder: str) -> List[str]:
+    """Top-level module names a file in ``folder`` can import from it: ``x.py`` and packages."""
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return []
+    return [e[:-3] if e.endswith(".py") else e for e in entries
+            if (e.endswith(".py") and e[:-3].isidentifier())
+            or (e.isidentifier() and os.path.isfile(os.path.join(folder, e, "__init__.py")))]
+
+
+def _in_folder(module: Any, folder: str) -> bool:
+    f = getattr(module, "__file__", None)
+    return bool(f) and os.path.abspath(f).startswith(folder + os.sep)
+
+
+@contextlib.contextmanager
+def _siblings_importable(folder: str) -> Iterator[None]:
+    """While a model file runs, its folder is importable (``from layers import Block``), as when
+    it runs as a script. Its sibling modules are private to it: a module of the same name already
+    imported from elsewhere is set aside meanwhile, and the siblings leave ``sys.modules``
+    afterwards (the model file keeps what it imported), so two model files in different folders
+    each import their own ``layers.py``."""
+    folder = os.path.abspath(folder)
+    hidden = {}
+    for name in _module_names(folder):
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            if not _in_folder(sys.modules[key], folder):
+                hidden[key] = sys.modules.pop(key)
+    before = set(sys.modules)
+    sys.path.insert(0, folder)
+    importlib.invalidate_caches()
+    try:
+        yield
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
+        for key in set(sys.modules) - before:
+            if _in_folder(sys.modules[key], folder):
+                del sys.modules[key]
+        sys.modules.update(hidden)
 
 
 def _import_module(ref: FactoryRef, code: Optional[ModelCode], allow_changed: bool):
@@ -607,8 +677,9 @@ def check_forward(model: nn.Module, spec: ModelSpec) -> torch.Size:
             raise
         except Exception as e:
             msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise UserError(f"{s.name} cannot run on a 1x{s.in_channels}x{s.input_size}x"
-                            f"{s.input_size} input ({type(e).__name__}: {msg}); check "
+            raise UserError(f"{s.name} cannot run on a 1x{s.in_channels}x"
+                            f"{'x'.join(map(str, input_hw(s.input_size)))} input "
+                            f"({type(e).__name__}: {msg}); check "
                             "--input-size and --in-channels") from e
     return select_logits(out, s.output_key).shape
 

@@ -6,7 +6,31 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+# An input size: one int for a square input, or [height, width] (as a checkpoint stores it).
+InputSize = Union[int, List[int]]
+
+
+def input_hw(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    """(height, width) of an input size given as ``S`` or ``[H, W]``."""
+    if isinstance(size, (list, tuple)):
+        h, w = (size[0], size[0]) if len(size) == 1 else size   # torchvision's [S] too
+        return int(h), int(w)
+    return int(size), int(size)
+
+
+def size_value(size: Union[int, Sequence[int]]) -> InputSize:
+    """The stored form: ``S`` for a square input, ``[H, W]`` otherwise."""
+    h, w = input_hw(size)
+    return h if h == w else [h, w]
+
+
+def size_text(size: Union[int, Sequence[int]]) -> str:
+    """``32`` or ``96x64``, as --input-size takes it."""
+    h, w = input_hw(size)
+    return str(h) if h == w else f"{h}x{w}"
+
 
 KEYS = ("input_size", "in_channels", "mean", "std", "class_names")
 
@@ -16,7 +40,7 @@ class Preprocessing:
     """``mean``/``std`` None: not known yet (the data's statistics are used). ``extra`` keeps
     what else was recorded with it (the dataset's name, its augmentation)."""
 
-    input_size: Optional[int] = None
+    input_size: Optional[InputSize] = None
     in_channels: Optional[int] = None
     mean: Optional[List[float]] = None
     std: Optional[List[float]] = None

@@ -11,15 +11,19 @@ import torch.nn as nn
 
 from tp_vgg.checkpoint import Checkpoint, load_checkpoint
 from tp_vgg.errors import UserError
-from tp_vgg.models import ModelSpec, build_model, check_forward
+from tp_vgg.models import ModelSpec, build_model, check_forward, weights_preprocessing
 from tp_vgg.preprocessing import Preprocessing
+from tp_vgg.weights import apply_weights
 
 
 @dataclass
 class ModelSource:
     """``spec``: build this model (seeded by ``seed``); or ``checkpoint``: rebuild the model in
     this file. ``factory`` (with ``checkpoint``) names your own copy of the checkpoint's factory,
-    which is then what runs; ``trust_model_code`` lets a checkpoint's own factory run."""
+    which is then what runs; ``trust_model_code`` lets a checkpoint's own factory run.
+
+    ``weights_file`` (with ``spec``): a plain state_dict the user trained (``--weights PATH``),
+    loaded into the built model, strictly unless ``strict_weights`` is False."""
 
     spec: Optional[ModelSpec] = None
     checkpoint: Optional[str] = None
@@ -27,6 +31,8 @@ class ModelSource:
     trust_model_code: bool = False
     allow_changed_model_code: bool = False
     seed: int = 0
+    weights_file: Optional[str] = None
+    strict_weights: bool = True
 
     def consent(self) -> Dict[str, bool]:
         """The code consent, as keyword arguments of :func:`tp_vgg.load_checkpoint`."""
@@ -37,6 +43,9 @@ class ModelSource:
         if (self.spec is None) == (self.checkpoint is None):
             raise UserError("give the model as ModelSource(spec=...) (--model) or "
                             "ModelSource(checkpoint=...) (--checkpoint), one of the two")
+        if self.weights_file is not None and self.spec is None:
+            raise UserError("--weights PATH applies to --model: a checkpoint already holds its "
+                            "weights (ModelSource.weights_file needs ModelSource.spec)")
         if self.spec is not None:
             for flag, on in self.consent().items():
                 if on:
@@ -72,5 +81,14 @@ def load_source(source: ModelSource) -> Loaded:
     spec = source.spec.resolved()
     torch.manual_seed(source.seed or 0)  # the seed also fixes the initial weights
     model = build_model(spec)
+    meta: Dict[str, Any] = {}
+    if source.weights_file is not None:
+        meta["weights"] = apply_weights(model, source.weights_file, source.strict_weights)
     check_forward(model, spec)
-    return Loaded(model, spec, [], Preprocessing.for_spec(spec), {})
+    pre = Preprocessing.for_spec(spec)
+    known = weights_preprocessing(spec)
+    if known is not None:  # torchvision weights: what they were trained with
+        pre = Preprocessing.from_dict(dict(known, input_size=spec.input_size,
+                                           in_channels=spec.in_channels))
+        meta["weights"] = {"torchvision": known["weights"]}
+    return Loaded(model, spec, [], pre, meta)

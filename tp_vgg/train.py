@@ -137,6 +137,11 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
         if resume_state.get("rng"):
             set_rng_state(resume_state["rng"])
         records = [r for r in _read_records(out_dir) if r.get("epoch", 0) <= start_epoch]
+        planned = int((resume_state.get("config") or {}).get("epochs") or cfg.epochs)
+        if planned != cfg.epochs:  # continued for more epochs: the schedule as if planned so
+            for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
+            scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
     regularizer = None
     if cfg.sparsity:
@@ -195,7 +200,7 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
         rec = {"epoch": epoch + 1, "lr": lr, "train_loss": stats.loss, "train_top1": stats.top1,
                "test_loss": final.loss, "test_top1": final.top1, "test_top5": final.top5,
                "images_per_s": stats.images_per_s * dist.world_size, "epoch_s": stats.seconds,
-               "best_top1": best}
+               "best_top1": best, "planned_epochs": cfg.epochs}
         if cfg.distill:
             rec["teacher_s"] = stats.teacher_seconds
         if device.type == "cuda":
@@ -293,10 +298,22 @@ class ResumePoint:
 
 
 def resume(point: ResumePoint, data: ImageData, out_dir: Optional[str] = None,
-           runtime: Optional[Dict[str, Any]] = None, **kwargs: Any) -> FitResult:
-    """Continue the run of ``point`` exactly; ``runtime`` may change device/progress/compile."""
+           runtime: Optional[Dict[str, Any]] = None, epochs: Optional[int] = None,
+           **kwargs: Any) -> FitResult:
+    """Continue the run of ``point`` exactly; ``runtime`` may change device/progress/compile.
+
+    ``epochs`` above the run's own continues it for more epochs (timm's ``--resume --epochs``):
+    the LR schedule becomes the one a run planned for ``epochs`` would have, from the epoch
+    reached on (warm-up is not repeated; a finished cosine run climbs back to that schedule's
+    value there). Data order and augmentation stay those of (seed, epoch)."""
     ck = point.checkpoint
     cfg = point.config
+    if epochs is not None and epochs != cfg.epochs:
+        done = int(ck.train_state["epoch"])
+        if not (isinstance(epochs, int) and epochs > done):
+            raise UserError(f"--epochs {epochs!r} with --resume must be more than the {done} "
+                            "epochs the run has done (or leave --epochs out to finish it as planned)")
+        cfg = dataclasses.replace(cfg, epochs=epochs)
     if runtime:
         bad = [k for k in runtime if k not in TrainConfig.RUNTIME]
         if bad:

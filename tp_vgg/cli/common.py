@@ -11,6 +11,7 @@ from tp_vgg.cli import REQUIRE_ONE_OF
 from tp_vgg.errors import UserError
 from tp_vgg.models import ModelSpec
 from tp_vgg.source import Loaded, ModelSource, load_source
+from tp_vgg.weights import is_weights_file
 
 MODEL_FLAGS = ("model_kwargs", "num_classes", "in_channels", "input_size", "width", "weights",
                "output_key")
@@ -46,6 +47,19 @@ nonneg_float = numeric(float, lambda v: v >= 0 and math.isfinite(v), "a number >
                        "is not >= 0", "a finite number >= 0")
 positive_float = numeric(float, lambda v: v > 0 and not math.isinf(v), "a number > 0",
                          "is not > 0")
+def input_size(text: str) -> Any:
+    """``--input-size``: ``S`` (square), or ``H,W`` / ``HxW`` -> S or [H, W]."""
+    parts = text.lower().replace("x", ",").split(",")
+    accepted = "S, or HxW / H,W, positive integers (e.g. 32 or 96x64)"
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an input size; accepted: {accepted}")
+    if len(dims) not in (1, 2) or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an input size; accepted: {accepted}")
+    return dims[0] if len(dims) == 1 or dims[0] == dims[1] else dims
+
+
 unit_float = numeric(float, lambda v: 0 <= v <= 1, "a number in [0, 1]", "is outside [0, 1]")
 
 
@@ -100,12 +114,18 @@ def add_model_args(p: argparse.ArgumentParser, checkpoint: bool = True,
     g.add_argument("--num-classes", type=positive_int, metavar="N")
     g.add_argument("--in-channels", type=positive_int, metavar="C",
                    help="input channels (CIFAR-form and user models; default 3)")
-    g.add_argument("--input-size", type=positive_int, metavar="S",
-                   help="input height = width (default: 224 torchvision, 32 CIFAR-form and user)")
+    g.add_argument("--input-size", type=input_size, metavar="S|HxW",
+                   help="input size: S for S x S, or HxW (e.g. 96x64) for a non-square input "
+                        "(default: 224 torchvision, 32 CIFAR-form and user)")
     g.add_argument("--width", type=positive_float, metavar="W",
                    help="channel-width multiplier (CIFAR-form models), e.g. 0.25")
-    g.add_argument("--weights", metavar="NAME",
-                   help="torchvision weights, e.g. DEFAULT (must already be in the cache)")
+    g.add_argument("--weights", metavar="NAME|PATH",
+                   help="torchvision weights, e.g. DEFAULT (must already be in the cache), or a "
+                        "state_dict file you trained (.pt/.pth/.bin/.safetensors; read with "
+                        "weights_only=True; nesting and module./_orig_mod. prefixes are undone)")
+    g.add_argument("--strict-weights", action=argparse.BooleanOptionalAction, default=True,
+                   help="--weights PATH must fit the model key for key and shape for shape "
+                        "(default); --no-strict-weights loads only the keys that fit")
     g.add_argument("--output-key", metavar="KEY",
                    help="key (dict) or index (tuple) of the logits when the model returns several outputs")
 
@@ -138,7 +158,8 @@ def is_onnx(name: Optional[str]) -> bool:
 def spec_from_args(args: argparse.Namespace) -> ModelSpec:
     return ModelSpec(name=args.model, num_classes=args.num_classes, width=args.width,
                      in_channels=args.in_channels, input_size=args.input_size,
-                     weights=args.weights, kwargs=args.model_kwargs or {},
+                     weights=None if is_weights_file(args.weights) else args.weights,
+                     kwargs=args.model_kwargs or {},
                      output_key=args.output_key).resolved()
 
 
@@ -158,7 +179,9 @@ def model_source(args: argparse.Namespace) -> ModelSource:
         if on:
             raise UserError(f"--{flag.replace('_', '-')} applies to --checkpoint: a --model you "
                             "name yourself is built without it")
-    return ModelSource(spec=spec_from_args(args), seed=getattr(args, "seed", None) or 0)
+    return ModelSource(spec=spec_from_args(args), seed=getattr(args, "seed", None) or 0,
+                       weights_file=args.weights if is_weights_file(args.weights) else None,
+                       strict_weights=args.strict_weights)
 
 
 def load_model(args: argparse.Namespace) -> Loaded:

@@ -18,6 +18,7 @@ from tp_vgg.cli.common import MODEL_FLAGS, is_onnx
 from tp_vgg.cli.latency_args import MEASURE_FLAGS
 from tp_vgg.errors import UserError
 from tp_vgg.latency import LARGE_INPUT_BATCHES, SMALL_INPUT_BATCHES, parse_batch_sizes
+from tp_vgg.preprocessing import input_hw
 
 
 def register(sub, common) -> None:
@@ -82,7 +83,8 @@ def cmd_profile_onnx(args: argparse.Namespace) -> int:
         _refuse(args, ("channels_last", "fuse_bn"), "the graph is timed as exported (onnxruntime "
                 "picks its own layouts; fold BN at export with tp-vgg export --fuse-bn)")
         model = exported.load_onnx(args.model, threads=args.threads)
-        default = SMALL_INPUT_BATCHES if model.info.input_size <= 64 else LARGE_INPUT_BATCHES
+        default = (SMALL_INPUT_BATCHES if max(input_hw(model.info.input_size)) <= 64
+                   else LARGE_INPUT_BATCHES)
         given = getattr(args, "latency_batch_sizes", None)
         sizes = parse_batch_sizes(given) if given else default
         for what, v, low in (("warmup", args.warmup, 0), ("repeats", args.repeats, 1)):

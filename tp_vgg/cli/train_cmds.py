@@ -17,14 +17,14 @@ from typing import Any, Optional
 from tp_vgg import distributed, evaluation, progress, train
 from tp_vgg.checkpoint import load_checkpoint
 from tp_vgg.cli.common import (Loaded, add_model_args, add_trust_args, code_consent, comma_list,
-                               json_object, load_model, nonneg_float,
-                               nonneg_int, positive_float, positive_int, ratio, spec_from_args,
-                               unit_float)
+                               json_object, load_model, model_source, nonneg_float,
+                               nonneg_int, positive_float, positive_int, ratio, unit_float)
 from tp_vgg.data import DATASETS, DataConfig, load_data
 from tp_vgg.errors import UserError
 from tp_vgg.job import DEFAULT_BN_RECALIBRATE, FinetuneConfig
 from tp_vgg.train_config import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig, finetuning
-from tp_vgg.models import MODELS, build_model
+from tp_vgg.models import MODELS
+from tp_vgg.source import load_source
 
 # Flags that set the training recipe; with --resume the saved recipe is used and these are refused.
 RECIPE = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
@@ -241,10 +241,11 @@ def _run(ctx: distributed.DistContext, fn) -> int:
 
 
 def _resume(args: argparse.Namespace, ctx: distributed.DistContext, command: str) -> int:
-    given = [k for k in RECIPE if getattr(args, k, None) is not None]
+    given = [k for k in RECIPE if k != "epochs" and getattr(args, k, None) is not None]
     if given:
         raise UserError(f"--{given[0].replace('_', '-')} cannot be given with --resume: the run "
-                        "continues with the configuration saved in its last.pt")
+                        "continues with the configuration saved in its last.pt (only --epochs "
+                        "may grow)")
     for flag in ("model", "checkpoint", "data"):
         if getattr(args, flag, None):
             raise UserError(f"--{flag} cannot be given with --resume: the run continues with the "
@@ -257,9 +258,15 @@ def _resume(args: argparse.Namespace, ctx: distributed.DistContext, command: str
     ctx = _start_dist(ctx, runtime.get("device", point.config.device))
     log = _log(ctx)
     done = int(point.checkpoint.train_state["epoch"])
-    log(f"resuming {args.resume} after epoch {done}/{point.config.epochs}")
+    epochs = getattr(args, "epochs", None)
+    if epochs is not None and epochs != point.config.epochs:
+        log(f"resuming {args.resume} after epoch {done} of {point.config.epochs}, continuing to "
+            f"{epochs} epochs: the LR schedule is re-planned for {epochs} epochs from epoch {done} "
+            "(metrics.jsonl: planned_epochs)")
+    else:
+        log(f"resuming {args.resume} after epoch {done}/{point.config.epochs}")
     return _run(ctx, lambda: _summary(
-        train.resume(point, data, out, runtime=runtime, dist=ctx, log=log), log))
+        train.resume(point, data, out, runtime=runtime, dist=ctx, log=log, epochs=epochs), log))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -272,16 +279,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = train_config(args)
     data_cfg = data_config(args)
     data = load_data(data_cfg)
-    spec = spec_from_args(args)
+    source = model_source(args)
+    spec = source.spec
     if spec.num_classes is None and not spec.is_user_factory and \
             "num_classes" in MODELS.get(spec.name).accepts:
-        spec = dataclasses.replace(spec, num_classes=data.num_classes)
+        source.spec = dataclasses.replace(spec, num_classes=data.num_classes)
     train.seed_everything(cfg.seed)
-    model = build_model(spec)
+    loaded = load_source(dataclasses.replace(source, seed=cfg.seed))
     ctx = _start_dist(ctx, cfg.device)
     log = _log(ctx)
     return _run(ctx, lambda: _summary(
-        train.fit(model, spec, data, cfg, out, data_cfg=data_cfg, dist=ctx, log=log), log))
+        train.fit(loaded.model, loaded.spec, data, cfg, out, data_cfg=data_cfg, dist=ctx, log=log,
+                  preprocessing=loaded.preprocessing if loaded.preprocessing.normalized else None,
+                  meta=loaded.meta or None), log))
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
