@@ -19,7 +19,7 @@ from tp_vgg.models import ModelSpec, build_model
 from tp_vgg.pruning import out_channels
 from tp_vgg.source import ModelSource, load_source
 from tp_vgg.train import ResumePoint, TrainConfig, fit, resume, seed_everything
-from tp_vgg.weights import is_weights_file, read_state_dict
+from tp_vgg.weights import is_weights_file
 
 from conftest import randomize
 from methods_util import assert_one_line_error
@@ -258,7 +258,8 @@ def test_a_module_of_the_same_name_elsewhere_does_not_shadow_the_sibling(tmp_pat
     other.mkdir()
     (other / "layers.py").write_text("WIDTH = 99\n")
     monkeypatch.syspath_prepend(str(other))
-    import layers  # noqa: F401 -- a different 'layers' already imported
+    import layers  # a different "layers", already imported
+    assert layers.WIDTH == 99
     try:
         model = build_model(ModelSpec(_model_file(tmp_path / "a", 8)))
         assert model[0][0].out_channels == 8

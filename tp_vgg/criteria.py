@@ -171,12 +171,11 @@ def training_gradients(data, preprocessing, spec, batches: int = DEFAULT_TAYLOR_
     """Gradients for ``--importance taylor`` from ``batches`` shuffled, unaugmented training
     batches of ``data`` (an :class:`tp_vgg.data.ImageData`), with ``preprocessing`` (a resolved
     :class:`tp_vgg.preprocessing.Preprocessing`)."""
-    from tp_vgg.batches import BatchTransform, Batches
+    from tp_vgg.batches import BatchTransform
 
     pre = preprocessing
-    b = Batches(data.train_images, data.train_labels, TAYLOR_BATCH_SIZE,
-                BatchTransform(pre.mean, pre.std, pre.input_size), "cpu",
-                train=True, augment=False, seed=seed)
+    b = data.batches("train", TAYLOR_BATCH_SIZE, BatchTransform(pre.mean, pre.std, pre.input_size),
+                     "cpu", train=True, augment=False, seed=seed)
     return GradientBatches(b, max_batches=batches, output_key=spec.output_key,
                            description=f"{batches} batches of {TAYLOR_BATCH_SIZE} {data.name} "
                                        "training images (shuffled, no augmentation)")

@@ -1,7 +1,9 @@
 """Datasets held in memory as uint8 tensors: each is decoded once into ``uint8`` tensors
 (N x C x H x W) and labels. :mod:`tp_vgg.batches` batches and augments them on the device.
+An image folder too large for memory is read from disk instead (:mod:`tp_vgg.stream`).
 
-Datasets are entries of the ``DATASETS`` registry: ``loader(DataConfig) -> ImageData``.
+Datasets are entries of the ``DATASETS`` registry: ``loader(DataConfig) -> ImageData`` (or a
+:class:`tp_vgg.stream.StreamData`). Both give batches through ``data.batches(...)``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,22 @@ class DataConfig:
     data_dir: Optional[str] = None
     download: bool = False
     kwargs: Dict[str, Any] = field(default_factory=dict)
+    loader: str = "auto"            # imagefolder: memory | stream | auto (see LOADERS)
+    workers: Optional[int] = None   # stream: loader processes per rank (None: the cores less one)
+
+    def validate(self) -> None:
+        if self.loader not in LOADERS:
+            raise UserError(f"--data-loader {self.loader!r} is not a data loader; accepted: "
+                            f"{', '.join(LOADERS)}")
+        if self.workers is not None and (isinstance(self.workers, bool)
+                                         or not isinstance(self.workers, int) or self.workers < 0):
+            raise UserError(f"--workers must be an integer >= 0, got {self.workers!r}")
+
+
+LOADERS = ("auto", "memory", "stream")
+# auto streams an image folder whose decoded images would take more than this share of the
+# machine's memory (per process on the machine: each torchrun rank would hold a copy)
+MEMORY_SHARE = 0.25
 
 
 @dataclass
@@ -45,6 +63,8 @@ class ImageData:
     pad: int = 4               # random-crop padding
     test_split: str = "test"   # the folder or split the test images came from
 
+    streaming = False
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
@@ -52,6 +72,26 @@ class ImageData:
     @property
     def in_channels(self) -> int:
         return int(self.train_images.shape[1])
+
+    def batches(self, split: str, batch_size: int, transform: Any, device: Any = "cpu", *,
+                train: bool = False, augment: bool = True, seed: int = 0, rank: int = 0,
+                world_size: int = 1) -> Any:
+        """``split`` in batches on ``device`` (:class:`tp_vgg.batches.Batches`)."""
+        from tp_vgg.batches import Batches
+
+        images, labels = self.split(split)
+        return Batches(images, labels, batch_size, transform, device, train=train, pad=self.pad,
+                       flip=self.flip, augment=augment, seed=seed, rank=rank,
+                       world_size=world_size)
+
+    def subset(self, split: str, idx: torch.Tensor) -> "ImageData":
+        """The same data with only the samples ``idx`` of ``split``."""
+        import dataclasses
+        if split == "train":
+            return dataclasses.replace(self, train_images=self.train_images[idx],
+                                       train_labels=self.train_labels[idx])
+        return dataclasses.replace(self, test_images=self.test_images[idx],
+                                   test_labels=self.test_labels[idx])
 
     @property
     def image_size(self) -> Any:
@@ -90,10 +130,18 @@ class ImageData:
 DATASETS: Registry[Callable[[DataConfig], ImageData]] = Registry("dataset")
 
 
-def load_data(cfg: DataConfig) -> ImageData:
-    """Load (decode once) the dataset ``cfg`` names."""
+def load_data(cfg: DataConfig, log: Optional[Callable[[str], None]] = None) -> Any:
+    """Load (decode once) the dataset ``cfg`` names -- or, for an image folder read from disk
+    (``cfg.loader``), list it; ``log`` is told which and why."""
+    cfg.validate()
+    if cfg.loader == "stream" and cfg.name != "imagefolder":
+        raise UserError(f"--data-loader stream reads image folders (--data imagefolder); "
+                        f"{cfg.name!r} is held in memory")
     loader = DATASETS.get(cfg.name)
-    return loader(cfg)
+    data = loader(cfg)
+    if log is not None and getattr(data, "reason", ""):
+        log(data.reason)
+    return data
 
 
 def _options(cfg: DataConfig, accepted: Dict[str, Any]) -> Dict[str, Any]:
@@ -228,26 +276,23 @@ def _list_images(folder: str, classes: Optional[List[str]]) -> Tuple[List[str], 
     return files, labels, classes
 
 
-def _decode_all(files: Sequence[str], size: Optional[Tuple[int, int]]) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image, read_file
+def _decode_all(files: Sequence[str], size: Optional[Tuple[int, int]],
+                channels: int = 3) -> torch.Tensor:
+    from tp_vgg.stream import decode
 
     out: Optional[torch.Tensor] = None
     for i, path in enumerate(files):
-        try:
-            img = decode_image(read_file(path), mode=ImageReadMode.RGB)
-        except (RuntimeError, ValueError, OSError) as e:
-            msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-            raise UserError(f"cannot decode image {path!r}: {msg}") from e
+        img = decode(path, channels)
         if size is not None and tuple(img.shape[1:]) != size:
             img = _resize_center_crop(img, size)
         if out is None:
             h, w = img.shape[1:]
-            out = torch.empty(len(files), 3, h, w, dtype=torch.uint8)
+            out = torch.empty(len(files), channels, h, w, dtype=torch.uint8)
         if img.shape != out.shape[1:]:
             raise UserError(
                 f"image {path!r} is {img.shape[2]}x{img.shape[1]}, not {out.shape[3]}x{out.shape[2]} "
                 f"like {files[0]!r}; pass --data-kwargs '{{\"image_size\": S}}' (or [H, W]) to resize "
-                "every image (to cover S x S, then centre crop)")
+                "every image (to cover S x S, then centre crop), or --data-loader stream")
         out[i] = img
     assert out is not None
     return out
@@ -273,8 +318,50 @@ def _size_option(v: Any) -> Tuple[int, int]:
     raise UserError(f"--data-kwargs image_size must be a positive integer S or [H, W], got {v!r}")
 
 
+def _memory_budget() -> int:
+    """Bytes the decoded images may take in memory: a share of the machine's RAM, divided among
+    the processes torchrun starts on it."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 8 * 2**30
+    return int(ram * MEMORY_SHARE / max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
+
+
+def _choose_loader(cfg: DataConfig, files: Sequence[str], test_files: Sequence[str],
+                   size: Optional[Tuple[int, int]], channels: int) -> Tuple[str, str]:
+    """(``memory`` or ``stream``, why) for an image folder: ``auto`` streams when the decoded set
+    would exceed the memory budget or when its images differ in size (and no image_size is
+    given); the first 8 spread-out images stand for the rest."""
+    if cfg.loader != "auto":
+        return cfg.loader, (f"reading {cfg.data_dir!r} from disk as it trains "
+                            "(--data-loader stream)" if cfg.loader == "stream" else "")
+    from tp_vgg.stream import decode
+
+    sample = [files[i] for i in range(0, len(files), max(1, len(files) // 8))][:8]
+    shapes = {tuple(decode(f, channels).shape[-2:]) for f in sample}
+    n = len(files) + len(test_files)
+    if size is None and len(shapes) > 1:
+        return "stream", (f"{cfg.data_dir!r}: images of different sizes "
+                          f"({', '.join(f'{w}x{h}' for h, w in sorted(shapes)[:3])}, ...): reading "
+                          "them from disk, resized as they are read (--data-loader stream; "
+                          "--data-kwargs image_size S decodes them into memory instead)")
+    h, w = size or next(iter(shapes))
+    need, budget = n * channels * h * w, _memory_budget()
+    if need > budget:
+        return "stream", (f"{cfg.data_dir!r}: {n:,} images would take {need / 2**30:.1f} GiB "
+                          f"decoded, over the {budget / 2**30:.1f} GiB budget "
+                          f"({MEMORY_SHARE:.0%} of this machine's memory per process): reading "
+                          "them from disk as it trains (--data-loader stream; --data-loader "
+                          "memory to decode them anyway)")
+    return "memory", ""
+
+
 def _imagefolder(cfg: DataConfig) -> ImageData:
-    opts = _options(cfg, {"image_size": None})
+    opts = _options(cfg, {"image_size": None, "channels": 3})
+    channels = opts["channels"]
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise UserError(f"--data-kwargs channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     root = cfg.data_dir
     if not root:
         raise UserError("--data imagefolder needs --data-dir DIR holding train/ and val/ or test/ "
@@ -289,12 +376,23 @@ def _imagefolder(cfg: DataConfig) -> ImageData:
                         f"and {root}/val/<class>/ (or test/)")
     size = _size_option(opts["image_size"]) if opts["image_size"] is not None else None
     files, labels, classes = _list_images(train_dir, None)
-    xtr = _decode_all(files, size)
     tfiles, tlabels, _ = _list_images(os.path.join(root, test_name), classes)
-    xte = _decode_all(tfiles, size or tuple(xtr.shape[-2:]))
+    how, why = _choose_loader(cfg, files, tfiles, size, channels)
+    if how == "stream":
+        from tp_vgg.stream import StreamData
+
+        if size is not None:
+            why += ("; --data-kwargs image_size is not used: streamed images are resized to the "
+                    "model's input size as they are read")
+        return StreamData("imagefolder", files, torch.tensor(labels), tfiles, torch.tensor(tlabels),
+                          classes, channels=channels, test_split=test_name, workers=cfg.workers,
+                          reason=why)
+    xtr = _decode_all(files, size, channels)
+    xte = _decode_all(tfiles, size or tuple(xtr.shape[-2:]), channels)
     return ImageData("imagefolder", xtr, torch.tensor(labels), xte, torch.tensor(tlabels),
                      classes, test_split=test_name)
 
 
 DATASETS.register("imagefolder", _imagefolder,
-                  "--data-dir with train/ and val/ or test/ class folders (decoded once into memory)")
+                  "--data-dir with train/ and val/ or test/ class folders (decoded once into "
+                  "memory, or read from disk as it trains: --data-loader)")

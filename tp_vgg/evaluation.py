@@ -79,9 +79,8 @@ def evaluate_on(model: nn.Module, spec: ModelSpec, data: ImageData, preprocessin
     dev = resolve_device(device)
     pre = resolve_preprocessing(data, spec, preprocessing)
     check_model_fits(model.to(dev), spec, data)
-    images, labels = data.split(split)
-    batches = Batches(images, labels, batch_size,
-                      BatchTransform(pre.mean, pre.std, pre.input_size), dev)
+    batches = data.batches(split, batch_size, BatchTransform(pre.mean, pre.std, pre.input_size),
+                           dev)
     autocast, _, _ = make_amp(dev, "auto")
     return evaluate(model, batches, spec.output_key, autocast)
 
@@ -163,10 +162,10 @@ def recalibrate_on(model: nn.Module, spec: ModelSpec, data: ImageData, preproces
     dev = dist.device(device)
     pre = resolve_preprocessing(data, spec, preprocessing)
     model.to(dev)
-    batches = Batches(data.train_images, data.train_labels, batch_size,
-                      BatchTransform(pre.mean, pre.std, pre.input_size, channels_last), dev,
-                      train=True, augment=False, seed=seed, rank=dist.rank,
-                      world_size=dist.world_size)
+    batches = data.batches("train", batch_size,
+                           BatchTransform(pre.mean, pre.std, pre.input_size, channels_last), dev,
+                           train=True, augment=False, seed=seed, rank=dist.rank,
+                           world_size=dist.world_size)
     autocast, _, _ = make_amp(dev, "auto")
     return recalibrate_bn(model, batches, num_batches, autocast, dist)
 

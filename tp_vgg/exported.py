@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from tp_vgg.counting import Counts, LayerCount
-from tp_vgg.batches import BatchTransform, Batches
+from tp_vgg.batches import BatchTransform
 from tp_vgg.data import ImageData
 from tp_vgg.errors import UserError
 from tp_vgg.export import METADATA_KEY
@@ -171,8 +171,7 @@ def evaluate_onnx(model: OnnxModel, data: ImageData, split: str = "test",
         raise UserError(f"the model has {info.num_outputs} outputs but {data.name} has "
                         f"{data.num_classes} classes; use a model trained on these classes")
     mean, std = info.mean_std or data.stats()
-    images, labels = data.split(split)
-    batches = Batches(images, labels, batch_size, BatchTransform(mean, std, info.input_size), "cpu")
+    batches = data.batches(split, batch_size, BatchTransform(mean, std, info.input_size), "cpu")
     return train.evaluate(model, batches)
 
 

@@ -220,7 +220,7 @@ class Prepared:
         return self.preprocessing if self.top1_before is not None else self.loaded.preprocessing
 
 
-def load(job: PruneJob) -> Prepared:
+def load(job: PruneJob, log: Log = print) -> Prepared:
     """The model; with a fine-tuning sub-config its data, the teacher, and top-1 before."""
     loaded = load_source(job.source)
     ft = job.finetune
@@ -228,7 +228,7 @@ def load(job: PruneJob) -> Prepared:
         return Prepared(loaded, preprocessing=Preprocessing.of(loaded.preprocessing))
     cfg = dataclasses.replace(ft.train, epochs=ft.epochs) if ft.epochs else ft.train
     teacher = make_teacher(job, loaded) if cfg.distill else None
-    data = load_data(ft.data)
+    data = load_data(ft.data, log)
     pre = evaluation.resolve_preprocessing(data, loaded.spec, loaded.preprocessing)
     before = (evaluation.evaluate_on(loaded.model, loaded.spec, data, pre, device=cfg.device).top1
               if ft.evaluates else None)
@@ -460,7 +460,7 @@ def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print,
                         "torchrun (PruneJob.latency / PruneJob.unstructured)")
     if not dist.is_main:
         log, out_dir = (lambda s: None), None
-    prep = load(job)
+    prep = load(job, log)
     if job.unstructured is not None:
         return prune_unstructured(job, prep, out_dir, log)
     model, spec, loaded = prep.loaded.model, prep.loaded.spec, prep.loaded

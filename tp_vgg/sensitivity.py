@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import dataclasses
 import io
 import json
 import os
@@ -208,8 +207,7 @@ def _subset(data, n: Optional[int], seed: int):
         return data
     idx = torch.randperm(len(data.test_labels), generator=torch.Generator().manual_seed(seed))[:n]
     idx = idx.sort().values
-    return dataclasses.replace(data, test_images=data.test_images[idx],
-                               test_labels=data.test_labels[idx])
+    return data.subset("test", idx)
 
 
 def _pruned_copy(model: nn.Module, spec: ModelSpec, ratios: Dict[str, float],
@@ -245,7 +243,7 @@ def run(study: SensitivityStudy, out_dir: Optional[str] = None,
                         "(SensitivityStudy.taylor_batches)")
     loaded = load_source(study.source)
     model, spec = loaded.model, loaded.spec
-    data = load_data(study.data)
+    data = load_data(study.data, log)
     pre = evaluation.resolve_preprocessing(data, spec, loaded.preprocessing)
     test = _subset(data, study.eval_images, study.seed)
     gradients = (training_gradients(data, pre, spec, study.taylor_batches or DEFAULT_TAYLOR_BATCHES,

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from tp_vgg import checkpoint as ckpt_io
-from tp_vgg.batches import BatchTransform, Batches
+from tp_vgg.batches import BatchTransform
 from tp_vgg.data import DataConfig, ImageData
 from tp_vgg.distributed import DistContext
 from tp_vgg.errors import UserError
@@ -118,11 +118,11 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
         torch.cuda.reset_peak_memory_stats(device)
 
     transform = BatchTransform(pre.mean, pre.std, pre.input_size, cfg.channels_last)
-    train_b = Batches(data.train_images, data.train_labels, cfg.batch_size, transform, device,
-                      train=True, pad=data.pad, flip=data.flip, augment=cfg.augment, seed=cfg.seed,
-                      rank=dist.rank, world_size=dist.world_size)
-    test_b = Batches(data.test_images, data.test_labels, cfg.batch_size, transform, device,
-                     rank=dist.rank, world_size=dist.world_size)
+    train_b = data.batches("train", cfg.batch_size, transform, device, train=True,
+                           augment=cfg.augment, seed=cfg.seed, rank=dist.rank,
+                           world_size=dist.world_size)
+    test_b = data.batches("test", cfg.batch_size, transform, device, rank=dist.rank,
+                          world_size=dist.world_size)
     optimizer = OPTIMIZERS.get(cfg.optimizer).build(model.parameters(), cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, len(train_b)))
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 
 from tp_vgg import exported, report_json
-from tp_vgg.cli.common import MODEL_FLAGS, is_onnx
+from tp_vgg.cli.common import MODEL_FLAGS, is_onnx, log
 from tp_vgg.cli.latency_args import MEASURE_FLAGS
 from tp_vgg.errors import UserError
 from tp_vgg.latency import LARGE_INPUT_BATCHES, SMALL_INPUT_BATCHES, parse_batch_sizes
@@ -59,7 +59,7 @@ def cmd_eval_onnx(args: argparse.Namespace) -> int:
 
     _common_checks(args)
     model = exported.load_onnx(args.model, threads=args.threads)
-    data = load_data(data_config(args))
+    data = load_data(data_config(args), log)
     res = exported.evaluate_onnx(model, data, args.split, args.batch_size)
     split = data.test_split if args.split == "test" else "train"
     print(f"{data.name} {split}: top-1 {100 * res.top1:.2f}%  top-5 {100 * res.top5:.2f}%  "

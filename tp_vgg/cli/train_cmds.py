@@ -17,9 +17,9 @@ from typing import Any, Optional
 from tp_vgg import distributed, evaluation, progress, train
 from tp_vgg.checkpoint import load_checkpoint
 from tp_vgg.cli.common import (Loaded, add_model_args, add_trust_args, code_consent, comma_list,
-                               json_object, load_model, model_source, nonneg_float,
+                               json_object, load_model, log, model_source, nonneg_float,
                                nonneg_int, positive_float, positive_int, ratio, unit_float)
-from tp_vgg.data import DATASETS, DataConfig, load_data
+from tp_vgg.data import DATASETS, LOADERS, MEMORY_SHARE, DataConfig, load_data
 from tp_vgg.errors import UserError
 from tp_vgg.job import DEFAULT_BN_RECALIBRATE, FinetuneConfig
 from tp_vgg.train_config import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig, finetuning
@@ -92,7 +92,15 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
               "with train/ and val/ or test/)")
     _add(g, "--download", action="store_true", help="download cifar10/cifar100 (needs a network)")
     _add(g, "--data-kwargs", type=json_object, metavar="JSON",
-         help="dataset options, e.g. fake: '{\"train_size\": 256}', imagefolder: '{\"image_size\": 32}'")
+         help="dataset options, e.g. fake: '{\"train_size\": 256}', imagefolder: "
+              "'{\"image_size\": 32}' or '{\"channels\": 1}'")
+    _add(g, "--data-loader", choices=LOADERS, metavar="HOW",
+         help="imagefolder: memory (decode once, hold in memory), stream (read from disk as it "
+              "trains: sets larger than memory, images of any size; ImageNet-style transforms), "
+              f"or auto (default: stream when the decoded set would exceed {MEMORY_SHARE:.0%} of "
+              "this machine's memory per process, or when image sizes differ)")
+    _add(g, "--workers", type=nonneg_int, metavar="N",
+         help="--data-loader stream: loader processes per rank (default: the cores less one)")
 
 
 _milestones = comma_list(int, lambda ms: all(m >= 1 for m in ms),
@@ -190,8 +198,11 @@ def data_config(args: argparse.Namespace) -> DataConfig:
     if not getattr(args, "data", None):
         raise UserError(f"--data is required; accepted: {', '.join(DATASETS.names())}")
     DATASETS.get(args.data)
-    return DataConfig(name=args.data, data_dir=args.data_dir, download=bool(args.download),
-                      kwargs=args.data_kwargs or {})
+    cfg = DataConfig(name=args.data, data_dir=args.data_dir, download=bool(args.download),
+                     kwargs=args.data_kwargs or {}, loader=getattr(args, "data_loader", None) or "auto",
+                     workers=getattr(args, "workers", None))
+    cfg.validate()
+    return cfg
 
 
 def train_config(args: argparse.Namespace, finetune: bool = False) -> TrainConfig:
@@ -254,7 +265,7 @@ def _resume(args: argparse.Namespace, ctx: distributed.DistContext, command: str
     out = args.out or os.path.dirname(os.path.abspath(args.resume))
     _check_out(out)
     runtime = {k: getattr(args, k) for k in RUNTIME if getattr(args, k, None) is not None}
-    data = load_data(point.data)
+    data = load_data(point.data, _log(ctx))
     ctx = _start_dist(ctx, runtime.get("device", point.config.device))
     log = _log(ctx)
     done = int(point.checkpoint.train_state["epoch"])
@@ -278,7 +289,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = _check_out(args.out)
     cfg = train_config(args)
     data_cfg = data_config(args)
-    data = load_data(data_cfg)
+    data = load_data(data_cfg, _log(ctx))
     source = model_source(args)
     spec = source.spec
     if spec.num_classes is None and not spec.is_user_factory and \
@@ -308,7 +319,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     data_cfg = data_config(args)
     ck = load_checkpoint(args.checkpoint, **code_consent(args))
     teacher = teacher_from_args(args)
-    data = load_data(data_cfg)
+    data = load_data(data_cfg, _log(ctx))
     train.seed_everything(cfg.seed)
     ctx = _start_dist(ctx, cfg.device)
     log = _log(ctx)
@@ -320,7 +331,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     loaded: Loaded = load_model(args)
-    data = load_data(data_config(args))
+    data = load_data(data_config(args), log)
     res = evaluation.evaluate_on(loaded.model, loaded.spec, data, loaded.preprocessing, args.split,
                       args.batch_size, args.device)
     split = data.test_split if args.split == "test" else "train"
