@@ -3,15 +3,16 @@ import torch
 import torch.nn as nn
 
 from tp_vgg import UserError
-from tp_vgg.models import (CIFAR_VGGS, MODELS, TORCHVISION_VGGS, ModelSpec, build_model,
-                           check_forward, list_models)
+from tp_vgg.models import (CIFAR_VGGS, MODELS, TIMM_VGGS, TORCHVISION_VGGS, ModelSpec,
+                           build_model, check_forward, list_models, timm_installed)
 
 from conftest import zoo_spec
 
 
-def test_zoo_lists_all_sixteen_vggs():
+def test_zoo_lists_all_sixteen_vggs_and_timms_with_timm():
     names = list(list_models())
-    assert names == TORCHVISION_VGGS + CIFAR_VGGS
+    assert names == TORCHVISION_VGGS + CIFAR_VGGS + (TIMM_VGGS if timm_installed() else [])
+    assert TIMM_VGGS == ["timm:" + n for n in TORCHVISION_VGGS]
     assert TORCHVISION_VGGS == ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn",
                                 "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]
     assert CIFAR_VGGS == ["cifar_" + n for n in TORCHVISION_VGGS]

@@ -105,6 +105,12 @@ ZOO = {
                                            ["--weights '../../evil' is not a weight of vgg11"]),
     "a name that is not a string": ({"name": ["subprocess", "getoutput"]},
                                     ["the model name must be a non-empty string"]),
+    "a timm name that is not a VGG": ({"name": "timm:resnet50"},
+                                      ["'timm:resnet50' is not one of timm's VGGs",
+                                       "accepted: timm:vgg11, timm:vgg11_bn"]),
+    "a timm VGG asking for timm's download": (
+        {"name": "timm:vgg11", "kwargs": {"pretrained": True}},
+        ["bad --model-kwargs for timm:vgg11: 'pretrained' is not accepted; accepted: mlp_ratio"]),
 }
 CASES = {**CODE, **ZOO}
 
@@ -189,13 +195,19 @@ def test_absurd_sizes_are_refused_for_a_model_named_on_the_command_line(run_cli,
         build_model(ModelSpec("vgg16", input_size=8192))
 
 
+SIZE_ARGS = {"cifar_": {"width": 0.375, "in_channels": 2, "kwargs": {"hidden": 24}},
+             "timm:": {"in_channels": 2, "kwargs": {"mlp_ratio": 0.25, "drop_rate": 0.1}},
+             "": {"kwargs": {"dropout": 0.1}}}
+
+
 @pytest.mark.parametrize("name", MODELS.names())
 def test_the_size_check_counts_what_the_builder_builds(name):
     """The size a spec is checked against is the real parameter count (built on the meta device:
     no memory), so the limit refuses exactly what is too big."""
+    if name.startswith("timm:"):
+        pytest.importorskip("timm")
     spec = ModelSpec(name, num_classes=37, input_size=64,
-                     **({"width": 0.375, "in_channels": 2, "kwargs": {"hidden": 24}}
-                        if name.startswith("cifar_") else {"kwargs": {"dropout": 0.1}})).resolved()
+                     **next(a for p, a in SIZE_ARGS.items() if name.startswith(p))).resolved()
     with torch.device("meta"):
         model = MODELS.get(name).build(spec)
     params, values = MODELS.get(name).size(spec)

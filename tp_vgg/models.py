@@ -1,8 +1,9 @@
-"""The model zoo: torchvision VGGs, CIFAR-form VGGs and user factories.
+"""The model zoo: torchvision VGGs, CIFAR-form VGGs, timm's VGGs and user factories.
 
 A model is described by a :class:`ModelSpec` (plain data, stored in every checkpoint) and built by
-:func:`build_model`. Zoo names live in the ``MODELS`` registry; anything with a ``:`` is a user
-factory, ``package.module:factory`` or ``path/to/file.py:factory``.
+:func:`build_model`. Zoo names live in the ``MODELS`` registry, ``timm:vgg16_bn`` and the other
+timm VGGs too (built by tp-vgg's own code, with timm installed; see :data:`TIMM_VGGS`); any other
+name with a ``:`` is a user factory, ``package.module:factory`` or ``path/to/file.py:factory``.
 
 A spec read from a checkpoint is untrusted data. :func:`check_spec` validates it without running
 anything: field types, and for zoo models every argument against what the builder accepts
@@ -72,12 +73,13 @@ class ModelSpec:
 
     @property
     def is_user_factory(self) -> bool:
-        return ":" in self.name
+        """Code named by the spec; ``timm:NAME`` is not (tp-vgg's own builder, see TIMM_VGGS)."""
+        return ":" in self.name and not str(self.name).startswith(TIMM_PREFIX)
 
     def resolved(self) -> "ModelSpec":
         """A copy with the input size and channels filled from the model's defaults."""
         size, chans = (32, 3) if self.is_user_factory else (
-            MODELS.get(self.name).input_size, MODELS.get(self.name).in_channels)
+            zoo_entry(self.name).input_size, zoo_entry(self.name).in_channels)
         return dataclasses.replace(
             self,
             input_size=size_value(self.input_size) if self.input_size else size,
@@ -290,9 +292,91 @@ TORCHVISION_VGGS = [n for n in MODELS.names() if not n.startswith("cifar_")]
 CIFAR_VGGS = [n for n in MODELS.names() if n.startswith("cifar_")]
 
 
+# --------------------------------------------------------------------------------------------
+# timm's VGGs (``timm:vgg16_bn``), with timm installed (``pip install 'tp-vgg[timm]'``): built
+# by timm.create_model, always with pretrained=False (weights come from --weights PATH or a
+# checkpoint, never from timm's download). The features are torchvision's; the head is timm's
+# ConvMlp ``pre_logits`` (a 7x7 conv to 4096 * mlp_ratio, ReLU, dropout, a 1x1 conv to 4096, ReLU;
+# a feature map under 7x7 is first average-pooled up to 7x7) and ``head`` (global pool, fc).
+# A spec naming one is data like any zoo name: only these names, only these arguments.
+
+TIMM_PREFIX = "timm:"
+TIMM_HIDDEN = 4096  # ConvMlp's output channels (fc2), the classifier's input
+TIMM_KWARGS = {"mlp_ratio": Arg(float, 1 / TIMM_HIDDEN, 4), "drop_rate": Arg(float, 0, 1)}
+TIMM_INSTALL = "pip install 'tp-vgg[timm]'"
+
+
+def timm_installed() -> bool:
+    """Whether timm can be imported (found without importing it)."""
+    try:
+        return importlib.util.find_spec("timm") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _import_timm(name: str):
+    try:
+        import timm
+    except ImportError as e:
+        raise UserError(f"--model {name} needs timm, which cannot be imported "
+                        f"({type(e).__name__}: {e}); install it: {TIMM_INSTALL}") from e
+    return timm
+
+
+def _timm_builder(name: str) -> Callable[[ModelSpec], nn.Module]:
+    def build(spec: ModelSpec) -> nn.Module:
+        timm = _import_timm(spec.name)
+        kwargs = dict(spec.kwargs)  # checked against TIMM_KWARGS by check_spec
+        if spec.num_classes is not None:
+            kwargs["num_classes"] = spec.num_classes
+        if spec.in_channels is not None:
+            kwargs["in_chans"] = spec.in_channels
+        try:
+            return timm.create_model(name, pretrained=False, **kwargs)
+        except (ValueError, TypeError, KeyError, RuntimeError) as e:
+            raise UserError(f"timm {timm.__version__} could not build {name} with {kwargs}: "
+                            f"{e}") from e
+    return build
+
+
+def _timm_size(cfg_key: str, batch_norm: bool) -> Callable[[ModelSpec], Tuple[int, int]]:
+    def size(spec: ModelSpec) -> Tuple[int, int]:
+        hw = input_hw(spec.input_size or 224)
+        params, values, c = _conv_size(TORCHVISION_CFGS[cfg_key], batch_norm,
+                                       spec.in_channels or 3, hw)
+        # five 2x2 max-pools, then ConvMlp pools a map under 7x7 up to 7x7; its 7x7 conv is valid
+        h, w = (max(7, d // 32) - 6 for d in hw)
+        mid = int(TIMM_HIDDEN * spec.kwargs.get("mlp_ratio", 1.0))
+        params += c * mid * 49 + mid + _linear_params(mid, TIMM_HIDDEN, spec.num_classes or 1000)
+        return params, values + (mid + TIMM_HIDDEN) * h * w
+    return size
+
+
+for _depth, _key in _TV_DEPTH.items():
+    for _bn in ("", "_bn"):
+        MODELS.register(
+            f"{TIMM_PREFIX}{_depth}{_bn}",
+            ZooEntry(_timm_builder(f"{_depth}{_bn}"), 224, 3,
+                     f"timm's {_depth.upper()}{' with BN' if _bn else ''}, 7x7-conv + 1x1-conv "
+                     "pre-logits (4096-4096), global pool + fc, 224x224",
+                     frozenset({"num_classes", "in_channels", "kwargs"}),
+                     TIMM_KWARGS, _timm_size(_key, bool(_bn))))
+
+TIMM_VGGS = [n for n in MODELS.names() if n.startswith(TIMM_PREFIX)]
+
+
+def zoo_entry(name: str) -> ZooEntry:
+    """The registry entry of a zoo name; a ``timm:`` name must be one of :data:`TIMM_VGGS`."""
+    if name not in MODELS and str(name).startswith(TIMM_PREFIX):
+        raise UserError(f"--model {name!r} is not one of timm's VGGs, the only timm models tp-vgg "
+                        f"builds; accepted: {', '.join(TIMM_VGGS)}")
+    return MODELS.get(name)
+
+
 def list_models() -> Dict[str, str]:
-    """Zoo names and one-line descriptions."""
-    return {name: MODELS.get(name).description for name in MODELS.names()}
+    """Zoo names and one-line descriptions (timm's VGGs only with timm installed)."""
+    return {name: MODELS.get(name).description for name in MODELS.names()
+            if not name.startswith(TIMM_PREFIX) or timm_installed()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,10 +460,14 @@ def check_spec(spec: ModelSpec) -> None:
     if spec.is_user_factory:
         FactoryRef.parse(spec.name)
         return
-    entry = MODELS.get(spec.name)
+    entry = zoo_entry(spec.name)
     for opt in ("num_classes", "width", "in_channels", "weights"):
         value = getattr(spec, opt)
         if value is not None and opt not in entry.accepts and not (opt == "in_channels" and value == 3):
+            if opt == "weights" and spec.name in TIMM_VGGS:
+                raise UserError(f"--weights {_short(value)} is not a weights file; {spec.name} "
+                                "takes weights only from a state_dict file (--weights PATH): "
+                                "timm's pretrained download is never used")
             raise UserError(f"--{opt.replace('_', '-')} is not accepted by {spec.name}; "
                             f"it accepts: {', '.join(sorted(a for a in entry.accepts if a != 'kwargs'))}")
     for key, value in spec.kwargs.items():

@@ -99,7 +99,8 @@ def add_model_args(p: argparse.ArgumentParser, checkpoint: bool = True,
                    required: bool = True) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", metavar="SPEC",
-                   help="zoo name (see `tp-vgg models`), package.module:factory or "
+                   help="zoo name (see `tp-vgg models`; timm:vgg16_bn and the other timm "
+                        "VGGs with timm installed), package.module:factory or "
                         "path/to/file.py:factory" + (
                             "; with --checkpoint: your own copy of the checkpoint's factory, "
                             "which is then run (consent, like --trust-model-code); eval and "
@@ -113,10 +114,10 @@ def add_model_args(p: argparse.ArgumentParser, checkpoint: bool = True,
                    help="keyword arguments for the model factory, as a JSON object")
     g.add_argument("--num-classes", type=positive_int, metavar="N")
     g.add_argument("--in-channels", type=positive_int, metavar="C",
-                   help="input channels (CIFAR-form and user models; default 3)")
+                   help="input channels (CIFAR-form, timm and user models; default 3)")
     g.add_argument("--input-size", type=input_size, metavar="S|HxW",
                    help="input size: S for S x S, or HxW (e.g. 96x64) for a non-square input "
-                        "(default: 224 torchvision, 32 CIFAR-form and user)")
+                        "(default: 224 torchvision and timm, 32 CIFAR-form and user)")
     g.add_argument("--width", type=positive_float, metavar="W",
                    help="channel-width multiplier (CIFAR-form models), e.g. 0.25")
     g.add_argument("--weights", metavar="NAME|PATH",

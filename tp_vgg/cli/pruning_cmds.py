@@ -12,7 +12,7 @@ from tp_vgg.cli import common, latency_args, methods_cmds, train_cmds
 from tp_vgg.cli.common import add_model_args, json_object, load_model, ratio
 from tp_vgg.criteria import IMPORTANCES
 from tp_vgg.job import PruneJob, check_out_dir, run
-from tp_vgg.models import list_models
+from tp_vgg.models import TIMM_INSTALL, TIMM_VGGS, list_models, timm_installed
 
 
 def register(sub, common) -> None:
@@ -81,6 +81,8 @@ def prune_job(args: argparse.Namespace, ratio: Optional[float] = None) -> PruneJ
 def cmd_models(args: argparse.Namespace) -> int:
     for name, desc in list_models().items():
         print(f"{name:16s} {desc}")
+    if not timm_installed():
+        print(f"\ntimm's VGGs ({TIMM_VGGS[0]} ... {TIMM_VGGS[-1]}) need timm: {TIMM_INSTALL}")
     print("\nor your own: --model package.module:factory | --model path/to/file.py:factory")
     return 0
 
