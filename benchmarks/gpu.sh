@@ -27,20 +27,7 @@
 #        cd /tmp/w && OUT=/tmp/gout RUN=/tmp/grun timeout 460 bash benchmarks/gpu.sh;
 #        cd /tmp && tar czf $OUT/gpu_logs.tgz gout grun/*/*.json* grun/*/finetune/*.json*; cp gout/gpu_check.json $OUT/
 set -uo pipefail
-cd "$(dirname "$0")/.."
-
-DEVICE=cuda
-TINY=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --device) DEVICE="$2"; shift 2 ;;
-    --tiny) TINY=1; shift ;;
-    *) echo "usage: bash benchmarks/gpu.sh [--device cuda|cpu] [--tiny]" >&2; exit 2 ;;
-  esac
-done
-OUT="${OUT:-runs/gpu}"
-RUN="${RUN:-runs/gpu-run}"
-PY="${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
+source "$(dirname "$0")/gpu_common.sh"
 TRAIN_EPOCHS="${TRAIN_EPOCHS:-30}"
 FT_EPOCHS="${FT_EPOCHS:-20}"
 BATCH="${BATCH:-256}"

@@ -17,20 +17,7 @@
 # The runs share one GPU (a VGG-16 on 32-px images leaves most of it idle), so their epoch times
 # are not speed figures: benchmarks/gpu.sh's runs are. Figures: $OUT/recipes.json.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-
-DEVICE=cuda
-TINY=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --device) DEVICE="$2"; shift 2 ;;
-    --tiny) TINY=1; shift ;;
-    *) echo "usage: bash benchmarks/gpu_recipes.sh [--device cuda|cpu] [--tiny]" >&2; exit 2 ;;
-  esac
-done
-OUT="${OUT:-runs/gpu}"
-RUN="${RUN:-runs/gpu-run}"
-PY="${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
+source "$(dirname "$0")/gpu_common.sh"
 EP_256="${EP_256:-80}"
 EP_128="${EP_128:-50}"
 FT_EPOCHS="${FT_EPOCHS:-30}"

@@ -97,15 +97,21 @@ def run_measured(cmd: List[str], env: Optional[Dict[str, str]] = None) -> Dict[s
     t0 = time.time()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          env=env)
-    peak = 0
+    peak, samples = 0, []
     while p.poll() is None:
-        peak = max(peak, _tree_rss_kb(p.pid))
+        rss = _tree_rss_kb(p.pid)
+        peak = max(peak, rss)
+        samples.append((round(time.time() - t0, 1), round(rss / 1024, 1)))
         time.sleep(0.2)
     out = p.stdout.read() if p.stdout else ""
+    # the RSS over the run: at each tenth of its duration (MiB), to tell growth from a plateau
+    deciles = [max((m for t, m in samples if t <= samples[-1][0] * k / 10), default=0)
+               for k in range(1, 11)] if samples else []
     if p.returncode != 0:
         print(out[-3000:], file=sys.stderr)
     return {"rc": p.returncode, "seconds": round(time.time() - t0, 1),
-            "peak_rss_mib": round(peak / 1024, 1), "tail": out.strip().splitlines()[-3:]}
+            "peak_rss_mib": round(peak / 1024, 1), "peak_rss_by_tenth_mib": deciles,
+            "tail": out.strip().splitlines()[-3:]}
 
 
 def _train_images_per_s(out: str) -> Optional[float]:
@@ -154,6 +160,9 @@ def main() -> int:
     ap.add_argument("--cifar-workers", default="0,1,2")
     ap.add_argument("--torchrun", action="store_true")
     ap.add_argument("--skip-cifar", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the in-memory baseline and the small stream run this many times, "
+                         "alternating (medians in the table)")
     a = ap.parse_args()
     os.makedirs(RESULTS, exist_ok=True)
     out_path = os.path.join(RESULTS, "stream_data.json")
@@ -205,20 +214,25 @@ def main() -> int:
 
     fake = ["--data", "fake", "--data-kwargs",
             json.dumps({"image_size": 224, "train_size": 1024, "test_size": 64, "num_classes": 10})]
-    train("memory_fake_1024", fake)
-    for n, folder in ((a.small, small), (a.large, large)):
-        data = ["--data", "imagefolder", "--data-dir", folder, "--data-loader", "stream",
+    def stream_args(folder: str) -> List[str]:
+        return ["--data", "imagefolder", "--data-dir", folder, "--data-loader", "stream",
                 "--workers", str(a.workers)]
-        train(f"stream_train_{n}", data)
-        evaluate(f"stream_eval_{n}", data, os.path.join(a.work, "out", f"stream_train_{n}",
-                                                        "last.pt"))
+
+    for i in range(a.repeat):  # interleaved: the model alone, then the same model on the stream
+        suffix = f"_r{i}" if a.repeat > 1 else ""
+        train(f"memory_fake_1024{suffix}", fake)
+        train(f"stream_train_{a.small}{suffix}", stream_args(small))
+    for n, folder in ((a.small, small), (a.large, large)):
+        if n == a.large:
+            train(f"stream_train_{n}", stream_args(folder))
+        last = f"stream_train_{n}" + ("_r0" if n == a.small and a.repeat > 1 else "")
+        evaluate(f"stream_eval_{n}", stream_args(folder), os.path.join(a.work, "out", last,
+                                                                       "last.pt"))
     if a.torchrun:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                     "--nproc_per_node=2", "-m", "tp_vgg"]
         for n, folder in ((a.small, small), (a.large, large)):
-            data = ["--data", "imagefolder", "--data-dir", folder, "--data-loader", "stream",
-                    "--workers", str(a.workers)]
-            train(f"torchrun2_stream_train_{n}", data, launcher)
+            train(f"torchrun2_stream_train_{n}", stream_args(folder), launcher)
     save()
     print(json.dumps({k: {kk: v[kk] for kk in ("seconds", "peak_rss_mib") if kk in v}
                       for k, v in runs.items()}, indent=1))

@@ -270,23 +270,27 @@ def _cifar_size(cfg_key: str, batch_norm: bool) -> Callable[[ModelSpec], Tuple[i
     return size
 
 
-for _depth, _key in _TV_DEPTH.items():
-    for _bn in ("", "_bn"):
-        MODELS.register(
-            f"{_depth}{_bn}",
-            ZooEntry(_torchvision_builder(f"{_depth}{_bn}"), 224, 3,
-                     f"torchvision {_depth.upper()}{' with BN' if _bn else ''}, ImageNet head "
-                     "(25088-4096-4096), 224x224", frozenset({"num_classes", "weights", "kwargs"}),
-                     TORCHVISION_KWARGS, _torchvision_size(_key, bool(_bn))))
-for _depth, _key in _TV_DEPTH.items():
-    for _bn in ("", "_bn"):
-        MODELS.register(
-            f"cifar_{_depth}{_bn}",
-            ZooEntry(_cifar_builder(_key, bool(_bn)), 32, 3,
-                     f"CIFAR-form {_depth.upper()}{' with BN' if _bn else ''}, 32x32, "
-                     "two-layer classifier",
-                     frozenset({"num_classes", "width", "in_channels", "kwargs"}),
-                     CIFAR_KWARGS, _cifar_size(_key, bool(_bn))))
+def _register_family(name: Callable[[str, str], str], builder: Callable[[str, str, bool], Any],
+                     input_size: int, describe: Callable[[str], str], accepts: frozenset,
+                     kwargs: Dict[str, Arg], size: Callable[[str, bool], Any]) -> None:
+    """One zoo entry per VGG depth, with and without BN: ``name(depth, bn)`` and
+    ``builder(depth + bn, cfg_key, batch_norm)``; ``describe`` gets e.g. "VGG16 with BN"."""
+    for depth, key in _TV_DEPTH.items():
+        for bn in ("", "_bn"):
+            MODELS.register(name(depth, bn), ZooEntry(
+                builder(depth + bn, key, bool(bn)), input_size, 3,
+                describe(f"{depth.upper()}{' with BN' if bn else ''}"), accepts, kwargs,
+                size(key, bool(bn))))
+
+
+_register_family(lambda d, bn: d + bn, lambda name, key, bn: _torchvision_builder(name), 224,
+                 lambda v: f"torchvision {v}, ImageNet head (25088-4096-4096), 224x224",
+                 frozenset({"num_classes", "weights", "kwargs"}), TORCHVISION_KWARGS,
+                 _torchvision_size)
+_register_family(lambda d, bn: f"cifar_{d}{bn}", lambda name, key, bn: _cifar_builder(key, bn), 32,
+                 lambda v: f"CIFAR-form {v}, 32x32, two-layer classifier",
+                 frozenset({"num_classes", "width", "in_channels", "kwargs"}), CIFAR_KWARGS,
+                 _cifar_size)
 
 TORCHVISION_VGGS = [n for n in MODELS.names() if not n.startswith("cifar_")]
 CIFAR_VGGS = [n for n in MODELS.names() if n.startswith("cifar_")]
@@ -352,15 +356,10 @@ def _timm_size(cfg_key: str, batch_norm: bool) -> Callable[[ModelSpec], Tuple[in
     return size
 
 
-for _depth, _key in _TV_DEPTH.items():
-    for _bn in ("", "_bn"):
-        MODELS.register(
-            f"{TIMM_PREFIX}{_depth}{_bn}",
-            ZooEntry(_timm_builder(f"{_depth}{_bn}"), 224, 3,
-                     f"timm's {_depth.upper()}{' with BN' if _bn else ''}, 7x7-conv + 1x1-conv "
-                     "pre-logits (4096-4096), global pool + fc, 224x224",
-                     frozenset({"num_classes", "in_channels", "kwargs"}),
-                     TIMM_KWARGS, _timm_size(_key, bool(_bn))))
+_register_family(lambda d, bn: f"{TIMM_PREFIX}{d}{bn}", lambda name, key, bn: _timm_builder(name),
+                 224, lambda v: f"timm's {v}, 7x7-conv + 1x1-conv pre-logits (4096-4096), "
+                                "global pool + fc, 224x224",
+                 frozenset({"num_classes", "in_channels", "kwargs"}), TIMM_KWARGS, _timm_size)
 
 TIMM_VGGS = [n for n in MODELS.names() if n.startswith(TIMM_PREFIX)]
 
