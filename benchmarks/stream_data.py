@@ -5,8 +5,9 @@
    data path alone), images/s.
 2. A synthetic image folder of mixed-size JPEGs (160-320 px a side, 10 classes; written once
    under ``--work``), at 224 px: ``tp-vgg train --data-loader stream`` for one epoch and
-   ``tp-vgg eval`` on folders of ``--small`` and ``--large`` training images, peak RSS of the
-   whole process tree (loader workers included, sampled every 0.2 s) and training images/s;
+   ``tp-vgg eval`` on folders of ``--small`` and ``--large`` training images, the peak memory
+   of the whole process tree (the sum of its processes' PSS -- pages the forked loader workers
+   share with their parent count once -- sampled every 0.2 s) and training images/s;
    the same model trained on in-memory images of the same size (``--data fake``) gives the
    model's own training speed. ``--torchrun``: also under ``torchrun --nproc_per_node=2``.
 
@@ -77,13 +78,19 @@ def subset_folder(src: str, dst: str, n_train: int) -> str:
 
 
 def _tree_rss_kb(pid: int) -> int:
-    """Resident memory of ``pid`` and all its descendants, in KiB (from /proc)."""
+    """Memory of ``pid`` and all its descendants, in KiB (from /proc): the sum of their PSS
+    (proportional set size: a page shared by the forked loader workers counts once in all), or
+    of their RSS where smaps_rollup is missing."""
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()
         try:
-            with open(f"/proc/{p}/status") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+            try:
+                with open(f"/proc/{p}/smaps_rollup") as f:
+                    total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+            except FileNotFoundError:
+                with open(f"/proc/{p}/status") as f:
+                    total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
             for t in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{t}/children") as f:
                     todo += [int(c) for c in f.read().split()]
