@@ -334,7 +334,7 @@ def _choose_loader(cfg: DataConfig, files: Sequence[str], test_files: Sequence[s
     would exceed the memory budget or when its images differ in size (and no image_size is
     given); the first 8 spread-out images stand for the rest."""
     if cfg.loader != "auto":
-        return cfg.loader, (f"reading {cfg.data_dir!r} from disk as it trains "
+        return cfg.loader, (f"reading {cfg.data_dir!r} from disk batch by batch "
                             "(--data-loader stream)" if cfg.loader == "stream" else "")
     from tp_vgg.stream import decode
 
@@ -352,7 +352,7 @@ def _choose_loader(cfg: DataConfig, files: Sequence[str], test_files: Sequence[s
         return "stream", (f"{cfg.data_dir!r}: {n:,} images would take {need / 2**30:.1f} GiB "
                           f"decoded, over the {budget / 2**30:.1f} GiB budget "
                           f"({MEMORY_SHARE:.0%} of this machine's memory per process): reading "
-                          "them from disk as it trains (--data-loader stream; --data-loader "
+                          "them from disk batch by batch (--data-loader stream; --data-loader "
                           "memory to decode them anyway)")
     return "memory", ""
 
@@ -395,4 +395,4 @@ def _imagefolder(cfg: DataConfig) -> ImageData:
 
 DATASETS.register("imagefolder", _imagefolder,
                   "--data-dir with train/ and val/ or test/ class folders (decoded once into "
-                  "memory, or read from disk as it trains: --data-loader)")
+                  "memory, or read from disk batch by batch: --data-loader)")
