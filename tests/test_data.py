@@ -87,7 +87,7 @@ def test_imagefolder_mistakes_are_one_line_user_errors(tmp_path):
         load_data(DataConfig("imagefolder", data_dir=str(tmp_path)))
     bad.unlink()
     write_jpeg(_image(9, size=12), str(tmp_path / "train" / "b" / "big.jpg"))
-    with pytest.raises(UserError, match="big.jpg' is 12x12, not 8x8.*image_size.*--data-loader stream"):
+    with pytest.raises(UserError, match="big.jpg. is 12x12 \\(HxW\\), not 8x8.*image_size.*--data-loader stream"):
         load_data(DataConfig("imagefolder", data_dir=str(tmp_path), loader="memory"))
     # auto reads a folder of mixed sizes from disk instead (tests/test_stream.py)
     assert load_data(DataConfig("imagefolder", data_dir=str(tmp_path))).streaming

@@ -240,10 +240,11 @@ BAD = {
     "a kwarg out of range": ({"name": "timm:vgg16_bn", "kwargs": {"mlp_ratio": 0}},
                              ["mlp_ratio must be a number in [0.000244141, 4], got 0"]),
     "named weights": ({"name": "timm:vgg16_bn", "weights": "DEFAULT"},
-                      ["--weights 'DEFAULT' is not a weights file", "--weights PATH",
+                      ["--weights 'DEFAULT' names torchvision weights", "--weights PATH",
                        "timm's pretrained download is never used"]),
     "a width": ({"name": "timm:vgg16_bn", "width": 0.5},
-                ["--width is not accepted by timm:vgg16_bn; it accepts: in_channels, num_classes"]),
+                ["--width is not accepted by timm:vgg16_bn; it accepts: --in-channels, "
+                 "--num-classes, --model-kwargs"]),
     "absurd classes": ({"name": "timm:vgg16_bn", "num_classes": 10**7},
                        ["timm:vgg16_bn with --num-classes 10000000", "would have 4.11e+10 parameters",
                         "accepted: a smaller --num-classes"]),

@@ -120,8 +120,8 @@ class Evil:
 
 @pytest.mark.parametrize("content,message", [
     (None, "does not exist"),
-    ("code", "with weights_only=True"),
-    ("text", "with weights_only=True"),
+    ("code", "holds pickled Python objects"),
+    ("text", "is corrupt, truncated or not a PyTorch file"),
     ("empty", "holds no state_dict (a dict"),
     ("list", "holds no state_dict (a list"),
 ])
@@ -382,3 +382,64 @@ def test_cli_resume_epochs(run_cli, tmp_path):
                              "has done", tmp_path / "none")
     r = run_cli("train", "--resume", tmp_path / "r" / "last.pt", "--lr", "0.1")
     assert_one_line_error(r, "--lr cannot be given with --resume", tmp_path / "none")
+
+
+# ---------------------------------------------------------------------------------------------
+# found by trying it as a new user
+
+@pytest.mark.parametrize("command", ["prune", "train", "finetune", "eval", "sweep", "sensitivity",
+                                     "profile", "export", "models"])
+def test_every_command_has_help(run_cli, command):
+    r = run_cli(command, "--help")
+    assert r.code == 0 and "usage: tp-vgg" in r.out, r.err
+
+
+def test_a_user_model_checkpoint_names_its_file_absolutely(run_cli, tmp_path, monkeypatch):
+    """Made with a relative --model path, read from another folder."""
+    (tmp_path / "mdl").mkdir()
+    (tmp_path / "work").mkdir()
+    (tmp_path / "mdl" / "net.py").write_text((USER_MODELS / "vgg_gray28.py").read_text())
+    monkeypatch.chdir(tmp_path / "work")
+    r = run_cli("prune", "--model", "../mdl/net.py:make", "--in-channels", "1", "--input-size",
+                "28", "--ratio", "0.5", "--out", "d")
+    assert r.code == 0, r.err
+    monkeypatch.chdir(tmp_path)
+    ck = checkpoint.load_checkpoint("work/d/pruned.pt", trust_model_code=True)
+    assert ck.spec.name == f"{tmp_path / 'mdl' / 'net.py'}:make"
+    assert out_channels(ck.build())["features.0"] == 4
+
+
+def test_resume_refuses_model_flags(run_cli, tmp_path):
+    base = ["--model", "cifar_vgg11_bn", "--width", "0.125", "--data", "fake", "--data-kwargs",
+            '{"train_size": 32, "test_size": 16}', "--progress", "none"]
+    assert run_cli("train", *base, "--epochs", "2", "--out", tmp_path / "r").code == 0
+    r = run_cli("train", "--resume", tmp_path / "r" / "last.pt", "--weights", tmp_path / "w.pt")
+    assert_one_line_error(r, "--weights cannot be given with --resume", tmp_path / "none")
+    r = run_cli("train", "--resume", tmp_path / "r" / "last.pt", "--epochs", "1")
+    assert_one_line_error(r, "--epochs 1 with --resume must be more than", tmp_path / "none")
+    assert "resuming" not in r.out
+
+
+def test_no_strict_weights_says_what_it_left_out(run_cli, tmp_path):
+    torch.save(build_model(ModelSpec("cifar_vgg13_bn", width=0.125)).state_dict(),
+               tmp_path / "w13.pt")
+    r = run_cli("profile", "--model", "cifar_vgg11_bn", "--width", "0.125", "--weights",
+                tmp_path / "w13.pt", "--no-strict-weights")
+    assert r.code == 0, r.err
+    assert "--weights" in r.out and "left as built:" in r.out and "missing" in r.out
+    r = run_cli("profile", "--model", "cifar_vgg11_bn", "--no-strict-weights")
+    assert_one_line_error(r, "--no-strict-weights applies to --weights PATH", tmp_path / "none")
+
+
+def test_pickled_or_named_weights_get_clear_lines(run_cli, tmp_path):
+    torch.save(build_model(ModelSpec("cifar_vgg11_bn", width=0.125)), tmp_path / "whole.pt")
+    r = run_cli("profile", "--model", "cifar_vgg11_bn", "--width", "0.125", "--weights",
+                tmp_path / "whole.pt")
+    assert_one_line_error(r, "holds pickled Python objects", tmp_path / "none")
+    assert "\x1b" not in r.err
+    r = run_cli("profile", "--model", "cifar_vgg11_bn", "--weights", "DEFAULT")
+    assert_one_line_error(r, "--weights 'DEFAULT' names torchvision weights, which cifar_vgg11_bn "
+                             "does not take", tmp_path / "none")
+    (tmp_path / "wdir").mkdir()
+    r = run_cli("profile", "--model", "cifar_vgg11_bn", "--weights", tmp_path / "wdir")
+    assert_one_line_error(r, "is a folder", tmp_path / "none")

@@ -192,7 +192,7 @@ def load_checkpoint(path: str, *, trust_model_code: bool = False,
     except pickle.UnpicklingError as e:
         # Random bytes also fail in the weights-only unpickler ("Unsupported operand"); only a
         # reference to a class or function ("Unsupported global") is a pickled Python object.
-        if "Unsupported global" in str(e):
+        if re.search(r"unsupported global", str(e), re.IGNORECASE):
             raise UserError(
                 f"checkpoint {path!r} holds pickled Python objects (e.g. a whole model saved with "
                 "torch.save(model)); tp-vgg never unpickles them, since unpickling runs arbitrary "
@@ -207,7 +207,9 @@ def load_checkpoint(path: str, *, trust_model_code: bool = False,
         what = "a plain state_dict" if isinstance(obj, dict) and obj and all(
             isinstance(v, torch.Tensor) for v in obj.values()) else f"a {type(obj).__name__}"
         raise UserError(f"checkpoint {path!r} is not a tp-vgg checkpoint (it holds {what}); "
-                        "tp-vgg reads the files written by tp-vgg prune/train/finetune")
+                        "tp-vgg reads the files written by tp-vgg prune/train/finetune"
+                        + ("; weights you trained elsewhere load with --model NAME --weights "
+                           f"{path}" if isinstance(obj, dict) else ""))
     if obj.get("format_version", 0) > FORMAT_VERSION:
         raise UserError(f"checkpoint {path!r} has format version {obj['format_version']}, newer "
                         f"than this tp-vgg reads ({FORMAT_VERSION}); upgrade tp-vgg")

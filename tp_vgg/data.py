@@ -290,7 +290,8 @@ def _decode_all(files: Sequence[str], size: Optional[Tuple[int, int]],
             out = torch.empty(len(files), channels, h, w, dtype=torch.uint8)
         if img.shape != out.shape[1:]:
             raise UserError(
-                f"image {path!r} is {img.shape[2]}x{img.shape[1]}, not {out.shape[3]}x{out.shape[2]} "
+                f"image {path!r} is {img.shape[1]}x{img.shape[2]} (HxW), not "
+                f"{out.shape[2]}x{out.shape[3]} "
                 f"like {files[0]!r}; pass --data-kwargs '{{\"image_size\": S}}' (or [H, W]) to resize "
                 "every image (to cover S x S, then centre crop), or --data-loader stream")
         out[i] = img
@@ -343,7 +344,7 @@ def _choose_loader(cfg: DataConfig, files: Sequence[str], test_files: Sequence[s
     n = len(files) + len(test_files)
     if size is None and len(shapes) > 1:
         return "stream", (f"{cfg.data_dir!r}: images of different sizes "
-                          f"({', '.join(f'{w}x{h}' for h, w in sorted(shapes)[:3])}, ...): reading "
+                          f"({', '.join(f'{h}x{w}' for h, w in sorted(shapes)[:3])} HxW, ...): reading "
                           "them from disk, resized as they are read (--data-loader stream; "
                           "--data-kwargs image_size S decodes them into memory instead)")
     h, w = size or next(iter(shapes))

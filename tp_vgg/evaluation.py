@@ -185,8 +185,17 @@ def resolve_preprocessing(data: ImageData, spec: ModelSpec,
     pre.input_size, pre.in_channels = s.input_size, s.in_channels
     if len(pre.mean) != data.in_channels:
         raise UserError(f"the stored preprocessing has {len(pre.mean)} channel means but "
-                        f"{data.name} images have {data.in_channels} channels")
+                        f"{data.name} images have {data.in_channels} channels"
+                        + _channels_hint(data, len(pre.mean)))
     return pre
+
+
+def _channels_hint(data: Any, channels: int) -> str:
+    """How to read an image folder with the model's channels."""
+    if data.name == "imagefolder" and channels in (1, 3):
+        return f"; read the folder as {'grey' if channels == 1 else 'RGB'} images with " \
+               f"--data-kwargs '{{\"channels\": {channels}}}'"
+    return ""
 
 
 def check_model_fits(model: nn.Module, spec: ModelSpec, data: ImageData) -> None:
@@ -194,7 +203,7 @@ def check_model_fits(model: nn.Module, spec: ModelSpec, data: ImageData) -> None
     s = spec.resolved()
     if s.in_channels != data.in_channels:
         raise UserError(f"the model takes {s.in_channels}-channel input but {data.name} images have "
-                        f"{data.in_channels} channels")
+                        f"{data.in_channels} channels" + _channels_hint(data, s.in_channels))
     dev = next(model.parameters()).device
     with keep_mode(model), torch.no_grad():
         model.eval()

@@ -222,7 +222,7 @@ class Prepared:
 
 def load(job: PruneJob, log: Log = print) -> Prepared:
     """The model; with a fine-tuning sub-config its data, the teacher, and top-1 before."""
-    loaded = load_source(job.source)
+    loaded = load_source(job.source, log)
     ft = job.finetune
     if ft is None:
         return Prepared(loaded, preprocessing=Preprocessing.of(loaded.preprocessing))

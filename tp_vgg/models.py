@@ -463,12 +463,15 @@ def check_spec(spec: ModelSpec) -> None:
     for opt in ("num_classes", "width", "in_channels", "weights"):
         value = getattr(spec, opt)
         if value is not None and opt not in entry.accepts and not (opt == "in_channels" and value == 3):
-            if opt == "weights" and spec.name in TIMM_VGGS:
-                raise UserError(f"--weights {_short(value)} is not a weights file; {spec.name} "
-                                "takes weights only from a state_dict file (--weights PATH): "
-                                "timm's pretrained download is never used")
-            raise UserError(f"--{opt.replace('_', '-')} is not accepted by {spec.name}; "
-                            f"it accepts: {', '.join(sorted(a for a in entry.accepts if a != 'kwargs'))}")
+            if opt == "weights":
+                why = (": timm's pretrained download is never used" if spec.name in TIMM_VGGS
+                       else "")
+                raise UserError(f"--weights {_short(value)} names torchvision weights, which "
+                                f"{spec.name} does not take{why}; give a state_dict file you "
+                                "trained (--weights PATH, e.g. model.pth)")
+            flags = ", ".join(_FLAG.get(a, a) for a in sorted(entry.accepts) if a != "kwargs")
+            raise UserError(f"{_FLAG.get(opt, opt)} is not accepted by {spec.name}; it accepts: "
+                            f"{flags}" + (", --model-kwargs" if "kwargs" in entry.accepts else ""))
     for key, value in spec.kwargs.items():
         arg = entry.kwargs.get(key)
         if arg is None:

@@ -241,7 +241,7 @@ def run(study: SensitivityStudy, out_dir: Optional[str] = None,
     if study.taylor_batches and study.importance != "taylor":
         raise UserError("--taylor-batches applies to --importance taylor "
                         "(SensitivityStudy.taylor_batches)")
-    loaded = load_source(study.source)
+    loaded = load_source(study.source, log)
     model, spec = loaded.model, loaded.spec
     data = load_data(study.data, log)
     pre = evaluation.resolve_preprocessing(data, spec, loaded.preprocessing)

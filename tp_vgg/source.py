@@ -3,15 +3,16 @@ rebuild (a user factory's only with consent; see :func:`tp_vgg.checkpoint.load_c
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
 
 from tp_vgg.checkpoint import Checkpoint, load_checkpoint
 from tp_vgg.errors import UserError
-from tp_vgg.models import ModelSpec, build_model, check_forward, weights_preprocessing
+from tp_vgg.models import FactoryRef, ModelSpec, build_model, check_forward, weights_preprocessing
 from tp_vgg.preprocessing import Preprocessing
 from tp_vgg.weights import apply_weights
 
@@ -70,20 +71,30 @@ class Loaded:
     checkpoint: Optional[Checkpoint] = None
 
 
-def load_source(source: ModelSource) -> Loaded:
+def load_source(source: ModelSource, log: Optional[Callable[[str], None]] = None) -> Loaded:
     """Build ``source.spec`` (seeded, so runs are reproducible) or rebuild ``source.checkpoint``:
-    a zoo model as is, a user factory's only with consent."""
+    a zoo model as is, a user factory's only with consent. ``log`` hears what
+    ``--no-strict-weights`` left out."""
     source.validate()
     if source.checkpoint is not None:
         ckpt = load_checkpoint(source.checkpoint, factory=source.factory, **source.consent())
         return Loaded(ckpt.build(), ckpt.spec, list(ckpt.history),
                       Preprocessing.of(ckpt.preprocessing), dict(ckpt.meta), ckpt)
     spec = source.spec.resolved()
+    ref = FactoryRef.parse(spec.name) if spec.is_user_factory else None
+    if ref is not None and ref.file:  # the checkpoint names the file wherever it is read
+        spec = dataclasses.replace(spec, name=f"{ref.file}:{ref.attr}")
     torch.manual_seed(source.seed or 0)  # the seed also fixes the initial weights
     model = build_model(spec)
     meta: Dict[str, Any] = {}
     if source.weights_file is not None:
-        meta["weights"] = apply_weights(model, source.weights_file, source.strict_weights)
+        w = meta["weights"] = apply_weights(model, source.weights_file, source.strict_weights)
+        left = {k: w[k] for k in ("missing", "unexpected", "wrong_shape") if w[k]}
+        if left and log is not None:
+            log(f"--weights {source.weights_file}: loaded {w['loaded']} of the model's "
+                f"{w['loaded'] + w['missing'] + w['wrong_shape']} tensors; left as built: "
+                + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in left.items())
+                + " (--no-strict-weights)")
     check_forward(model, spec)
     pre = Preprocessing.for_spec(spec)
     known = weights_preprocessing(spec)

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
+import warnings
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
@@ -31,7 +34,7 @@ def is_weights_file(value: Optional[str]) -> bool:
     if not value:
         return False
     v = str(value)
-    return (os.sep in v or "/" in v or v.lower().endswith(SUFFIXES) or os.path.isfile(v))
+    return (os.sep in v or "/" in v or v.lower().endswith(SUFFIXES) or os.path.exists(v))
 
 
 def _sha256(path: str) -> str:
@@ -88,6 +91,8 @@ def read_state_dict(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]
     """The state_dict in ``path`` (unwrapped, prefixes stripped) and where it came from: the
     file's absolute path, SHA-256, format, nesting and stripped prefixes (for the checkpoint's
     meta). Nothing in the file is run."""
+    if os.path.isdir(path):
+        raise UserError(f"--weights {path!r} is a folder; give the state_dict file inside it")
     if not os.path.isfile(path):
         raise UserError(f"--weights file {path!r} does not exist; accepted: a state_dict file "
                         f"({', '.join(SUFFIXES)}) or a torchvision weights name such as DEFAULT")
@@ -105,11 +110,20 @@ def read_state_dict(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]
         fmt = "safetensors"
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 -- unpickling refused or a broken file
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            raise UserError(f"cannot read --weights {path!r} with weights_only=True (only "
-                            f"tensors and plain containers are read): {first}") from e
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if re.search(r"unsupported global", str(e), re.IGNORECASE):  # a class or function: code
+                raise UserError(f"--weights {path!r} holds pickled Python objects (e.g. a whole "
+                                "model saved with torch.save(model)); tp-vgg never unpickles "
+                                "them, since unpickling runs arbitrary code -- save "
+                                "model.state_dict() instead") from e
+            raise UserError(f"--weights {path!r} is corrupt, truncated or not a PyTorch "
+                            "file") from e
+        except Exception as e:  # noqa: BLE001 -- junk bytes fail anywhere in the unpickler
+            raise UserError(f"--weights {path!r} is corrupt, truncated or not a PyTorch file "
+                            f"({type(e).__name__})") from e
         fmt = "torch"
     sd, nesting = _unwrap(obj, path)
     sd, stripped = _strip(sd)
@@ -145,8 +159,9 @@ def load_into(model: nn.Module, sd: Dict[str, torch.Tensor], path: str,
                                      for k in wrong[:SHOW]) + (", ..." if len(wrong) > SHOW else "")
                          + ")")
         raise UserError(f"--weights {path!r} does not fit the model: " + "; ".join(parts)
-                        + "; check --model and its flags (--num-classes, --width, ...), or pass "
-                        "--no-strict-weights to load only the keys that fit")
+                        + "; check --model and the flags that shape it (--num-classes, --width, "
+                        "--model-kwargs, ...), or pass --no-strict-weights to load only the keys "
+                        "that fit")
     usable = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
     with torch.no_grad():
         for k, v in usable.items():

@@ -166,6 +166,8 @@ def spec_from_args(args: argparse.Namespace) -> ModelSpec:
 
 def model_source(args: argparse.Namespace) -> ModelSource:
     """--model (with its flags and --seed) or --checkpoint (with the consent flags)."""
+    if getattr(args, "strict_weights", True) is False and not is_weights_file(args.weights):
+        raise UserError("--no-strict-weights applies to --weights PATH (a state_dict file)")
     if is_onnx(getattr(args, "model", None)):
         raise UserError(f"--model {args.model!r} is an ONNX file: `tp-vgg eval` and `tp-vgg "
                         "profile` read it; this command needs a model name or a tp-vgg checkpoint")
@@ -189,7 +191,7 @@ def load_model(args: argparse.Namespace) -> Loaded:
     """Build the model named by --model, or rebuild the one in --checkpoint: a zoo model as is;
     a user factory's only with --trust-model-code, or with --model naming the user's own copy of
     that factory (see tp_vgg.checkpoint.load_checkpoint)."""
-    return load_source(model_source(args))
+    return load_source(model_source(args), log)
 
 
 def log(message: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from tp_vgg import distributed, evaluation, progress, train
 from tp_vgg.checkpoint import load_checkpoint
-from tp_vgg.cli.common import (Loaded, add_model_args, add_trust_args, code_consent, comma_list,
+from tp_vgg.cli.common import (MODEL_FLAGS, Loaded, add_model_args, add_trust_args, code_consent, comma_list,
                                json_object, load_model, log, model_source, nonneg_float,
                                nonneg_int, positive_float, positive_int, ratio, unit_float)
 from tp_vgg.data import DATASETS, LOADERS, MEMORY_SHARE, DataConfig, load_data
@@ -97,7 +97,7 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     _add(g, "--data-loader", choices=LOADERS, metavar="HOW",
          help="imagefolder: memory (decode once, hold in memory), stream (read from disk as it "
               "trains: sets larger than memory, images of any size; ImageNet-style transforms), "
-              f"or auto (default: stream when the decoded set would exceed {MEMORY_SHARE:.0%} of "
+              f"or auto (default: stream when the decoded set would exceed {MEMORY_SHARE:.0%}% of "
               "this machine's memory per process, or when image sizes differ)")
     _add(g, "--workers", type=nonneg_int, metavar="N",
          help="--data-loader stream: loader processes per rank (default: the cores less one)")
@@ -240,7 +240,10 @@ def _summary(result: train.FitResult, log) -> None:
         log(f"final test top-1 {100 * result.final.top1:.2f}%  top-5 {100 * result.final.top5:.2f}%  "
             f"loss {result.final.loss:.4f}; best top-1 {100 * result.best_top1:.2f}%")
     if result.out_dir:
-        log(f"wrote {os.path.join(result.out_dir, 'last.pt')}, best.pt, metrics.jsonl, config.json")
+        names = [n for n in ("last.pt", "best.pt", "metrics.jsonl", "config.json")
+                 if os.path.exists(os.path.join(result.out_dir, n))]
+        log(f"wrote {os.path.join(result.out_dir, names[0]) if names else result.out_dir}"
+            + "".join(f", {n}" for n in names[1:]))
 
 
 def _run(ctx: distributed.DistContext, fn) -> int:
@@ -257,10 +260,10 @@ def _resume(args: argparse.Namespace, ctx: distributed.DistContext, command: str
         raise UserError(f"--{given[0].replace('_', '-')} cannot be given with --resume: the run "
                         "continues with the configuration saved in its last.pt (only --epochs "
                         "may grow)")
-    for flag in ("model", "checkpoint", "data"):
+    for flag in ("model", "checkpoint", "data") + MODEL_FLAGS:
         if getattr(args, flag, None):
-            raise UserError(f"--{flag} cannot be given with --resume: the run continues with the "
-                            "model and data saved in its last.pt")
+            raise UserError(f"--{flag.replace('_', '-')} cannot be given with --resume: the run "
+                            "continues with the model, weights and data saved in its last.pt")
     point = train.ResumePoint.read(args.resume, **code_consent(args))
     out = args.out or os.path.dirname(os.path.abspath(args.resume))
     _check_out(out)
@@ -270,6 +273,9 @@ def _resume(args: argparse.Namespace, ctx: distributed.DistContext, command: str
     log = _log(ctx)
     done = int(point.checkpoint.train_state["epoch"])
     epochs = getattr(args, "epochs", None)
+    if epochs is not None and epochs != point.config.epochs and epochs <= done:
+        raise UserError(f"--epochs {epochs} with --resume must be more than the {done} epochs the "
+                        "run has done (or leave --epochs out to finish it as planned)")
     if epochs is not None and epochs != point.config.epochs:
         log(f"resuming {args.resume} after epoch {done} of {point.config.epochs}, continuing to "
             f"{epochs} epochs: the LR schedule is re-planned for {epochs} epochs from epoch {done} "
@@ -296,7 +302,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "num_classes" in MODELS.get(spec.name).accepts:
         source.spec = dataclasses.replace(spec, num_classes=data.num_classes)
     train.seed_everything(cfg.seed)
-    loaded = load_source(dataclasses.replace(source, seed=cfg.seed))
+    loaded = load_source(dataclasses.replace(source, seed=cfg.seed), _log(ctx))
     ctx = _start_dist(ctx, cfg.device)
     log = _log(ctx)
     return _run(ctx, lambda: _summary(
