@@ -336,8 +336,9 @@ def recover(job: PruneJob, prep: Prepared, model: nn.Module, history: List[list]
                                  cfg.seed, cfg.channels_last, dist=dist)
         if n:
             acc["recalibrated"] = evaluation.evaluate_on(model, spec, data, pre, device=dev).top1
+            used = min(ft.bn_batches, -(-len(data.train_labels) // cfg.batch_size))
             msg += (f", after re-estimating {n} BatchNorm layers' statistics on "
-                    f"{ft.bn_batches} batches {100 * acc['recalibrated']:.2f}%")
+                    f"{used} batches {100 * acc['recalibrated']:.2f}%")
         else:
             msg += " (no BatchNorm running statistics to re-estimate)"
     if ft.epochs:
