@@ -296,6 +296,17 @@ class ResumePoint:
         return cls(ck, TrainConfig.from_dict(st["config"]), DataConfig(**st["data"]),
                    st.get("command", "train"))
 
+    def replans(self, epochs: Optional[int]) -> bool:
+        """Whether resuming with ``epochs`` continues the run past its own epochs (refused
+        unless more than the epochs done)."""
+        if epochs is None or epochs == self.config.epochs:
+            return False
+        done = int(self.checkpoint.train_state["epoch"])
+        if not (isinstance(epochs, int) and epochs > done):
+            raise UserError(f"--epochs {epochs!r} with --resume must be more than the {done} "
+                            "epochs the run has done (or leave --epochs out to finish it as planned)")
+        return True
+
 
 def resume(point: ResumePoint, data: ImageData, out_dir: Optional[str] = None,
            runtime: Optional[Dict[str, Any]] = None, epochs: Optional[int] = None,
@@ -308,11 +319,7 @@ def resume(point: ResumePoint, data: ImageData, out_dir: Optional[str] = None,
     value there). Data order and augmentation stay those of (seed, epoch)."""
     ck = point.checkpoint
     cfg = point.config
-    if epochs is not None and epochs != cfg.epochs:
-        done = int(ck.train_state["epoch"])
-        if not (isinstance(epochs, int) and epochs > done):
-            raise UserError(f"--epochs {epochs!r} with --resume must be more than the {done} "
-                            "epochs the run has done (or leave --epochs out to finish it as planned)")
+    if point.replans(epochs):
         cfg = dataclasses.replace(cfg, epochs=epochs)
     if runtime:
         bad = [k for k in runtime if k not in TrainConfig.RUNTIME]

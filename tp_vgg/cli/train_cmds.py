@@ -273,10 +273,7 @@ def _resume(args: argparse.Namespace, ctx: distributed.DistContext, command: str
     log = _log(ctx)
     done = int(point.checkpoint.train_state["epoch"])
     epochs = getattr(args, "epochs", None)
-    if epochs is not None and epochs != point.config.epochs and epochs <= done:
-        raise UserError(f"--epochs {epochs} with --resume must be more than the {done} epochs the "
-                        "run has done (or leave --epochs out to finish it as planned)")
-    if epochs is not None and epochs != point.config.epochs:
+    if point.replans(epochs):
         log(f"resuming {args.resume} after epoch {done} of {point.config.epochs}, continuing to "
             f"{epochs} epochs: the LR schedule is re-planned for {epochs} epochs from epoch {done} "
             "(metrics.jsonl: planned_epochs)")
