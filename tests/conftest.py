@@ -80,6 +80,16 @@ class CliResult:
     err: str
 
 
+@pytest.fixture(scope="session", autouse=True)
+def latency_cache(tmp_path_factory):
+    """Latency tables (``--round-to auto``, ``--target-latency``) go to one folder per test
+    session, never the user's ~/.cache: shared by the tests, so a shape is timed once."""
+    folder = tmp_path_factory.mktemp("tp-vgg-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TP_VGG_CACHE", str(folder))
+        yield folder
+
+
 @pytest.fixture
 def run_cli(capsys):
     def run(*args: str) -> CliResult:

@@ -166,25 +166,33 @@ def test_default_round_to_follows_the_device(monkeypatch):
     assert latency.default_round_to("cpu") == 8
 
 
-def test_prune_round_to_auto_records_the_resolved_multiple(run_cli, tmp_path):
+def test_prune_round_to_auto_records_the_learned_multiple(run_cli, tmp_path):
+    """auto learns the multiple from a width scan of the latency table (cached) and says which."""
     r = run_cli("prune", "--model", "cifar_vgg11", "--width", "0.5", "--ratio", "0.3",
-                "--round-to", "auto", "--device", "cpu", "--out", tmp_path)
+                "--round-to", "auto", "--device", "cpu", "--threads", "1", "--out", tmp_path)
     assert r.code == 0, r.err
     rep = json.loads((tmp_path / "report.json").read_text())
-    k = latency.default_round_to("cpu")
-    assert rep["config"]["round_to"] == k
+    learned = rep["round_to_auto"]
+    k = rep["config"]["round_to"]
+    assert k == learned["round_to"] and f"--round-to auto: {k} " in r.out
+    assert learned["runtime"] == "torch" and learned["batch_size"] == 64
+    assert learned["learned_from"].startswith("features.")
     convs = [l for l in rep["layers"] if l["type"] == "Conv2d"]
     assert all(l["out_channels_after"] % k == 0 for l in convs)
     assert convs[0]["out_channels_after"] == int(32 * 0.7) // k * k
 
 
-def test_round_to_auto_shrinks_the_multiple_for_small_layers(run_cli, tmp_path):
+def test_round_to_auto_shrinks_the_multiple_for_small_layers(run_cli, tmp_path, monkeypatch):
     """16 channels pruned by 70% keep int(4.8) = 4: auto halves 16 -> 8 -> 4 instead of failing."""
+    from tp_vgg import latency_target
+
+    monkeypatch.setattr(latency_target, "learn_round_to",
+                        lambda t: (16, {"learned_from": "features.4"}))
     r = run_cli("prune", "--model", "cifar_vgg11_bn", "--width", "0.25", "--ratio", "0.7",
                 "--round-to", "auto", "--device", "cpu", "--out", tmp_path)
     assert r.code == 0, r.err
     rep = json.loads((tmp_path / "report.json").read_text())
-    assert rep["config"]["round_to"] == 4
+    assert rep["round_to_auto"]["round_to"] == 16 and rep["config"]["round_to"] == 4
     convs = [l for l in rep["layers"] if l["type"] == "Conv2d"]
     assert convs[0]["out_channels_after"] == 4
     assert all(l["out_channels_after"] % 4 == 0 for l in convs)

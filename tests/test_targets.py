@@ -71,7 +71,7 @@ def test_fixed_layer_ratios_stay_and_the_rest_reach_the_target(model):
                                  "channels: at most"),
     (targets.Target(speedup=0.5), "--target-speedup must be a number > 1"),
     (targets.Target(macs=10**12), "is not below the model's"),
-    (targets.Target(), "give one of --target-speedup X or --target-macs N"),
+    (targets.Target(), "give one of --target-speedup X, --target-macs N or --target-latency MS"),
 ])
 def test_bad_or_unreachable_targets_are_user_errors(model, target, message):
     with pytest.raises(UserError, match=message):
@@ -110,7 +110,7 @@ def test_cli_target_report_says_what_was_reached_and_how(run_cli, tmp_path, whic
     t = rep["target"]
     assert t["reached_macs"] == rep["after"]["macs"] <= t["goal_macs"]
     assert t["reached_speedup"] >= 2.5 and t["mode"] == "global"
-    assert t["target"] == {"speedup": 2.5, "macs": None}
+    assert t["target"] == {"speedup": 2.5, "macs": None, "latency": None}
     assert t["max_layer_ratio"] == targets.DEFAULT_MAX_LAYER_RATIO
     assert rep["config"]["ratio"] == t["ratio"] and t["steps"]
     assert "reached" in r.out and "fewer" in t["how"]
@@ -122,7 +122,7 @@ def test_cli_target_report_says_what_was_reached_and_how(run_cli, tmp_path, whic
 
 @pytest.mark.parametrize("extra,message", [
     (["--target-speedup", "2", "--ratio", "0.3"], "--ratio cannot be combined with --target-speedup"),
-    ([], "one of --ratio R, --target-speedup X or --target-macs N is required"),
+    ([], "one of --ratio R, --target-speedup X, --target-macs N or --target-latency MS is required"),
     (["--target-speedup", "1"], "argument --target-speedup: '1' is not > 1"),
     (["--target-macs", "lots"], "argument --target-macs: 'lots' is not a number of MACs"),
     (["--target-speedup", "2", "--target-macs", "1M"], "not allowed with argument"),

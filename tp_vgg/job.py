@@ -27,8 +27,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from tp_vgg import counting, evaluation, iterative, latency, pruning, report_json, report_md
-from tp_vgg import targets, train, unstructured
+from tp_vgg import counting, evaluation, iterative, latency, latency_target, pruning
+from tp_vgg import report_json, report_md, targets, train, unstructured
 from tp_vgg.checkpoint import save as save_checkpoint
 from tp_vgg.counting import Counts, human
 from tp_vgg.criteria import DEFAULT_TAYLOR_BATCHES, GradientBatches, training_gradients
@@ -125,14 +125,28 @@ class PruneJob:
         """A criterion (taylor) or the iterative schedule uses the fine-tuning data."""
         return self.prune.importance == "taylor" or self.epochs_per_step > 0
 
-    def prune_config(self) -> pruning.PruneConfig:
+    @property
+    def latency_budget(self) -> Optional[latency_target.LatencyBudget]:
+        return self.target.latency if self.target is not None else None
+
+    def prune_config(self, round_to: Optional[int] = None) -> pruning.PruneConfig:
         """``prune`` with the iterative steps, a placeholder ratio while a target decides, and
-        ``round_to="auto"`` resolved for ``device``."""
+        ``round_to="auto"`` resolved: ``round_to`` (learned, :func:`learn_round_to`), else the
+        device's default multiple (for validation before anything is timed)."""
         cfg = dataclasses.replace(self.prune, iterative_steps=self.steps,
                                   ratio=0.0 if self.target is not None else self.prune.ratio)
         if cfg.round_to == "auto":
-            cfg.round_to = latency.default_round_to(device_name(self.device))
+            cfg.round_to = round_to or latency.default_round_to(device_name(self.device))
         return cfg
+
+    def timing_config(self, spec: Optional[ModelSpec]) -> latency.LatencyConfig:
+        """Where the job's latency is measured: the latency target's settings, else those of
+        ``latency`` (--latency), at the throughput batch size for the input size."""
+        if self.latency_budget is not None:
+            return self.latency_budget.config(spec, self.device)
+        cfg = self.latency or latency.LatencyConfig(channels_last=True, fuse_bn=True)
+        return dataclasses.replace(cfg, batch_sizes=(latency.default_batch_sizes(spec)[-1],),
+                                   device=device_name(cfg.device if self.latency else self.device))
 
     def validate(self) -> None:
         self.source.validate()
@@ -152,6 +166,9 @@ class PruneJob:
         self.prune_config().validate()
         if self.target is not None:
             self.target.validate()
+            if self.latency_budget is not None and self.steps > 1:
+                raise UserError("--target-latency measures one pruned model; --iterative-steps "
+                                "applies to --ratio and the MAC targets")
         if self.iterative is not None and self.iterative.epochs_per_step and self.steps < 2:
             raise UserError("--finetune-epochs-per-step needs --iterative-steps K with K >= 2 "
                             "(IterativeConfig.steps)")
@@ -251,23 +268,48 @@ def gradients(job: PruneJob, prep: Prepared) -> Optional[GradientBatches]:
                               job.taylor_batches or DEFAULT_TAYLOR_BATCHES, job.prune.seed or 0)
 
 
+def learn_round_to(job: PruneJob, model: nn.Module, spec, log: Log = print
+                   ) -> Optional[Dict[str, Any]]:
+    """``--round-to auto``: the fast channel multiple of the device and runtime, learned from a
+    width scan in the latency table (:func:`tp_vgg.latency_target.learn_round_to`, cached); None
+    for any other ``round_to``."""
+    if job.prune.round_to != "auto":
+        return None
+    mcfg = job.timing_config(spec)
+    t = latency_target.open_table(model, spec, mcfg, job.latency_budget.cache_dir
+                                  if job.latency_budget else None)
+    block, info = latency_target.learn_round_to(t)
+    info = dict(info, round_to=block, runtime=mcfg.runtime, device=mcfg.device,
+                batch_size=mcfg.batch_sizes[0])
+    log(f"--round-to auto: {block} (widths that are multiples of {block} run fastest in "
+        f"{mcfg.runtime} on {mcfg.device} at batch {mcfg.batch_sizes[0]}, learned from a width "
+        f"scan of {info['learned_from']}; {t.table.path})")
+    return info
+
+
 def solve_target(job: PruneJob, model: nn.Module, spec, cfg: pruning.PruneConfig,
-                 grads: Optional[GradientBatches]):
-    """The ratio that reaches ``job.target`` (and the plan), or ``cfg`` as it is."""
+                 grads: Optional[GradientBatches], log: Log = print):
+    """The ratio (per-layer ratios for a latency target) that reaches ``job.target`` and the
+    plan, or ``cfg`` as it is."""
     if job.target is None:
         return cfg, None
+    if job.latency_budget is not None:
+        return latency_target.solve(model, spec, cfg, job.latency_budget, gradients=grads,
+                                    device=job.device, log=log)
     return targets.solve(model, spec, cfg, job.target, gradients=grads)
 
 
 def fit_round_to(job: PruneJob, cfg: pruning.PruneConfig, model: nn.Module) -> pruning.PruneConfig:
-    """With ``round_to="auto"``, halve the device's multiple (16 -> 8 -> 4 ...) until every conv
-    keeps at least one multiple at the largest ratio asked for: a 16-channel layer pruned by 30%
-    keeps 8, not 0. An explicit ``round_to`` is left as given."""
+    """With ``round_to="auto"``, halve the multiple (16 -> 8 -> 4 ...) until every conv keeps at
+    least one multiple at the largest ratio asked for (for a latency target: at
+    ``max_layer_ratio``): a 16-channel layer pruned by 30% keeps 8, not 0. An explicit
+    ``round_to`` is left as given."""
     if job.prune.round_to != "auto" or not cfg.round_to:
         return cfg
     ratios = [cfg.ratio or 0.0] + [float(r) for r in (cfg.layer_ratios or {}).values()]
-    if cfg.global_pruning:
-        ratios.append(cfg.max_layer_ratio if cfg.max_layer_ratio is not None else 0.9)
+    if cfg.global_pruning or job.latency_budget is not None:
+        ratios.append(cfg.max_layer_ratio if cfg.max_layer_ratio is not None else
+                      targets.DEFAULT_MAX_LAYER_RATIO if job.latency_budget is not None else 0.9)
     keep = min((int(m.out_channels * (1 - max(ratios))) for m in model.modules()
                 if isinstance(m, nn.Conv2d)), default=cfg.round_to)
     k = cfg.round_to
@@ -396,7 +438,10 @@ def make_report(job: PruneJob, spec, cfg: pruning.PruneConfig, before: Counts, a
                 steps: Optional[iterative.Schedule], **extra: Any) -> Dict[str, Any]:
     """report.json of a structured prune."""
     more: Dict[str, Any] = dict(extra)
-    if plan is not None:
+    if isinstance(plan, latency_target.LatencyPlan):
+        more["target"] = dict(plan.to_dict(), reached_macs=after.macs,
+                              how=latency_target.describe(plan))
+    elif plan is not None:
         d = plan.to_dict()
         d.update(reached_macs=after.macs, reached_speedup=plan.macs_before / max(after.macs, 1),
                  how=targets.describe(plan, after.macs))
@@ -424,7 +469,9 @@ def save_outputs(out_dir: Optional[str], model: nn.Module, spec, history: List[l
 
 
 def _summary(job: PruneJob, plan, steps, after: Counts, result: pruning.PruneResult, log: Log) -> None:
-    if plan is not None:
+    if isinstance(plan, latency_target.LatencyPlan):
+        log(latency_target.describe(plan))
+    elif plan is not None:
         log(targets.describe(plan, after.macs))
     if steps is not None:
         for r in steps.records:
@@ -468,8 +515,13 @@ def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print,
     grads = gradients(job, prep)
     original = copy.deepcopy(model) if job.latency is not None else None
     before = counting.count(model, spec)
-    cfg, plan = solve_target(job, model, spec, job.prune_config(), grads)
-    cfg = fit_round_to(job, cfg, model)
+    learned = learn_round_to(job, model, spec, log)
+    cfg = job.prune_config(learned["round_to"] if learned else None)
+    if job.latency_budget is not None:  # the search removes whole multiples
+        cfg = fit_round_to(job, cfg, model)
+    cfg, plan = solve_target(job, model, spec, cfg, grads, log)
+    if job.latency_budget is None:
+        cfg = fit_round_to(job, cfg, model)
     steps = schedule(job, prep, dist)
     result = prune_model(model, spec, cfg, steps, grads)
     after = counting.count(model, spec)
@@ -480,7 +532,8 @@ def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print,
                      accuracy.get("finetuned"))
     acc = {"accuracy": accuracy} if accuracy else {}
     lat = measure(job, original, model, spec, before, after, log)
-    rep = make_report(job, spec, cfg, before, after, result, plan, steps, **acc, **lat)
+    extra = {"round_to_auto": learned} if learned else {}
+    rep = make_report(job, spec, cfg, before, after, result, plan, steps, **acc, **lat, **extra)
     meta = dict(loaded.meta, importance=cfg.importance, ratio=cfg.ratio, config=rep["config"],
                 macs_before=before.macs, macs_after=after.macs,
                 params_before=before.params, params_after=after.params, **acc)

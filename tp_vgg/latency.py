@@ -37,6 +37,7 @@ from tp_vgg.models import ModelSpec
 from tp_vgg.preprocessing import input_hw
 from tp_vgg.report_json import table
 from tp_vgg.runtime import resolve_device, set_threads
+from tp_vgg import runtimes
 
 DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16,
                                   "bf16": torch.bfloat16}
@@ -68,15 +69,17 @@ class LatencyConfig:
     # "wall": elapsed time (CUDA: device events). "thread": CPU time of the calling thread, for
     # --threads 1 on a shared machine: time spent descheduled by other jobs is not counted.
     clock: str = "wall"
+    runtime: str = "torch"  # tp_vgg.runtimes: torch, onnxruntime
 
     def validate(self) -> None:
         with naming_fields("LatencyConfig"):
             self._check()
 
     def _check(self) -> None:
-        resolve_device(self.device, DEVICES)
+        dev = resolve_device(self.device, DEVICES)
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype {self.dtype!r} is not supported; accepted: {', '.join(DTYPES)}")
+        runtimes.get(self.runtime).check(dev, self.dtype)
         if not self.batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
                                        for b in self.batch_sizes):
             raise UserError(f"--batch-sizes {list(self.batch_sizes)!r} must be positive integers, "
@@ -91,6 +94,9 @@ class LatencyConfig:
         if self.clock == "thread" and (self.threads != 1 or torch.device(self.device).type != "cpu"):
             raise UserError("--clock thread measures one CPU thread; it needs --device cpu and "
                             "--threads 1")
+        if self.clock == "thread" and self.runtime != "torch":
+            raise UserError("--clock thread times the calling thread; --runtime "
+                            f"{self.runtime} runs on its own threads (accepted: --clock wall)")
 
 
 def default_round_to(device: str = "cpu") -> int:
@@ -178,9 +184,10 @@ class LatencyReport:
         }
 
 
-def environment(device: torch.device) -> Dict[str, object]:
+def environment(device: torch.device, runtime: str = "torch") -> Dict[str, object]:
     env: Dict[str, object] = {"device": str(device), "torch": torch.__version__,
-                              "threads": torch.get_num_threads()}
+                              "threads": torch.get_num_threads(), "runtime": runtime,
+                              "runtime_version": runtimes.get(runtime).version()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     else:
@@ -266,6 +273,8 @@ def measure(models: Dict[str, nn.Module], spec: ModelSpec, cfg: LatencyConfig,
     ready = models if prepared else {n: prepare(m, cfg) for n, m in models.items()}
     names = list(ready)
     timer = _timer(dev, cfg.clock)
+    wall = _timer(torch.device("cpu"))
+    runtime = runtimes.get(cfg.runtime)
     old_threads = set_threads(cfg.threads)
     # On CUDA let cuDNN time its algorithms for each shape during warm-up, as a deployment
     # runtime would: an odd pruned width then gets its best kernel, not the heuristic's guess.
@@ -276,7 +285,8 @@ def measure(models: Dict[str, nn.Module], spec: ModelSpec, cfg: LatencyConfig,
         with torch.inference_mode():
             for b in cfg.batch_sizes:
                 x = _input(spec, b, cfg)
-                calls = {n: (lambda m=ready[n]: m(x)) for n in names}
+                calls = {n: runtime.load(ready[n], x, torch.get_num_threads(), spec.output_key)
+                         for n in names}
                 for n in names:
                     _run_dtype_check(n, calls[n], cfg)
                     for _ in range(cfg.warmup):
@@ -285,7 +295,7 @@ def measure(models: Dict[str, nn.Module], spec: ModelSpec, cfg: LatencyConfig,
                 for r in range(cfg.repeats):
                     order = names if r % 2 == 0 else names[::-1]
                     for n in order:
-                        samples[n].append(timer(calls[n]))
+                        samples[n].append((wall if calls[n].wall_clock else timer)(calls[n]))
                 out[b] = {n: Timing.from_samples(samples[n]) for n in names}
     finally:
         set_threads(old_threads)
@@ -299,7 +309,7 @@ def compare(original: nn.Module, pruned: nn.Module, spec: ModelSpec, cfg: Latenc
     timings = measure({"original": original, "pruned": pruned}, spec, cfg)
     mac_ratio = macs_original / max(macs_pruned, 1)
     comps = [Comparison.of(b, t["original"], t["pruned"], mac_ratio) for b, t in timings.items()]
-    env = environment(resolve_device(cfg.device, DEVICES))
+    env = environment(resolve_device(cfg.device, DEVICES), cfg.runtime)
     if cfg.threads is not None:
         env["threads"] = cfg.threads
     return LatencyReport(cfg, timings, comps, {"original": int(macs_original),
@@ -309,7 +319,9 @@ def compare(original: nn.Module, pruned: nn.Module, spec: ModelSpec, cfg: Latenc
 def single(model: nn.Module, spec: ModelSpec, cfg: LatencyConfig, macs: int) -> LatencyReport:
     """Latency of one model (no comparison)."""
     timings = measure({"model": model}, spec, cfg)
-    env = environment(resolve_device(cfg.device, DEVICES))
+    env = environment(resolve_device(cfg.device, DEVICES), cfg.runtime)
+    if cfg.threads is not None:
+        env["threads"] = cfg.threads
     return LatencyReport(cfg, timings, [], {"model": int(macs)}, env)
 
 
@@ -324,7 +336,8 @@ def profile(model: nn.Module, spec: ModelSpec, cfg: LatencyConfig, macs: int,
 
 def format_latency_table(rep: LatencyReport) -> str:
     c = rep.config
-    head = (f"latency on {rep.environment.get('device')} ({rep.environment.get('threads')} threads), "
+    head = (f"latency in {c.runtime} {rep.environment.get('runtime_version', '')} on "
+            f"{rep.environment.get('device')} ({rep.environment.get('threads')} threads), "
             f"{c.dtype}{', channels-last' if c.channels_last else ''}"
             f"{', BN folded' if c.fuse_bn else ''}; median of {c.repeats} interleaved runs "
             f"after {c.warmup} warm-up")

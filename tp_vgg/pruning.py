@@ -471,6 +471,7 @@ class GlobalRanking:
             scores.append(imp.view(g, -1).mean(0) if g > 1 else imp)
             groups.append(g)
         self.roots = roots
+        self.scores = scores  # per root: one score per entry
         self.groups = groups  # channels per entry: the GroupNorm's groups, else 1
         self.sizes = [len(s) * g for s, g in zip(scores, groups)]  # channels
         self.owner = (torch.cat([torch.full((len(s),), i) for i, s in enumerate(scores)]).tolist()

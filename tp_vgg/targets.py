@@ -36,15 +36,19 @@ FINE_STEP = 0.002
 
 @dataclass
 class Target:
-    """Exactly one of ``speedup`` (MACs before / after, > 1) or ``macs`` (MACs after)."""
+    """Exactly one of ``speedup`` (MACs before / after, > 1), ``macs`` (MACs after) or
+    ``latency`` (a measured latency budget: :class:`tp_vgg.latency_target.LatencyBudget`)."""
 
     speedup: Optional[float] = None
     macs: Optional[int] = None
+    latency: Optional[Any] = None
 
     def validate(self) -> None:
-        if (self.speedup is None) == (self.macs is None):
-            raise UserError("give one of --target-speedup X or --target-macs N "
-                            "(Target.speedup or Target.macs)")
+        if sum(v is not None for v in (self.speedup, self.macs, self.latency)) != 1:
+            raise UserError("give one of --target-speedup X, --target-macs N or --target-latency "
+                            "MS (Target.speedup, Target.macs or Target.latency)")
+        if self.latency is not None:
+            self.latency.validate()
         if self.speedup is not None and not (isinstance(self.speedup, (int, float))
                                              and math.isfinite(self.speedup) and self.speedup > 1):
             raise UserError(f"--target-speedup must be a number > 1, got {self.speedup!r} "
@@ -119,6 +123,8 @@ class _Ranked:
                 pruning._criterion_hook(pruner, "prepare", scored, gradients)
                 self.ranking = pruning.GlobalRanking(pruner, fixed)
             groups = pruning.channel_groups(pruner)
+        self.model, self.graph = scored, pruner.DG
+        self.scores = self.ranking.scores
         names = {m: n for n, m in scored.named_modules()}
         # layers feeding a GroupNorm keep the same count in each of its groups
         self.groups = {names[m]: g for m, g in groups.items()}

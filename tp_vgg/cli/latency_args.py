@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional
 
-from tp_vgg import latency
+from tp_vgg import latency, runtimes
 from tp_vgg.cli.common import numeric
 from tp_vgg.counting import Counts
 from tp_vgg.errors import UserError
@@ -50,6 +50,11 @@ def add_measure_args(p: argparse.ArgumentParser, batch_flag: str = "--batch-size
     _add(g, "--repeats", type=int, default=20, metavar="N",
          help="timed passes per model and batch size, interleaved (default 20)")
     _add(g, "--threads", type=int, metavar="N", help="CPU threads (torch.set_num_threads)")
+    _add(g, "--runtime", metavar="NAME", default=None, help=RUNTIME_HELP)
+
+
+RUNTIME_HELP = ("what the model is timed in: " + "; ".join(
+    f"{n}: {runtimes.RUNTIMES.help(n)}" for n in runtimes.RUNTIMES) + " (default torch)")
 
 
 # ``--round-to``: a positive integer, or ``auto`` (the device's multiple; see
@@ -76,7 +81,8 @@ def latency_config(args: argparse.Namespace, spec: Optional[ModelSpec] = None
         fuse_bn=_given(args, "fuse_bn", True),
         warmup=_given(args, "warmup", 3),
         repeats=_given(args, "repeats", 20),
-        threads=getattr(args, "threads", None))
+        threads=getattr(args, "threads", None),
+        runtime=getattr(args, "runtime", None) or "torch")
     cfg.validate()
     return cfg
 
@@ -91,12 +97,38 @@ def add_prune_latency_args(p: argparse.ArgumentParser) -> None:
                    help="also time the pruned model against the original (interleaved, median, "
                         f"channels_last, BN folded) at these batch sizes ({DEFAULT_HELP}); "
                         "report.json gains speed-up and efficiency = speed-up / MAC ratio. Uses "
-                        "--device, --channels-last and --threads")
+                        "--runtime, --device, --channels-last and --threads")
+    g.add_argument("--runtime", metavar="NAME", default=None,
+                   help=RUNTIME_HELP + "; for --latency, --target-latency and --round-to auto")
+    g.add_argument("--latency-batch", type=numeric(int, lambda v: v >= 1, "an integer >= 1",
+                                                   "is below 1"), metavar="N",
+                   help="the batch size --target-latency and --round-to auto time at (default "
+                        f"{latency.SMALL_INPUT_BATCHES[-1]} for inputs up to 64 px, "
+                        f"{latency.LARGE_INPUT_BATCHES[-1]} above)")
+    g.add_argument("--latency-cache", metavar="DIR",
+                   help="folder of the per-layer latency tables (default $TP_VGG_CACHE, else "
+                        "~/.cache/tp-vgg)")
+
+
+def check_latency_flags(args: argparse.Namespace) -> None:
+    """--runtime, --latency-batch and --latency-cache only where something is timed."""
+    timed = (getattr(args, "latency", None) or getattr(args, "target_latency", None) is not None
+             or getattr(args, "round_to", None) == "auto")
+    learns = getattr(args, "target_latency", None) is not None or \
+        getattr(args, "round_to", None) == "auto"
+    if getattr(args, "runtime", None) is not None:
+        runtimes.get(args.runtime)
+        if not timed:
+            raise UserError("--runtime applies to --latency, --target-latency and --round-to auto")
+    for dest, flag in (("latency_batch", "--latency-batch"), ("latency_cache", "--latency-cache")):
+        if getattr(args, dest, None) is not None and not learns:
+            raise UserError(f"{flag} applies to --target-latency and --round-to auto")
 
 
 def prune_latency_config(args: argparse.Namespace) -> Optional[latency.LatencyConfig]:
     """``--latency [B1,B2]`` with the measurement flags (None without it); no batch sizes:
     the defaults for the model's input size. A bad value fails before any work."""
+    check_latency_flags(args)
     if not getattr(args, "latency", None):
         return None
     ns = argparse.Namespace(**vars(args))
@@ -114,7 +146,8 @@ def prune_latency_config(args: argparse.Namespace) -> Optional[latency.LatencyCo
 # `profile --latency`.
 
 MEASURE_FLAGS = {"latency_batch_sizes": "--batch-sizes", "device": "--device",
-                 "channels_last": "--channels-last", "fuse_bn": "--fuse-bn", "threads": "--threads"}
+                 "channels_last": "--channels-last", "fuse_bn": "--fuse-bn", "threads": "--threads",
+                 "runtime": "--runtime", "layers": "--layers"}
 
 
 def profile_latency(args: argparse.Namespace, loaded, counts: Counts
@@ -129,8 +162,23 @@ def profile_latency(args: argparse.Namespace, loaded, counts: Counts
             raise UserError(f"{given[0]} only applies with --latency")
         return None
     cfg = latency_config(args, loaded.spec)
-    unpruned = None
-    if loaded.history:
-        unpruned = (loaded.checkpoint.build_unpruned() if loaded.checkpoint is not None
-                    else build_model(loaded.spec))
-    return latency.profile(loaded.model, loaded.spec, cfg, counts.macs, unpruned)
+    if args.layers and cfg.runtime != "torch":
+        raise UserError(f"--layers times each PyTorch module with hooks; --runtime {cfg.runtime} "
+                        "runs the whole graph (accepted with --layers: --runtime torch)")
+    return latency.profile(loaded.model, loaded.spec, cfg, counts.macs, _unpruned(loaded))
+
+
+def _unpruned(loaded):
+    """The model before pruning, for a pruned checkpoint (with the consent it was read with)."""
+    if not loaded.history:
+        return None
+    return (loaded.checkpoint.build_unpruned() if loaded.checkpoint is not None
+            else build_model(loaded.spec))
+
+
+def profile_layers(args: argparse.Namespace, loaded):
+    """`profile --latency --layers`: the per-layer breakdown."""
+    from tp_vgg.layer_times import layer_times
+
+    return layer_times(loaded.model, loaded.spec, latency_config(args, loaded.spec),
+                       _unpruned(loaded))

@@ -28,6 +28,7 @@ from tp_vgg.criteria import DEFAULT_TAYLOR_BATCHES, IMPORTANCES
 from tp_vgg.data import DATASETS
 from tp_vgg.errors import UserError
 from tp_vgg.job import IterativeConfig, UnstructuredConfig
+from tp_vgg.latency_target import LatencyBudget
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,6 +125,12 @@ def add_prune_method_args(p: argparse.ArgumentParser) -> None:
                    help="prune until MACs before / after >= X (instead of --ratio)")
     t.add_argument("--target-macs", type=_macs, metavar="N",
                    help="prune until MACs <= N, e.g. 150M (instead of --ratio)")
+    t.add_argument("--target-latency", type=_positive_float, metavar="MS",
+                   help="prune until the measured latency (ms per batch of --latency-batch, in "
+                        "--runtime on --device with --threads, BN folded, channels-last) is <= MS: "
+                        "channels go in order of importance per predicted ms saved, from a "
+                        "per-layer latency table timed on this machine and cached (instead of "
+                        "--ratio)")
     g.add_argument("--iterative-steps", type=positive_int, metavar="K",
                    help="reach the ratio or target in K pruning steps (same final MACs as one "
                         "shot), fine-tuning between them with --finetune-epochs-per-step")
@@ -166,7 +173,7 @@ def check_prune_args(args: argparse.Namespace, ratio: Optional[float] = None) ->
             raise UserError("--latency with --unstructured would time the same dense layers: "
                             "zeroed weights do not make dense kernels faster (the report gives "
                             "nonzero-weight MACs instead)")
-        for name in ("target_speedup", "target_macs", "iterative_steps", "finetune_epochs_per_step",
+        for name in ("target_speedup", "target_macs", "target_latency", "iterative_steps", "finetune_epochs_per_step",
                      "layer_ratios", "round_to", "max_layer_ratio", "taylor_batches"):
             if _given(args, name):
                 raise UserError(f"{_flag(name)} applies to structured (channel) pruning, not "
@@ -185,12 +192,16 @@ def check_prune_args(args: argparse.Namespace, ratio: Optional[float] = None) ->
     for name in ("lottery_rounds", "rewind_epoch"):
         if _given(args, name):
             raise UserError(f"{_flag(name)} applies to --unstructured pruning (lottery tickets)")
-    has_target = _given(args, "target_speedup") or _given(args, "target_macs")
-    if has_target and ratio is not None:
-        which = "--target-speedup" if _given(args, "target_speedup") else "--target-macs"
-        raise UserError(f"--ratio cannot be combined with {which}: the target sets the ratio")
-    if not has_target and ratio is None:
-        raise UserError("one of --ratio R, --target-speedup X or --target-macs N is required")
+    given = [f for f in ("target_speedup", "target_macs", "target_latency") if _given(args, f)]
+    if given and ratio is not None:
+        raise UserError(f"--ratio cannot be combined with {_flag(given[0])}: the target sets the "
+                        "ratio")
+    if not given and ratio is None:
+        raise UserError("one of --ratio R, --target-speedup X, --target-macs N or "
+                        "--target-latency MS is required")
+    if _given(args, "target_latency") and (getattr(args, "iterative_steps", None) or 1) > 1:
+        raise UserError("--target-latency measures one pruned model; --iterative-steps applies "
+                        "to --ratio, --target-speedup and --target-macs")
     if _given(args, "finetune_epochs_per_step") and (getattr(args, "iterative_steps", None) or 1) < 2:
         raise UserError("--finetune-epochs-per-step needs --iterative-steps K with K >= 2")
     if _given(args, "taylor_batches") and getattr(args, "importance", None) != "taylor":
@@ -202,7 +213,15 @@ def method_configs(args: argparse.Namespace, ratio: Optional[float] = None) -> D
     ``taylor_batches``) and ``needs_data``: whether a criterion or the schedule uses --data."""
     check_prune_args(args, ratio)
     target = None
-    if _given(args, "target_speedup") or _given(args, "target_macs"):
+    if _given(args, "target_latency"):
+        channels_last = getattr(args, "channels_last", None)
+        target = targets.Target(latency=LatencyBudget(
+            ms=args.target_latency, runtime=getattr(args, "runtime", None) or "torch",
+            batch_size=getattr(args, "latency_batch", None), threads=getattr(args, "threads", None),
+            channels_last=True if channels_last is None else channels_last,
+            cache_dir=getattr(args, "latency_cache", None)))
+        target.validate()
+    elif _given(args, "target_speedup") or _given(args, "target_macs"):
         target = targets.Target(speedup=getattr(args, "target_speedup", None),
                                 macs=getattr(args, "target_macs", None))
     steps = getattr(args, "iterative_steps", None)

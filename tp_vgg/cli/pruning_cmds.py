@@ -12,6 +12,7 @@ from tp_vgg.cli import common, latency_args, methods_cmds, train_cmds
 from tp_vgg.cli.common import add_model_args, json_object, load_model, ratio
 from tp_vgg.criteria import IMPORTANCES
 from tp_vgg.job import PruneJob, check_out_dir, run
+from tp_vgg.layer_times import format_layer_times
 from tp_vgg.models import TIMM_INSTALL, TIMM_VGGS, list_models, timm_installed
 
 
@@ -35,6 +36,10 @@ def register(sub, common) -> None:
                    help="also time the model (a pruned checkpoint: against its unpruned model, "
                         "interleaved) and print speed-up and efficiency = speed-up / MAC ratio")
     latency_args.add_measure_args(p)
+    p.add_argument("--layers", action="store_true", default=None,
+                   help="with --latency: time every layer with forward hooks (--runtime torch) "
+                        "and show where the time goes, against the unpruned model for a pruned "
+                        "checkpoint")
     p.set_defaults(func=cmd_profile)
 
 
@@ -102,11 +107,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
     loaded = load_model(args)
     c = counting.count(loaded.model, loaded.spec)
     lat = latency_args.profile_latency(args, loaded, c)  # None without --latency
+    layers = latency_args.profile_layers(args, loaded) if args.layers else None
     if args.json:
         extra = {"latency": lat.to_dict()} if lat else {}
+        if layers is not None:
+            extra["latency_layers"] = layers.to_dict()
         print(json.dumps({"units": report_json.MAC_NOTE, **c.to_dict(), **extra}, indent=2))
     else:
         print(report_json.format_profile_table(c))
         if lat:
             print(latency_args.latency.format_latency_table(lat))
+        if layers is not None:
+            print(format_layer_times(layers))
     return 0

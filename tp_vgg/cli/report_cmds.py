@@ -72,7 +72,7 @@ def parse_ratios(text: str) -> List[float]:
 
 
 NOT_FOR_SWEEP = {"ratio": "--ratio", "target_speedup": "--target-speedup",
-                 "target_macs": "--target-macs"}
+                 "target_macs": "--target-macs", "target_latency": "--target-latency"}
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
