@@ -209,6 +209,22 @@ def prepare(model: nn.Module, cfg: LatencyConfig) -> nn.Module:
     return m
 
 
+def fit_layout(model: nn.Module, spec: ModelSpec, cfg: LatencyConfig) -> LatencyConfig:
+    """``cfg``, or ``cfg`` without channels-last when the model's forward cannot run on a
+    channels-last tensor (e.g. ``x.view(n, -1)`` after the convs; ``reshape`` would): the
+    deployment form is then the contiguous one."""
+    if not cfg.channels_last:
+        return cfg
+    try:
+        with torch.inference_mode():
+            prepare(model, cfg)(_input(spec, 1, cfg))
+    except RuntimeError as e:
+        if "view size is not compatible" not in str(e):
+            raise
+        return dataclasses.replace(cfg, channels_last=False)
+    return cfg
+
+
 def _input(spec: ModelSpec, batch: int, cfg: LatencyConfig, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     s = spec.resolved()
@@ -270,6 +286,8 @@ def measure(models: Dict[str, nn.Module], spec: ModelSpec, cfg: LatencyConfig,
     """
     cfg.validate()
     dev = resolve_device(cfg.device, DEVICES)
+    if not prepared:
+        cfg = fit_layout(next(iter(models.values())), spec, cfg)
     ready = models if prepared else {n: prepare(m, cfg) for n, m in models.items()}
     names = list(ready)
     timer = _timer(dev, cfg.clock)

@@ -122,6 +122,7 @@ def open_table(model: nn.Module, spec: ModelSpec, cfg: latency.LatencyConfig,
     """The cached table for ``cfg``'s device, runtime, threads and batch size at ``spec``'s
     input size, and ``model``'s segments."""
     cfg.validate()
+    cfg = latency.fit_layout(model, spec, cfg)
     dev = resolve_device(cfg.device, latency.DEVICES)
     prepared = latency.prepare(model, cfg)
     segs = latency_table.segments(prepared, latency._input(spec, 1, cfg))
@@ -379,17 +380,70 @@ class _Search:
         return True
 
 
-def _prune_config(cfg: pruning.PruneConfig, search: _Search,
-                  fixed_ratios: Dict[str, float]) -> pruning.PruneConfig:
-    """Per-layer ratios that make torch-pruning keep exactly ``search.kept`` (int(C (1 - r))
-    = C - k with r = (k - 0.5) / C, per group of a GroupNorm)."""
+def plan_config(cfg: pruning.PruneConfig, kept: Dict[str, int], sizes: Dict[str, int],
+                groups: Dict[str, int], fixed_ratios: Dict[str, float]) -> pruning.PruneConfig:
+    """Per-layer ratios that make torch-pruning keep exactly ``kept[layer]`` of ``sizes[layer]``
+    channels: int(C (1 - r)) = C - k with r = (k - 0.5) / C (per group of a GroupNorm of
+    ``groups[layer]`` groups)."""
     ratios = dict(fixed_ratios)
-    for r, kept in search.kept.items():
-        c, g = search.pred.sizes[r], search.group[r]
-        k = c - kept
+    for r, k_kept in kept.items():
+        c, g = sizes[r], groups.get(r, 1)
+        k = c - k_kept
         if k:
             ratios[r] = (k // g - 0.5) / (c // g)
     return dataclasses.replace(cfg, ratio=0.0, global_pruning=False, layer_ratios=ratios)
+
+
+def build_predictor(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig,
+                    mcfg: latency.LatencyConfig,
+                    gradients: Optional[Callable[[nn.Module], None]] = None,
+                    cache_dir: Optional[str] = None,
+                    min_timed_ms: float = latency_table.MIN_TIMED_MS,
+                    log: Callable[[str], None] = print):
+    """The ranked channels (``cfg``'s criterion, global scores), the model's latency table (every
+    grid point timed, cached), the :class:`Predictor` (not calibrated yet), the fast-width block
+    and how it was learned."""
+    from tp_vgg.targets import _Ranked
+
+    max_ratio = cfg.max_layer_ratio
+    example = spec.example_input(device=next(model.parameters()).device)
+    ranked = _Ranked(model, spec, dataclasses.replace(cfg, global_pruning=True), example,
+                     max_ratio, gradients)
+    if not ranked.roots:
+        raise UserError("no layer is left to prune for the target (every prunable layer is the "
+                        "logits layer, fixed by --layer-ratios, or not ranked by the criterion)")
+    t = open_table(model, spec, mcfg, cache_dir, min_timed_ms)
+    block, learned = learn_round_to(t)
+    names = {m: n for n, m in ranked.model.named_modules()}
+    fixed = {n: ranked._kept(n, c, r) for n, (c, r) in ranked.fixed.items()}
+    pred = Predictor(t, dict(zip(ranked.roots, ranked.ranking.sizes)), _feeds(ranked, names),
+                     fixed, block, 1 - max_ratio)
+    t0 = time.perf_counter()
+    timed = pred.ensure()
+    if timed:
+        log(f"latency table: timed {timed} layer shapes in {time.perf_counter() - t0:.0f} s "
+            f"({mcfg.runtime} on {mcfg.device}, batch {mcfg.batch_sizes[0]}); cached in "
+            f"{t.table.path}")
+    return ranked, t, pred, block, learned
+
+
+def uniform_kept(pred: Predictor, ranked, ratio: float) -> Dict[str, int]:
+    """The channels each root keeps under ``--ratio ratio`` without rounding."""
+    return {n: pruning.kept_channels(c, ratio, ranked.groups.get(n, 1))
+            for n, c in pred.sizes.items()}
+
+
+def calibrate(pred: Predictor, ranked, model: nn.Module, spec: ModelSpec,
+              cfg: pruning.PruneConfig, measure: Callable[[nn.Module], float], original_ms: float,
+              gradients: Optional[Callable[[nn.Module], None]] = None) -> float:
+    """Fit the predictor's offset and scale to the measured original and a copy pruned uniformly
+    at :data:`ANCHOR_RATIO` (measured here; returned)."""
+    anchor = copy.deepcopy(model)
+    pruning.prune(anchor, spec, dataclasses.replace(cfg, ratio=ANCHOR_RATIO, round_to=None),
+                  gradients=gradients)
+    anchor_ms = measure(anchor)
+    pred.calibrate(original_ms, uniform_kept(pred, ranked, ANCHOR_RATIO), anchor_ms)
+    return anchor_ms
 
 
 def solve(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, budget: LatencyBudget,
@@ -400,7 +454,7 @@ def solve(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, budget: L
     """The ``PruneConfig`` (per-layer ratios) whose pruned model measures at most
     ``budget.ms``, and how it was found. ``model`` is not changed. ``measure`` (default: the
     budget's runtime) times a model in milliseconds."""
-    from tp_vgg.targets import DEFAULT_MAX_LAYER_RATIO, _Ranked
+    from tp_vgg.targets import DEFAULT_MAX_LAYER_RATIO
 
     budget.validate()
     mcfg = budget.config(spec, device)
@@ -415,31 +469,10 @@ def solve(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, budget: L
     if budget.ms >= original_ms:
         raise UserError(f"--target-latency {budget.ms:g} ms is not below the model's measured "
                         f"{original_ms:.2f} ms ({where}); accepted: less than {original_ms:.2f}")
-    example = spec.example_input(device=next(model.parameters()).device)
-    ranked = _Ranked(model, spec, dataclasses.replace(cfg, global_pruning=True), example,
-                     max_ratio, gradients)
-    if not ranked.roots:
-        raise UserError("no layer is left to prune for the target (every prunable layer is the "
-                        "logits layer, fixed by --layer-ratios, or not ranked by the criterion)")
-    t = open_table(model, spec, mcfg, budget.cache_dir, budget.table_min_ms)
-    block, learned = learn_round_to(t)
-    names = {m: n for n, m in ranked.model.named_modules()}
-    fixed = {n: ranked._kept(n, c, r) for n, (c, r) in ranked.fixed.items()}
-    pred = Predictor(t, dict(zip(ranked.roots, ranked.ranking.sizes)), _feeds(ranked, names),
-                     fixed, block, 1 - max_ratio)
-    t0 = time.perf_counter()
-    timed = pred.ensure()
-    if timed:
-        log(f"latency table: timed {timed} layer shapes in {time.perf_counter() - t0:.0f} s "
-            f"({where}); cached in {t.table.path}")
-    anchor_cfg = dataclasses.replace(cfg, ratio=ANCHOR_RATIO, round_to=None)
-    anchor = copy.deepcopy(model)
-    pruning.prune(anchor, spec, anchor_cfg, gradients=gradients)
-    anchor_ms = measure(anchor)
-    anchor_kept = {n: pruning.kept_channels(c, ANCHOR_RATIO, ranked.groups.get(n, 1))
-                   for n, c in pred.sizes.items()}
-    anchor_kept.update({n: kept for n, kept in fixed.items()})
-    pred.calibrate(original_ms, anchor_kept, anchor_ms)
+    ranked, t, pred, block, learned = build_predictor(model, spec, cfg, mcfg, gradients,
+                                                      budget.cache_dir, budget.table_min_ms, log)
+    anchor_ms = calibrate(pred, ranked, model, spec, cfg, measure, original_ms, gradients)
+    fixed = pred.fixed
     search = _Search(pred, ranked, max_ratio, cfg.round_to)
     fixed_ratios = {n: r for n, (c, r) in ranked.fixed.items()}
     goal, rounds, reached = budget.ms, [], False
@@ -453,7 +486,7 @@ def solve(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, budget: L
                 f"predicted at {search.predicted:.2f} ms (original measured "
                 f"{original_ms:.2f} ms, {where}); raise --max-layer-ratio (now "
                 f"{max_ratio:g}) or the target")
-        candidate_cfg = _prune_config(cfg, search, fixed_ratios)
+        candidate_cfg = plan_config(cfg, search.kept, pred.sizes, search.group, fixed_ratios)
         pruned = copy.deepcopy(model)
         pruning.prune(pruned, spec, candidate_cfg, gradients=gradients)
         measured = measure(pruned)
