@@ -14,7 +14,8 @@
    channels (a multiple of ``--round-to`` at a time; up to one fast-width block ahead, so a step
    that only pays off at the next block boundary is seen) are priced as the importance they carry
    over the predicted time they save, and the cheapest step is taken, until the prediction reaches
-   the goal. No layer loses more than ``--max-layer-ratio`` of its channels.
+   the goal; the last step is the one that reaches it losing the least importance (no overshoot
+   by a long jump). No layer loses more than ``--max-layer-ratio`` of its channels.
 4. A copy is pruned to that plan with torch-pruning and *measured*. Above the target, the goal
    shrinks by measured / target and the search continues from there (up to ``max_rounds``).
 
@@ -355,7 +356,7 @@ class _Search:
         its limit first."""
         pred = self.pred
         while self.predicted > goal:
-            best = None
+            best = finish = None
             for r in self.kept:
                 affected = pred.affected(r)
                 for m in self.look:
@@ -368,12 +369,16 @@ class _Search:
                     saved = self.pred.scale * sum(self.current[n] - t for n, t in new.items())
                     if saved <= 1e-9:
                         continue
-                    price = self._value(r, self.kept[r], k) / saved
+                    value = self._value(r, self.kept[r], k)
+                    price = value / saved
                     if best is None or price < best[0]:
                         best = (price, r, k, new)
+                    if self.predicted - saved <= goal and (finish is None or value < finish[0]):
+                        finish = (value, r, k, new)
             if best is None:
                 return False
-            _, r, k, new = best
+            # the last step: of the steps that reach the goal, the one losing the least importance
+            _, r, k, new = finish or best
             self.kept[r] = k
             self.current.update(new)
             self.steps += 1
