@@ -12,6 +12,8 @@
 #   1. install what is missing from .device/wheels (no network; tp_vgg itself runs from the tree)
 #   2. card, driver, torch / CUDA / cuDNN versions -> $OUT/env.json
 #   3. the CUDA tests: tests/test_cuda.py and tests/test_recovery.py (every device)
+#  3b. latency on the device: --target-latency in torch and onnxruntime, --round-to auto, the
+#      efficiency table (benchmarks/latency_efficiency.py), torch.compile against eager
 #   4. cifar_vgg16_bn, full width, on the CIFAR-10 JPEG set, GPU-resident data, bf16 autocast,
 #      channels_last: train $TRAIN_EPOCHS epochs (SGD 0.1 cosine, batch 256)
 #   5. prune L1 to 4x fewer MACs (--target-speedup 4), re-estimate BN statistics (50 batches),
@@ -116,6 +118,26 @@ EOF
 # 3. The CUDA tests (they skip their CUDA cases on a machine without CUDA).
 XD=(); "$PY" -c "import xdist" 2>/dev/null && XD=(-n 8 --dist loadfile)
 step cuda_tests "$PY" -m pytest -q -p no:cacheprovider "${XD[@]}" $CUDA_TESTS
+
+# 3b. Latency on the device (random weights: time does not depend on them): the original
+#     cifar_vgg16_bn at batch 1 and 64; --target-latency half of the batch-64 latency in torch and
+#     onnxruntime (which needs onnxruntime's CUDA provider: a one-line refusal otherwise);
+#     --round-to auto learned on the device; the efficiency table; torch.compile against eager.
+LAT=(--model cifar_vgg16_bn); [ "$TINY" = 1 ] && LAT+=(--width 0.25)
+export TP_VGG_CACHE="$RUN/latency-cache"
+step lat_profile "$PY" -m tp_vgg profile "${LAT[@]}" --latency --batch-sizes 1,64 --device "$DEVICE" --json
+HALF=$("$PY" -c "import json,sys; print(round(json.load(open(sys.argv[1]))['latency']['timings']['64']['model']['median_ms'] / 2, 4))" "$OUT/logs/lat_profile.log" 2>/dev/null || echo 1)
+for rt in torch onnxruntime; do
+  step "lat_target_$rt" "$PY" -m tp_vgg prune "${LAT[@]}" --device "$DEVICE" --target-latency "$HALF" \
+    --latency-batch 64 --runtime "$rt" --latency 1,64 --out "$RUN/lat_target_$rt"
+done
+step lat_round_auto "$PY" -m tp_vgg prune "${LAT[@]}" --device "$DEVICE" --ratio 0.5 --round-to auto \
+  --latency 1,64 --out "$RUN/lat_round_auto"
+EFF=(--model cifar_vgg16_bn); [ "$TINY" = 1 ] && EFF+=(--width 0.5 --repeats 3)
+step lat_efficiency "$PY" benchmarks/latency_efficiency.py "${EFF[@]}" --batches 1,64 --device "$DEVICE" \
+  --runtimes torch --predict --tag "$DEVICE"
+cp benchmarks/results/latency_efficiency_*"$DEVICE"*.json "$OUT/" 2>/dev/null
+step lat_compile timeout 240 "$PY" benchmarks/compile_latency.py --device "$DEVICE" --tiny "$TINY"
 
 # 4. Train the base model.
 COMMON=(--device "$DEVICE" --progress plain --batch-size "$BATCH")

@@ -414,6 +414,18 @@ def learn_block(times: Dict[int, float]) -> Tuple[int, Dict[int, float]]:
     return block, scores
 
 
+def off_block_factor(times: Dict[int, float], block: int) -> float:
+    """How much slower a width that is not a multiple of ``block`` runs than the next multiple:
+    the median of T(w) / T(next multiple) over the scan (1.0: it costs what the multiple costs, the
+    kernel pads; ONNX Runtime's blocked NCHWc kernels take only multiples and fall back to slower
+    ones otherwise)."""
+    if block <= 1:
+        return 1.0
+    ratios = [t / times[-(-w // block) * block] for w, t in times.items()
+              if w % block and -(-w // block) * block in times]
+    return max(1.0, statistics.median(ratios)) if ratios else 1.0
+
+
 def ceil_to(v: float, block: int, limit: int) -> float:
     """``v`` rounded up to a multiple of ``block``, at most ``limit``."""
     if block <= 1:

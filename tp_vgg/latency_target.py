@@ -11,8 +11,8 @@
 3. Latency-aware global ranking (HALP, Shen et al. 2022; NetAdapt, Yang et al. 2018): channels
    are scored by the pruning criterion (the scores of ``--global``) and removed in order of
    *importance per millisecond saved*: at each step, for every layer, its next lowest-ranked
-   channels (a multiple of ``--round-to`` at a time; up to one fast-width block ahead, so a step
-   that only pays off at the next block boundary is seen) are priced as the importance they carry
+   channels (a multiple of ``--round-to``, by default of the fast-width block the table learned,
+   at a time; with jumps of several multiples, so a step that only pays off further on is seen) are priced as the importance they carry
    over the predicted time they save, and the cheapest step is taken, until the prediction reaches
    the goal; the last step is the one that reaches it losing the least importance (no overshoot
    by a long jump). No layer loses more than ``--max-layer-ratio`` of its channels.
@@ -154,6 +154,7 @@ def learn_round_to(t: Table) -> Tuple[int, Dict[str, Any]]:
     block, scores = latency_table.learn_block(times)
     return block, {"learned_from": seg.name, "widths": [min(times), max(times)],
                    "scores": {str(k): round(v, 3) for k, v in scores.items()},
+                   "off_block_factor": round(latency_table.off_block_factor(times, block), 3),
                    "table": t.table.path}
 
 
@@ -164,9 +165,10 @@ class Predictor:
     """Predicted latency of the model with each root layer keeping ``kept[root]`` channels."""
 
     def __init__(self, t: Table, roots: Dict[str, int], feeds: Dict[str, List[Tuple[str, int]]],
-                 fixed: Dict[str, int], block: int, lowest: float):
+                 fixed: Dict[str, int], block: int, lowest: float, off_block: float = 1.0):
         self.t = t
         self.block = block
+        self.off_block = off_block          # time factor of a width off the block multiples
         self.sizes = dict(roots)            # root -> channels before
         self.feeds = feeds                  # root -> [(consumer, features per channel)]
         self.fixed = dict(fixed)            # --layer-ratios layers -> kept channels
@@ -228,10 +230,16 @@ class Predictor:
     def layer_ms(self, name: str, c_in: int, c_out: int) -> float:
         seg = self.segs[name]
         cins, couts = self.grids[name]
-        if seg.conv:  # a width between blocks costs what the next block costs
+        factor = 1.0
+        if seg.conv and self.block > 1:
+            # a width between blocks costs what the next block costs (times the off-block factor
+            # where the runtime's kernels take multiples only); the model's own widths are timed
+            if (c_in != seg.c_in and c_in % self.block) or (c_out != seg.c_out
+                                                             and c_out % self.block):
+                factor = self.off_block
             c_in = latency_table.ceil_to(c_in, self.block, seg.c_in)
             c_out = latency_table.ceil_to(c_out, self.block, seg.c_out)
-        return self.t.table.lookup(seg, c_in, c_out, cins, couts)
+        return factor * self.t.table.lookup(seg, c_in, c_out, cins, couts)
 
     def layers_ms(self, kept: Dict[str, int]) -> Dict[str, float]:
         return {n: self.layer_ms(n, *self.dims(n, kept)) for n in self.segs}
@@ -422,7 +430,7 @@ def build_predictor(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig,
     names = {m: n for n, m in ranked.model.named_modules()}
     fixed = {n: ranked._kept(n, c, r) for n, (c, r) in ranked.fixed.items()}
     pred = Predictor(t, dict(zip(ranked.roots, ranked.ranking.sizes)), _feeds(ranked, names),
-                     fixed, block, 1 - max_ratio)
+                     fixed, block, 1 - max_ratio, learned.get("off_block_factor", 1.0))
     t0 = time.perf_counter()
     timed = pred.ensure()
     if timed:
@@ -432,9 +440,10 @@ def build_predictor(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig,
     return ranked, t, pred, block, learned
 
 
-def uniform_kept(pred: Predictor, ranked, ratio: float) -> Dict[str, int]:
-    """The channels each root keeps under ``--ratio ratio`` without rounding."""
-    return {n: pruning.kept_channels(c, ratio, ranked.groups.get(n, 1))
+def uniform_kept(pred: Predictor, ranked, ratio: float,
+                 round_to: Optional[int] = None) -> Dict[str, int]:
+    """The channels each root keeps under ``--ratio ratio`` (and ``--round-to``)."""
+    return {n: pruning.kept_channels(c, ratio, ranked.groups.get(n, 1), round_to)
             for n, c in pred.sizes.items()}
 
 
@@ -478,7 +487,11 @@ def solve(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, budget: L
                                                       budget.cache_dir, budget.table_min_ms, log)
     anchor_ms = calibrate(pred, ranked, model, spec, cfg, measure, original_ms, gradients)
     fixed = pred.fixed
-    search = _Search(pred, ranked, max_ratio, cfg.round_to)
+    # without --round-to the search moves in whole fast-width blocks: a width off the block
+    # multiples runs slower than the table's layers timed alone show (ONNX Runtime leaves its
+    # blocked NCHWc kernels; BENCHMARKS.md)
+    unit = cfg.round_to or block
+    search = _Search(pred, ranked, max_ratio, unit if unit > 1 else None)
     fixed_ratios = {n: r for n, (c, r) in ranked.fixed.items()}
     goal, rounds, reached = budget.ms, [], False
     candidate_cfg, measured = cfg, original_ms
@@ -518,7 +531,7 @@ def solve(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, budget: L
         hardware=t.table.key.hardware, threads=t.threads, batch_size=mcfg.batch_sizes[0],
         original_ms=original_ms, predicted_ms=rounds[-1]["predicted_ms"] if rounds else
         search.predicted, measured_ms=measured, reached=reached, max_layer_ratio=max_ratio,
-        round_to=cfg.round_to, block=block, offset_ms=pred.offset, scale=pred.scale,
+        round_to=unit, block=block, offset_ms=pred.offset, scale=pred.scale,
         anchor_ms=anchor_ms, channels=channels,
         rounds=rounds, notes=notes,
         table={"file": t.table.path, "key": dataclasses.asdict(t.table.key),
