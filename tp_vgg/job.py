@@ -279,12 +279,18 @@ def learn_round_to(job: PruneJob, model: nn.Module, spec, log: Log = print
     t = latency_target.open_table(model, spec, mcfg, job.latency_budget.cache_dir
                                   if job.latency_budget else None)
     block, info = latency_target.learn_round_to(t)
-    info = dict(info, round_to=block, runtime=mcfg.runtime, device=mcfg.device,
+    return dict(info, round_to=block, runtime=mcfg.runtime, device=mcfg.device,
                 batch_size=mcfg.batch_sizes[0])
-    log(f"--round-to auto: {block} (widths that are multiples of {block} run fastest in "
-        f"{mcfg.runtime} on {mcfg.device} at batch {mcfg.batch_sizes[0]}, learned from a width "
-        f"scan of {info['learned_from']}; {t.table.path})")
-    return info
+
+
+def _say_round_to(learned: Dict[str, Any], used: Optional[int], log: Log) -> None:
+    k = learned["round_to"]
+    why = (f"widths that are multiples of {k} run fastest in {learned['runtime']} on "
+           f"{learned['device']} at batch {learned['batch_size']}, learned from a width scan of "
+           f"{learned['learned_from']}")
+    if used != k:
+        why += f"; halved to {used} so that every conv keeps a multiple"
+    log(f"--round-to auto: {used} ({why}; {learned.get('table')})")
 
 
 def solve_target(job: PruneJob, model: nn.Module, spec, cfg: pruning.PruneConfig,
@@ -522,6 +528,8 @@ def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print,
     cfg, plan = solve_target(job, model, spec, cfg, grads, log)
     if job.latency_budget is None:
         cfg = fit_round_to(job, cfg, model)
+    if learned:
+        _say_round_to(learned, cfg.round_to, log)
     steps = schedule(job, prep, dist)
     result = prune_model(model, spec, cfg, steps, grads)
     after = counting.count(model, spec)

@@ -85,7 +85,9 @@ class LatencyBudget:
         if not isinstance(self.max_rounds, int) or self.max_rounds < 1:
             raise UserError(f"LatencyBudget.max_rounds must be an integer >= 1, got "
                             f"{self.max_rounds!r}")
-        self.config(None).validate()
+        # the runtime and the settings, on the budget's device (the job's device, when it names
+        # none, is checked by solve())
+        self.config(None, None if self.device else "cpu").validate()
 
     def config(self, spec: Optional[ModelSpec], device: Optional[str] = None
                ) -> latency.LatencyConfig:

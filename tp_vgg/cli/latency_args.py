@@ -161,10 +161,10 @@ def profile_latency(args: argparse.Namespace, loaded, counts: Counts
         if given:
             raise UserError(f"{given[0]} only applies with --latency")
         return None
-    cfg = latency_config(args, loaded.spec)
-    if args.layers and cfg.runtime != "torch":
-        raise UserError(f"--layers times each PyTorch module with hooks; --runtime {cfg.runtime} "
+    if args.layers and (args.runtime or "torch") != "torch":
+        raise UserError(f"--layers times each PyTorch module with hooks; --runtime {args.runtime} "
                         "runs the whole graph (accepted with --layers: --runtime torch)")
+    cfg = latency_config(args, loaded.spec)
     return latency.profile(loaded.model, loaded.spec, cfg, counts.macs, _unpruned(loaded))
 
 

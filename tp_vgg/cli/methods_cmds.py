@@ -217,6 +217,7 @@ def method_configs(args: argparse.Namespace, ratio: Optional[float] = None) -> D
         channels_last = getattr(args, "channels_last", None)
         target = targets.Target(latency=LatencyBudget(
             ms=args.target_latency, runtime=getattr(args, "runtime", None) or "torch",
+            device=getattr(args, "device", None),
             batch_size=getattr(args, "latency_batch", None), threads=getattr(args, "threads", None),
             channels_last=True if channels_last is None else channels_last,
             cache_dir=getattr(args, "latency_cache", None)))
