@@ -1,0 +1,122 @@
+"""Latency budget against MAC budget at equal *measured* latency, CIFAR-10 (JPEG set), CPU.
+
+Base: the recovery benchmark's ``cifar_vgg11_bn --width 0.25`` (30 epochs; benchmarks/
+recovery_cifar.py). ``uniform``: ``--ratio 0.5`` (every layer loses half its channels, L1).
+Its latency L is measured (torch, BN folded, channels-last, batch 64, ``--threads``).
+``latency``: ``--target-latency L`` on the same device and runtime (L1 scores, importance per
+predicted ms; :mod:`tp_vgg.latency_target`). Both are fine-tuned identically (tp-vgg's
+fine-tuning recipe, ``--epochs``, BN recalibration first) for each seed, through the library's
+prune job (:func:`tp_vgg.job.run`, what ``tp-vgg prune`` runs). At the end both pruned models are
+timed together, interleaved, medians.
+
+    python benchmarks/latency_budget_cifar.py --base runs/recovery/base/last.pt \\
+        --data-dir data/cifar10-jpeg --epochs 15 --seeds 0,1
+
+Writes benchmarks/results/latency_budget_cifar.json (after every run) and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", default="runs/recovery/base/last.pt")
+    ap.add_argument("--data-dir", default="data/cifar10-jpeg")
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--ratio", type=float, default=0.5)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", default="runs/latency_budget")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+
+    from tp_vgg import latency, latency_target, pruning
+    from tp_vgg.checkpoint import load_checkpoint
+    from tp_vgg.counting import count
+    from tp_vgg.data import DataConfig
+    from tp_vgg.files import write_json, write_text
+    from tp_vgg.job import FinetuneConfig, PruneJob, run
+    from tp_vgg.source import ModelSource
+    from tp_vgg.targets import Target
+    from tp_vgg.train_config import finetuning
+
+    out_json = os.path.join(HERE, "results", "latency_budget_cifar.json")
+    ck = load_checkpoint(a.base)
+    spec = ck.spec
+    mcfg = latency.LatencyConfig(batch_sizes=(a.batch,), device="cpu", threads=a.threads,
+                                 channels_last=True, fuse_bn=True)
+    base = ck.build()
+    uniform = ck.build()
+    pruning.prune(uniform, spec, pruning.PruneConfig(ratio=a.ratio))
+    target_ms = latency_target.measured_ms(uniform, spec, mcfg)
+    print(f"uniform --ratio {a.ratio}: {target_ms:.2f} ms at batch {a.batch}", flush=True)
+    done = {"command": "python benchmarks/latency_budget_cifar.py " + " ".join(sys.argv[1:]),
+            "base": a.base, "base_epochs": ck.meta.get("epoch"), "ratio": a.ratio,
+            "target_ms": target_ms, "batch": a.batch, "threads": a.threads,
+            "finetune_epochs": a.epochs, "torch": torch.__version__,
+            "machine": platform.machine(), "cpus": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d"), "runs": []}
+    data = DataConfig("imagefolder", data_dir=a.data_dir)
+    models = {}
+    for seed in (int(s) for s in a.seeds.split(",")):
+        for method in ("uniform", "latency"):
+            t0 = time.time()
+            train_cfg = dataclasses.replace(finetuning(), device="cpu", progress="plain",
+                                            seed=seed)
+            ft = FinetuneConfig(data, train=train_cfg, epochs=a.epochs)
+            prune_cfg = pruning.PruneConfig(importance="l1", seed=seed,
+                                            ratio=a.ratio if method == "uniform" else 0.0)
+            target = None if method == "uniform" else Target(latency=latency_target.LatencyBudget(
+                ms=target_ms, batch_size=a.batch, threads=a.threads, device="cpu"))
+            job = PruneJob(ModelSource(checkpoint=a.base), prune_cfg, target=target,
+                           finetune=ft, device="cpu")
+            out = os.path.join(a.work, f"{method}_seed{seed}")
+            res = run(job, out, log=lambda s: print("    " + s, flush=True))
+            rec = {"method": method, "seed": seed, "macs": res.after.macs,
+                   "params": res.after.params, "accuracy": res.accuracy,
+                   "seconds": round(time.time() - t0, 1)}
+            if target is not None:
+                t = res.report["target"]
+                rec.update(predicted_ms=t["predicted_ms"], measured_ms=t["measured_ms"],
+                           prediction_error=t["prediction_error"], rounds=len(t["rounds"]))
+            done["runs"].append(rec)
+            models.setdefault(method, res.model)
+            print(f"{method} seed {seed}: top-1 {100 * res.accuracy['finetuned']:.2f}% "
+                  f"({rec['seconds']:.0f} s)", flush=True)
+            write_json(out_json, done)
+    timings = latency.measure({"original": base, **models}, spec,
+                              dataclasses.replace(mcfg, repeats=30))[a.batch]
+    done["interleaved_ms"] = {k: t.median_ms for k, t in timings.items()}
+    done["macs"] = {"original": count(base, spec).macs,
+                    **{k: count(m, spec).macs for k, m in models.items()}}
+    write_json(out_json, done)
+    lines = ["| method | MACs | measured ms (b{}) | top-1 after pruning | after BN recal. | "
+             "fine-tuned (per seed) |".format(a.batch), "|---|---|---|---|---|---|"]
+    for method in ("uniform", "latency"):
+        rs = [r for r in done["runs"] if r["method"] == method]
+        lines.append(f"| {method} | {done['macs'][method] / 1e6:.2f}M | "
+                     f"{done['interleaved_ms'][method]:.2f} | "
+                     + " / ".join(f"{100 * r['accuracy']['pruned']:.2f}" for r in rs) + " | "
+                     + " / ".join(f"{100 * r['accuracy'].get('recalibrated', 0):.2f}" for r in rs)
+                     + " | " + " / ".join(f"{100 * r['accuracy']['finetuned']:.2f}" for r in rs)
+                     + " |")
+    write_text(out_json[:-5] + ".md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
