@@ -365,3 +365,24 @@ def test_profile_layers_shows_where_the_time_goes(run_cli, tmp_path):
     assert r.code == 2 and "--layers times each PyTorch module" in r.err
     r = run_cli("profile", "--checkpoint", ckpt, "--layers")
     assert r.code == 2 and "--layers only applies with --latency" in r.err
+
+
+def test_latency_in_several_runtimes_is_reported_and_plotted(run_cli, tmp_path):
+    pytest.importorskip("onnxruntime")
+    r = run_cli("sweep", "--model", "cifar_vgg11_bn", "--width", "0.125", "--ratios", "0.3,0.5",
+                "--latency", "2", "--runtime", "torch,onnxruntime",
+                "--threads", "1", "--out", tmp_path)
+    assert r.code == 0, r.err
+    rep = json.loads((tmp_path / "ratio_0.50" / "report.json").read_text())
+    by = rep["latency_by_runtime"]
+    assert list(by) == ["torch", "onnxruntime"] and rep["latency"] == by["torch"]
+    assert by["onnxruntime"]["environment"]["runtime"] == "onnxruntime"
+    assert all(d["comparisons"][0]["batch_size"] == 2 for d in by.values())
+    from tp_vgg.report_md import latency_points
+
+    series = {p["series"] for p in latency_points(rep)}
+    assert series == {"torch, batch 2", "onnxruntime, batch 2"}
+    assert (tmp_path / "plots" / "latency_vs_macs.png").is_file()
+    r = run_cli(*CLI, "--target-latency", "1", "--runtime", "torch,onnxruntime",
+                "--out", tmp_path / "t")
+    assert r.code == 2 and "time in one runtime" in r.err

@@ -109,6 +109,8 @@ class PruneJob:
     unstructured: Optional[UnstructuredConfig] = None
     finetune: Optional[FinetuneConfig] = None
     latency: Optional[latency.LatencyConfig] = None
+    # more runtimes --latency also times the pruned model in (report.json latency_by_runtime)
+    latency_runtimes: Sequence[str] = ()
     taylor_batches: Optional[int] = None
     device: Optional[str] = None
 
@@ -182,6 +184,10 @@ class PruneJob:
                             "happens while fine-tuning (FinetuneConfig.epochs)")
         if self.latency is not None:
             latency_config(self.latency, None)
+            for runtime in self.latency_runtimes:
+                dataclasses.replace(self.latency, runtime=runtime).validate()
+        elif self.latency_runtimes:
+            raise UserError("PruneJob.latency_runtimes applies with PruneJob.latency (--latency)")
 
 
 @dataclass
@@ -433,10 +439,17 @@ def measure(job: PruneJob, original: Optional[nn.Module], pruned: nn.Module, spe
     ``job.latency``); logs the table."""
     if original is None:
         return {}
-    rep = latency.compare(original, pruned, spec, latency_config(job.latency, spec),
-                          before.macs, after.macs)
-    log(latency.format_latency_table(rep))
-    return {"latency": rep.to_dict()}
+    cfg = latency_config(job.latency, spec)
+    reps = {}
+    for runtime in dict.fromkeys([cfg.runtime, *job.latency_runtimes]):
+        rep = latency.compare(original, pruned, spec, dataclasses.replace(cfg, runtime=runtime),
+                              before.macs, after.macs)
+        log(latency.format_latency_table(rep))
+        reps[runtime] = rep.to_dict()
+    out = {"latency": reps[cfg.runtime]}
+    if len(reps) > 1:
+        out["latency_by_runtime"] = reps
+    return out
 
 
 def make_report(job: PruneJob, spec, cfg: pruning.PruneConfig, before: Counts, after: Counts,

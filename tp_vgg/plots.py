@@ -95,13 +95,14 @@ def accuracy_vs_macs_figure(points: Sequence[Dict[str, Any]]) -> Figure:
 
 
 def latency_vs_macs_figure(points: Sequence[Dict[str, Any]]) -> Figure:
-    """``points``: dicts with ``macs``, ``latency_ms``, ``batch_size`` and an optional
-    ``label``; one curve per batch size, both axes log."""
+    """``points``: dicts with ``macs``, ``latency_ms``, ``batch_size`` and optional ``label``
+    and ``series`` (e.g. "onnxruntime, batch 64"; default "batch B"); one curve per series, both
+    axes log."""
     fig = _figure(6.5, 4.2)
     ax = fig.add_subplot()
     series: Dict[str, List[tuple]] = {}
     for p in points:
-        series.setdefault(f"batch {p['batch_size']}", []).append(
+        series.setdefault(p.get("series") or f"batch {p['batch_size']}", []).append(
             (p["macs"], p["latency_ms"], p.get("label")))
     _scatter_lines(ax, series)
     for i, (label, pts) in enumerate(series.items()):  # where latency would be if it fell with MACs

@@ -101,19 +101,31 @@ class _Plots:
 # --------------------------------------------------------------------------------------------
 # Pieces shared by run and sweep reports.
 
+def runtime_latencies(rep: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """A report's latency measurements by runtime (``latency_by_runtime`` when the run timed
+    several, else its one ``latency`` entry)."""
+    if rep.get("latency_by_runtime"):
+        return rep["latency_by_runtime"]
+    lat = rep.get("latency")
+    return {(lat.get("config") or {}).get("runtime", "torch"): lat} if lat else {}
+
+
 def latency_points(rep: Dict[str, Any], label_pruned: Any = "pruned",
                    include_original: bool = True) -> List[Dict[str, Any]]:
-    """(MACs, latency) points from a report's "latency" entry."""
-    lat = rep.get("latency")
-    if not lat:
-        return []
+    """(MACs, latency) points from a report's latency entries, one series per runtime and
+    batch size."""
+    by_runtime = runtime_latencies(rep)
     pts = []
-    for c in lat.get("comparisons", []):
-        if include_original:
-            pts.append({"macs": rep["before"]["macs"], "latency_ms": c["original"]["median_ms"],
-                        "batch_size": c["batch_size"], "label": "original"})
-        pts.append({"macs": rep["after"]["macs"], "latency_ms": c["pruned"]["median_ms"],
-                    "batch_size": c["batch_size"], "label": label_pruned})
+    for runtime, lat in by_runtime.items():
+        for c in lat.get("comparisons", []):
+            series = (f"{runtime}, batch {c['batch_size']}" if len(by_runtime) > 1
+                      else f"batch {c['batch_size']}")
+            if include_original:
+                pts.append({"macs": rep["before"]["macs"], "series": series,
+                            "latency_ms": c["original"]["median_ms"],
+                            "batch_size": c["batch_size"], "label": "original"})
+            pts.append({"macs": rep["after"]["macs"], "latency_ms": c["pruned"]["median_ms"],
+                        "batch_size": c["batch_size"], "label": label_pruned, "series": series})
     return pts
 
 
@@ -272,13 +284,14 @@ def sweep_markdown(sweep_dir: str, sweep: Dict[str, Any], plotter: _Plots) -> st
                         "label": "0"})
         acc_pts.append({"macs": first["before"]["macs"], "top1": base_acc, "series": "pruned",
                         "label": "0"})
-    for bs in batch_sizes:  # the original, measured in the first run that has this batch size
-        for r in done:
-            c = _comparison(r["report"], bs)
-            if c:
-                lat_pts.append({"macs": r["report"]["before"]["macs"], "batch_size": bs,
-                                "latency_ms": c["original"]["median_ms"], "label": "0"})
-                break
+    seen = set()  # the original, measured in the first run with this runtime and batch size
+    for r in done:
+        for pt in latency_points(r["report"], label_pruned=str(r["ratio"])):
+            if pt["label"] != "original":
+                lat_pts.append(pt)
+            elif pt["series"] not in seen:
+                seen.add(pt["series"])
+                lat_pts.append(dict(pt, label="0"))
     for r in rows:
         rep = r["report"]
         if rep is None:
@@ -293,9 +306,6 @@ def sweep_markdown(sweep_dir: str, sweep: Dict[str, Any], plotter: _Plots) -> st
             c = _comparison(rep, bs)
             line += ([f"{c['pruned']['median_ms']:.2f}", _x(c["speedup"]), f"{c['efficiency']:.2f}"]
                      if c else ["", "", ""])
-            if c:
-                lat_pts.append({"macs": rep["after"]["macs"], "batch_size": bs,
-                                "latency_ms": c["pruned"]["median_ms"], "label": str(r["ratio"])})
         table.append(line)
         for key, series in (("pruned", "pruned"), ("finetuned", "fine-tuned"),
                             ("scratch", "scratch")):

@@ -98,8 +98,9 @@ def add_prune_latency_args(p: argparse.ArgumentParser) -> None:
                         f"channels_last, BN folded) at these batch sizes ({DEFAULT_HELP}); "
                         "report.json gains speed-up and efficiency = speed-up / MAC ratio. Uses "
                         "--runtime, --device, --channels-last and --threads")
-    g.add_argument("--runtime", metavar="NAME", default=None,
-                   help=RUNTIME_HELP + "; for --latency, --target-latency and --round-to auto")
+    g.add_argument("--runtime", metavar="NAME[,NAME]", default=None,
+                   help=RUNTIME_HELP + "; for --latency (several, comma-separated: each is timed "
+                        "and plotted), --target-latency and --round-to auto (one)")
     g.add_argument("--latency-batch", type=numeric(int, lambda v: v >= 1, "an integer >= 1",
                                                    "is below 1"), metavar="N",
                    help="the batch size --target-latency and --round-to auto time at (default "
@@ -110,6 +111,23 @@ def add_prune_latency_args(p: argparse.ArgumentParser) -> None:
                         "~/.cache/tp-vgg)")
 
 
+def runtime_names(text: str) -> list:
+    """``--runtime torch,onnxruntime`` -> the names, each checked (one line naming a bad one)."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise UserError(f"--runtime {text!r} names no runtime; accepted: "
+                        f"{', '.join(runtimes.RUNTIMES.names())}")
+    for n in names:
+        runtimes.get(n)
+    return names
+
+
+def prune_latency_runtimes(args: argparse.Namespace) -> tuple:
+    """The runtimes after the first in ``--runtime A,B`` (--latency times in each)."""
+    text = getattr(args, "runtime", None)
+    return tuple(runtime_names(text)[1:]) if text else ()
+
+
 def check_latency_flags(args: argparse.Namespace) -> None:
     """--runtime, --latency-batch and --latency-cache only where something is timed."""
     timed = (getattr(args, "latency", None) or getattr(args, "target_latency", None) is not None
@@ -117,9 +135,12 @@ def check_latency_flags(args: argparse.Namespace) -> None:
     learns = getattr(args, "target_latency", None) is not None or \
         getattr(args, "round_to", None) == "auto"
     if getattr(args, "runtime", None) is not None:
-        runtimes.get(args.runtime)
+        names = runtime_names(args.runtime)
         if not timed:
             raise UserError("--runtime applies to --latency, --target-latency and --round-to auto")
+        if len(names) > 1 and learns:
+            raise UserError(f"--runtime {args.runtime!r}: --target-latency and --round-to auto "
+                            "time in one runtime; give one (several apply to --latency alone)")
     for dest, flag in (("latency_batch", "--latency-batch"), ("latency_cache", "--latency-cache")):
         if getattr(args, dest, None) is not None and not learns:
             raise UserError(f"{flag} applies to --target-latency and --round-to auto")
@@ -133,6 +154,7 @@ def prune_latency_config(args: argparse.Namespace) -> Optional[latency.LatencyCo
         return None
     ns = argparse.Namespace(**vars(args))
     ns.latency_batch_sizes = None if args.latency == "default" else args.latency
+    ns.runtime = runtime_names(args.runtime)[0] if args.runtime else None
     try:
         cfg = latency_config(ns)
     except UserError as e:

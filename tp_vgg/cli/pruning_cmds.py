@@ -76,11 +76,13 @@ def prune_config(args: argparse.Namespace, ratio: Optional[float] = None) -> pru
 def prune_job(args: argparse.Namespace, ratio: Optional[float] = None) -> PruneJob:
     """The job `tp-vgg prune` runs (`sweep`: at ``ratio``), after the flag checks."""
     check_out_dir(args.out)
+    latency_args.check_latency_flags(args)  # --runtime, --latency-batch, --latency-cache
     methods = methods_cmds.method_configs(args, ratio)  # target, iterative, unstructured
     finetune = train_cmds.finetune_config(args, data_used=methods.pop("needs_data"))
     return PruneJob(common.model_source(args), prune_config(args, ratio), finetune=finetune,
-                    latency=latency_args.prune_latency_config(args), device=args.device,
-                    **methods)
+                    latency=latency_args.prune_latency_config(args),
+                    latency_runtimes=latency_args.prune_latency_runtimes(args),
+                    device=args.device, **methods)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
