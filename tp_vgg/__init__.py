@@ -26,6 +26,7 @@ from tp_vgg.checkpoint import Checkpoint, save, load, load_checkpoint  # noqa: E
 from tp_vgg.data import DataConfig  # noqa: E402
 from tp_vgg.latency import LatencyConfig  # noqa: E402
 from tp_vgg.targets import Target  # noqa: E402
+from tp_vgg.latency_target import LatencyBudget  # noqa: E402
 from tp_vgg.train_config import TrainConfig, finetuning  # noqa: E402
 from tp_vgg.source import ModelSource  # noqa: E402
 from tp_vgg.job import (FinetuneConfig, IterativeConfig, JobResult, PruneJob,  # noqa: E402
@@ -36,5 +37,5 @@ __all__ = [
     "PruneConfig", "PruneResult", "prune", "Counts", "count",
     "Checkpoint", "save", "load", "load_checkpoint",
     "PruneJob", "ModelSource", "Target", "IterativeConfig", "UnstructuredConfig",
-    "FinetuneConfig", "DataConfig", "TrainConfig", "finetuning", "LatencyConfig", "JobResult", "run", "sweep",
+    "FinetuneConfig", "DataConfig", "TrainConfig", "finetuning", "LatencyConfig", "LatencyBudget", "JobResult", "run", "sweep",
 ]

@@ -293,7 +293,8 @@ def _say_round_to(learned: Dict[str, Any], used: Optional[int], log: Log) -> Non
     k = learned["round_to"]
     why = (f"widths that are multiples of {k} run fastest in {learned['runtime']} on "
            f"{learned['device']} at batch {learned['batch_size']}, learned from a width scan of "
-           f"{learned['learned_from']}")
+           f"{learned['learned_from']}" if learned.get("learned_from") else
+           "the model has no convolution to scan for fast widths")
     if used != k:
         why += f"; halved to {used} so that every conv keeps a multiple"
     log(f"--round-to auto: {used} ({why}; {learned.get('table')})")
