@@ -386,3 +386,50 @@ def test_latency_in_several_runtimes_is_reported_and_plotted(run_cli, tmp_path):
     r = run_cli(*CLI, "--target-latency", "1", "--runtime", "torch,onnxruntime",
                 "--out", tmp_path / "t")
     assert r.code == 2 and "time in one runtime" in r.err
+
+
+@pytest.mark.parametrize("layer_ratios", [{}, {"features.4": 0.5}])
+def test_an_exact_table_predicts_exactly(tmp_path, mac_table, layer_ratios):
+    """With the table and the clock both counting MACs, prediction = measurement, also with a
+    --layer-ratios layer (calibrated at its full width, its consumer's input shrinking)."""
+    original = macs_clock(TINY)(tiny_model())
+    budget = latency_target.LatencyBudget(ms=original * 0.5, cache_dir=str(tmp_path), **FAST)
+    cfg, plan = latency_target.solve(tiny_model(), TINY,
+                                     pruning.PruneConfig(layer_ratios=layer_ratios), budget,
+                                     device="cpu", log=lambda s: None, measure=macs_clock(TINY))
+    assert plan.prediction_error == pytest.approx(0, abs=1e-9)
+    assert plan.scale == pytest.approx(1) and plan.offset_ms == pytest.approx(0, abs=1e-9)
+    if layer_ratios:
+        assert plan.channels["features.4"] == [16, 8]
+
+
+def test_round_to_auto_times_in_the_runtime_and_batch_asked_for(run_cli, tmp_path):
+    pytest.importorskip("onnxruntime")
+    r = run_cli("prune", "--model", "cifar_vgg11_bn", "--width", "0.125", "--ratio", "0.3",
+                "--round-to", "auto", "--runtime", "onnxruntime", "--latency-batch", "2",
+                "--threads", "1", "--device", "cpu", "--latency-cache", tmp_path / "cache",
+                "--out", tmp_path / "d")
+    assert r.code == 0, r.err
+    learned = json.loads((tmp_path / "d" / "report.json").read_text())["round_to_auto"]
+    assert (learned["runtime"], learned["batch_size"]) == ("onnxruntime", 2)
+    assert learned["table"].startswith(str(tmp_path / "cache"))
+    r = run_cli("prune", "--model", "cifar_vgg11_bn", "--width", "0.125", "--ratio", "0.3",
+                "--latency", "--runtime", "torch,onnxruntime", "--threads", "1",
+                "--out", tmp_path / "e")
+    assert r.code == 0, r.err  # --latency with its default batch sizes, in two runtimes
+
+
+def test_cache_problems_are_one_line_or_ignored(tmp_path, run_cli):
+    k = key()
+    path = tmp_path / "latency" / k.file_name()
+    path.parent.mkdir()
+    path.write_text(json.dumps({"version": latency_table.VERSION, "key": dataclasses.asdict(k),
+                                "entries": {"s": {"1,1": 1.0, "x,2": 3.0, "2,2": "y"}}}))
+    t = latency_table.LatencyTable(k, str(tmp_path))
+    assert t.entries == {"s": {"1,1": 1.0}}
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    r = run_cli(*CLI, "--ratio", "0.3", "--round-to", "auto", "--latency-cache", blocked,
+                "--out", tmp_path / "d")
+    assert r.code == 2 and "cannot write the latency table" in r.err
+    assert len(r.err.strip().splitlines()) == 1

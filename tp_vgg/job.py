@@ -111,6 +111,11 @@ class PruneJob:
     latency: Optional[latency.LatencyConfig] = None
     # more runtimes --latency also times the pruned model in (report.json latency_by_runtime)
     latency_runtimes: Sequence[str] = ()
+    # where --round-to auto times its width scan without a latency target (runtime, batch size,
+    # threads; None: --latency's settings, else torch at the throughput batch), and the folder of
+    # the latency tables (None: tp_vgg.latency_table.cache_dir())
+    timing: Optional[latency.LatencyConfig] = None
+    latency_cache: Optional[str] = None
     taylor_batches: Optional[int] = None
     device: Optional[str] = None
 
@@ -146,9 +151,12 @@ class PruneJob:
         ``latency`` (--latency), at the throughput batch size for the input size."""
         if self.latency_budget is not None:
             return self.latency_budget.config(spec, self.device)
-        cfg = self.latency or latency.LatencyConfig(channels_last=True, fuse_bn=True)
-        return dataclasses.replace(cfg, batch_sizes=(latency.default_batch_sizes(spec)[-1],),
-                                   device=device_name(cfg.device if self.latency else self.device))
+        cfg = self.timing or self.latency or latency.LatencyConfig(channels_last=True,
+                                                                   fuse_bn=True)
+        batch = (self.timing.batch_sizes[:1] if self.timing is not None and self.timing.batch_sizes
+                 else (latency.default_batch_sizes(spec)[-1],))
+        return dataclasses.replace(cfg, batch_sizes=tuple(batch),
+                                   device=device_name(cfg.device or self.device))
 
     def validate(self) -> None:
         self.source.validate()
@@ -185,7 +193,7 @@ class PruneJob:
         if self.latency is not None:
             latency_config(self.latency, None)
             for runtime in self.latency_runtimes:
-                dataclasses.replace(self.latency, runtime=runtime).validate()
+                latency_config(dataclasses.replace(self.latency, runtime=runtime), None)
         elif self.latency_runtimes:
             raise UserError("PruneJob.latency_runtimes applies with PruneJob.latency (--latency)")
 
@@ -283,7 +291,7 @@ def learn_round_to(job: PruneJob, model: nn.Module, spec, log: Log = print
         return None
     mcfg = job.timing_config(spec)
     t = latency_target.open_table(model, spec, mcfg, job.latency_budget.cache_dir
-                                  if job.latency_budget else None)
+                                  if job.latency_budget else job.latency_cache)
     block, info = latency_target.learn_round_to(t)
     return dict(info, round_to=block, runtime=mcfg.runtime, device=mcfg.device,
                 batch_size=mcfg.batch_sizes[0])

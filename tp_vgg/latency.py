@@ -218,10 +218,9 @@ def fit_layout(model: nn.Module, spec: ModelSpec, cfg: LatencyConfig) -> Latency
     try:
         with torch.inference_mode():
             prepare(model, cfg)(_input(spec, 1, cfg))
-    except RuntimeError as e:
-        if "view size is not compatible" not in str(e):
-            raise
-        return dataclasses.replace(cfg, channels_last=False)
+    except RuntimeError as e:  # anything else (a dtype the device lacks ...) is measure()'s to say
+        if "view size is not compatible" in str(e):
+            return dataclasses.replace(cfg, channels_last=False)
     return cfg
 
 
@@ -324,6 +323,8 @@ def measure(models: Dict[str, nn.Module], spec: ModelSpec, cfg: LatencyConfig,
 def compare(original: nn.Module, pruned: nn.Module, spec: ModelSpec, cfg: LatencyConfig,
             macs_original: int, macs_pruned: int) -> LatencyReport:
     """Latency of ``original`` and ``pruned`` (interleaved), speed-up, MAC ratio, efficiency."""
+    cfg.validate()
+    cfg = fit_layout(original, spec, cfg)  # what is reported is what was timed
     timings = measure({"original": original, "pruned": pruned}, spec, cfg)
     mac_ratio = macs_original / max(macs_pruned, 1)
     comps = [Comparison.of(b, t["original"], t["pruned"], mac_ratio) for b, t in timings.items()]
@@ -336,6 +337,8 @@ def compare(original: nn.Module, pruned: nn.Module, spec: ModelSpec, cfg: Latenc
 
 def single(model: nn.Module, spec: ModelSpec, cfg: LatencyConfig, macs: int) -> LatencyReport:
     """Latency of one model (no comparison)."""
+    cfg.validate()
+    cfg = fit_layout(model, spec, cfg)
     timings = measure({"model": model}, spec, cfg)
     env = environment(resolve_device(cfg.device, DEVICES), cfg.runtime)
     if cfg.threads is not None:

@@ -269,14 +269,23 @@ class LatencyTable:
             part = data.get(name)
             if isinstance(part, dict):
                 clean = {sig: {k: float(v) for k, v in d.items()
-                               if isinstance(v, (int, float)) and math.isfinite(v) and v > 0}
+                               if isinstance(k, str) and re.fullmatch(r"\d+,\d+", k)
+                               and isinstance(v, (int, float)) and math.isfinite(v) and v > 0}
                          for sig, d in part.items() if isinstance(d, dict)}
                 setattr(self, name, clean)
         self.loaded = sum(len(d) for d in self.entries.values()) + sum(
             len(d) for d in self.scans.values())
 
     def save(self) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self._write()
+        except OSError as e:
+            raise UserError(f"cannot write the latency table {self.path!r} ({e.strerror or e}); "
+                            "give a writable folder with --latency-cache DIR or $TP_VGG_CACHE") \
+                from None
+
+    def _write(self) -> None:
         write_json(self.path, {"version": VERSION, "units": "milliseconds per forward pass of "
                                "the segment at the key's batch size (median)",
                                "key": asdict(self.key), "entries": self.entries,

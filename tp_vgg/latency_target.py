@@ -201,7 +201,8 @@ class Predictor:
     def calibrate(self, full_ms: float, anchor_kept: Optional[Dict[str, int]] = None,
                   anchor_ms: Optional[float] = None) -> None:
         """offset and scale from the measured original (and an anchor model, when given)."""
-        full = sum(self.layers_ms(dict(self.sizes)).values())
+        whole = {n: self.full(n) for n in [*self.sizes, *self.fixed]}  # the original's widths
+        full = sum(self.layers_ms(whole).values())
         self.scale = 1.0
         if anchor_kept is not None and anchor_ms is not None:
             low = sum(self.layers_ms(anchor_kept).values())
@@ -223,10 +224,20 @@ class Predictor:
         self.t.table.save()
         return self.t.table.timed - before
 
+    def full(self, name: str) -> int:
+        return self.sizes.get(name) or self.segs[name].c_out
+
+    def kept_of(self, name: str, kept: Dict[str, int]) -> int:
+        """Channels ``name`` keeps: ``kept``'s, else its --layer-ratios count, else all."""
+        if name in kept:
+            return kept[name]
+        return self.fixed[name] if name in self.fixed else self.full(name)
+
     def dims(self, name: str, kept: Dict[str, int]) -> Tuple[int, int]:
         seg = self.segs[name]
-        c_in = seg.c_in - sum((self.sizes[r] - kept[r]) * per for r, per in self.fed.get(name, ()))
-        c_out = kept.get(name, self.fixed.get(name, seg.c_out))
+        c_in = seg.c_in - sum((self.full(r) - self.kept_of(r, kept)) * per
+                              for r, per in self.fed.get(name, ()))
+        c_out = self.kept_of(name, kept)
         return c_in, c_out
 
     def layer_ms(self, name: str, c_in: int, c_out: int) -> float:
@@ -259,7 +270,7 @@ def _feeds(ranked, names: Dict[nn.Module, str]) -> Dict[str, List[Tuple[str, int
     graph = ranked.graph
     modules = {n: m for m, n in names.items()}
     out: Dict[str, List[Tuple[str, int]]] = {}
-    for r in ranked.roots:
+    for r in list(ranked.roots) + [n for n in ranked.fixed if n in modules]:
         m = modules[r]
         group = graph.get_pruning_group(m, graph.get_pruner_of_module(m).prune_out_channels, [0])
         consumers: Dict[str, int] = {}
@@ -343,8 +354,9 @@ class _Search:
             units = c // g
             cap = min(int(units * max_ratio), units - 1) * g
             self.unit[r], self.group[r] = u, g
-            self.kept[r] = c // u * u if c // u else c
             self.least[r] = max(c - cap, u)
+            # rounded down to a multiple, unless that already breaks --max-layer-ratio
+            self.kept[r] = c // u * u if c // u * u >= self.least[r] else c
             sums = [0.0]
             for s in sorted(float(v) for v in scores):
                 sums.append(sums[-1] + s)
@@ -454,11 +466,12 @@ def calibrate(pred: Predictor, ranked, model: nn.Module, spec: ModelSpec,
               gradients: Optional[Callable[[nn.Module], None]] = None) -> float:
     """Fit the predictor's offset and scale to the measured original and a copy pruned uniformly
     at :data:`ANCHOR_RATIO` (measured here; returned)."""
+    ratio = min(ANCHOR_RATIO, cfg.max_layer_ratio or ANCHOR_RATIO)  # inside the table's grid
     anchor = copy.deepcopy(model)
-    pruning.prune(anchor, spec, dataclasses.replace(cfg, ratio=ANCHOR_RATIO, round_to=None),
+    pruning.prune(anchor, spec, dataclasses.replace(cfg, ratio=ratio, round_to=None),
                   gradients=gradients)
     anchor_ms = measure(anchor)
-    pred.calibrate(original_ms, uniform_kept(pred, ranked, ANCHOR_RATIO), anchor_ms)
+    pred.calibrate(original_ms, uniform_kept(pred, ranked, ratio), anchor_ms)
     return anchor_ms
 
 
@@ -499,11 +512,18 @@ def solve(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, budget: L
     candidate_cfg, measured = cfg, original_ms
     for i in range(budget.max_rounds):
         ok = search.run(goal)
-        if not ok and i == 0:
+        limit_ms = None
+        if not ok and i == 0:  # the prediction says no: measure the fastest model allowed
+            limit = copy.deepcopy(model)
+            pruning.prune(limit, spec, plan_config(cfg, search.kept, pred.sizes, search.group,
+                                                   fixed_ratios), gradients=gradients)
+            limit_ms = measure(limit)
+        if limit_ms is not None and limit_ms > budget.ms:
             raise UserError(
                 f"--target-latency {budget.ms:g} ms cannot be reached while every layer keeps "
                 f"at least {1 - max_ratio:.0%} of its channels: the fastest such model is "
-                f"predicted at {search.predicted:.2f} ms (original measured "
+                f"predicted at {search.predicted:.2f} ms and measured at {limit_ms:.2f} ms "
+                f"(original measured "
                 f"{original_ms:.2f} ms, {where}); raise --max-layer-ratio (now "
                 f"{max_ratio:g}) or the target")
         candidate_cfg = plan_config(cfg, search.kept, pred.sizes, search.group, fixed_ratios)
@@ -519,9 +539,9 @@ def solve(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, budget: L
         if not ok:  # every layer at its limit: this is the fastest model allowed
             break
         goal = min(goal, search.predicted) * budget.ms / measured
-    after = {r: search.kept[r] for r in search.kept}
-    channels = {r: [pred.sizes[r], after[r]] for r in pred.sizes}
-    channels.update({n: [c, fixed[n]] for n, (c, _) in ranked.fixed.items()})
+    real = pruning.out_channels(pruned)  # what torch-pruning kept, read from the model
+    channels = {r: [pred.sizes[r], real[r]] for r in pred.sizes}
+    channels.update({n: [c, real[n]] for n, (c, _) in ranked.fixed.items()})
     notes = list(ranked.notes)
     for seg in t.segments.values():
         if seg.stopped_at:

@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from tp_vgg.counting import count
 from tp_vgg.errors import UserError
-from tp_vgg.latency import DEVICES, LatencyConfig, _input, prepare
+from tp_vgg.latency import DEVICES, LatencyConfig, _input, fit_layout, prepare
 from tp_vgg.models import ModelSpec
 from tp_vgg.report_json import table
 from tp_vgg.runtime import resolve_device, set_threads
@@ -81,6 +81,7 @@ def layer_times(model: nn.Module, spec: ModelSpec, cfg: LatencyConfig,
                 unpruned: Optional[nn.Module] = None) -> LayerTimes:
     """Per-layer latency of ``model`` (and of ``unpruned``, interleaved, when given)."""
     cfg.validate()
+    cfg = fit_layout(model, spec, cfg)
     if cfg.runtime != "torch":
         raise UserError(f"--layers times each PyTorch module with hooks; --runtime "
                         f"{cfg.runtime} runs the whole graph (accepted with --layers: --runtime "
@@ -96,6 +97,8 @@ def layer_times(model: nn.Module, spec: ModelSpec, cfg: LatencyConfig,
     hooks = {k: _Hooks(m, clock, sync) for k, m in models.items()}
     x = _input(spec, b, cfg)
     old = set_threads(cfg.threads)
+    old_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = dev.type == "cuda" or old_benchmark  # as measure()
     try:
         with torch.inference_mode():
             for m in models.values():
@@ -109,6 +112,7 @@ def layer_times(model: nn.Module, spec: ModelSpec, cfg: LatencyConfig,
                     models[k](x)
     finally:
         set_threads(old)
+        torch.backends.cudnn.benchmark = old_benchmark
     macs = {l.name: l.macs for l in count(model, spec).layers}
     macs_u = {l.name: l.macs for l in count(unpruned, spec).layers} if unpruned is not None else {}
     med = {k: {n: statistics.median(v) for n, v in h.times.items() if v} for k, h in hooks.items()}

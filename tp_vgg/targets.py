@@ -48,6 +48,9 @@ class Target:
             raise UserError("give one of --target-speedup X, --target-macs N or --target-latency "
                             "MS (Target.speedup, Target.macs or Target.latency)")
         if self.latency is not None:
+            if not (hasattr(self.latency, "ms") and hasattr(self.latency, "config")):
+                raise UserError(f"Target.latency must be a LatencyBudget, got "
+                                f"{type(self.latency).__name__}")
             self.latency.validate()
         if self.speedup is not None and not (isinstance(self.speedup, (int, float))
                                              and math.isfinite(self.speedup) and self.speedup > 1):

@@ -128,6 +128,24 @@ def prune_latency_runtimes(args: argparse.Namespace) -> tuple:
     return tuple(runtime_names(text)[1:]) if text else ()
 
 
+def round_to_timing(args: argparse.Namespace) -> Optional[latency.LatencyConfig]:
+    """Where ``--round-to auto`` scans widths without ``--target-latency``: --runtime,
+    --latency-batch, --threads, --device, --channels-last (None: not asked for)."""
+    if getattr(args, "round_to", None) != "auto" or getattr(args, "target_latency", None):
+        return None
+    channels_last = getattr(args, "channels_last", None)
+    cfg = latency.LatencyConfig(
+        batch_sizes=(args.latency_batch,) if getattr(args, "latency_batch", None) else (1,),
+        device=device_name(getattr(args, "device", None)),
+        runtime=runtime_names(args.runtime)[0] if getattr(args, "runtime", None) else "torch",
+        threads=getattr(args, "threads", None),
+        channels_last=True if channels_last is None else channels_last, fuse_bn=True)
+    cfg.validate()
+    if not getattr(args, "latency_batch", None):
+        cfg.batch_sizes = ()  # the throughput batch for the model's input size
+    return cfg
+
+
 def check_latency_flags(args: argparse.Namespace) -> None:
     """--runtime, --latency-batch and --latency-cache only where something is timed."""
     timed = (getattr(args, "latency", None) or getattr(args, "target_latency", None) is not None

@@ -82,6 +82,8 @@ def prune_job(args: argparse.Namespace, ratio: Optional[float] = None) -> PruneJ
     return PruneJob(common.model_source(args), prune_config(args, ratio), finetune=finetune,
                     latency=latency_args.prune_latency_config(args),
                     latency_runtimes=latency_args.prune_latency_runtimes(args),
+                    timing=latency_args.round_to_timing(args),
+                    latency_cache=getattr(args, "latency_cache", None),
                     device=args.device, **methods)
 
 
