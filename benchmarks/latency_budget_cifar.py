@@ -40,6 +40,10 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="runs/latency_budget")
+    ap.add_argument("--methods", default="uniform,latency")
+    ap.add_argument("--max-layer-ratio", type=float,
+                    help="--max-layer-ratio of the latency-aware search (default tp-vgg's 0.75)")
+    ap.add_argument("--tag", default="")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
@@ -53,7 +57,8 @@ def main() -> int:
     from tp_vgg.targets import Target
     from tp_vgg.train_config import finetuning
 
-    out_json = os.path.join(HERE, "results", "latency_budget_cifar.json")
+    out_json = os.path.join(HERE, "results", "latency_budget_cifar"
+                            + (f"_{a.tag}" if a.tag else "") + ".json")
     ck = load_checkpoint(a.base)
     spec = ck.spec
     mcfg = latency.LatencyConfig(batch_sizes=(a.batch,), device="cpu", threads=a.threads,
@@ -66,24 +71,26 @@ def main() -> int:
     done = {"command": "python benchmarks/latency_budget_cifar.py " + " ".join(sys.argv[1:]),
             "base": a.base, "base_epochs": ck.meta.get("epoch"), "ratio": a.ratio,
             "target_ms": target_ms, "batch": a.batch, "threads": a.threads,
-            "finetune_epochs": a.epochs, "torch": torch.__version__,
+            "finetune_epochs": a.epochs, "max_layer_ratio": a.max_layer_ratio, "torch": torch.__version__,
             "machine": platform.machine(), "cpus": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d"), "runs": []}
     data = DataConfig("imagefolder", data_dir=a.data_dir)
     models = {}
     for seed in (int(s) for s in a.seeds.split(",")):
-        for method in ("uniform", "latency"):
+        for method in a.methods.split(","):
             t0 = time.time()
             train_cfg = dataclasses.replace(finetuning(), device="cpu", progress="plain",
                                             seed=seed)
             ft = FinetuneConfig(data, train=train_cfg, epochs=a.epochs)
             prune_cfg = pruning.PruneConfig(importance="l1", seed=seed,
-                                            ratio=a.ratio if method == "uniform" else 0.0)
+                                            ratio=a.ratio if method == "uniform" else 0.0,
+                                            max_layer_ratio=None if method == "uniform"
+                                            else a.max_layer_ratio)
             target = None if method == "uniform" else Target(latency=latency_target.LatencyBudget(
                 ms=target_ms, batch_size=a.batch, threads=a.threads, device="cpu"))
             job = PruneJob(ModelSource(checkpoint=a.base), prune_cfg, target=target,
                            finetune=ft, device="cpu")
-            out = os.path.join(a.work, f"{method}_seed{seed}")
+            out = os.path.join(a.work, f"{method}{a.tag}_seed{seed}")
             res = run(job, out, log=lambda s: print("    " + s, flush=True))
             rec = {"method": method, "seed": seed, "macs": res.after.macs,
                    "params": res.after.params, "accuracy": res.accuracy,
@@ -105,7 +112,7 @@ def main() -> int:
     write_json(out_json, done)
     lines = ["| method | MACs | measured ms (b{}) | top-1 after pruning | after BN recal. | "
              "fine-tuned (per seed) |".format(a.batch), "|---|---|---|---|---|---|"]
-    for method in ("uniform", "latency"):
+    for method in a.methods.split(","):
         rs = [r for r in done["runs"] if r["method"] == method]
         lines.append(f"| {method} | {done['macs'][method] / 1e6:.2f}M | "
                      f"{done['interleaved_ms'][method]:.2f} | "
