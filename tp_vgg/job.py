@@ -99,8 +99,9 @@ class FinetuneConfig:
 @dataclass
 class PruneJob:
     """Everything one `tp-vgg prune` run does. ``prune.round_to`` may be ``"auto"``: the channel
-    multiple of ``device`` (:func:`tp_vgg.latency.default_round_to`), halved until every conv
-    keeps one. ``latency.batch_sizes`` empty: the defaults for the model's input size."""
+    multiple learned from a width scan on the device and runtime (:func:`learn_round_to`), halved
+    until every conv keeps one. ``latency.batch_sizes`` empty: the defaults for the model's input
+    size."""
 
     source: ModelSource
     prune: pruning.PruneConfig = field(default_factory=pruning.PruneConfig)

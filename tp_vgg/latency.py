@@ -42,10 +42,11 @@ from tp_vgg import runtimes
 DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16,
                                   "bf16": torch.bfloat16}
 
-# The channel multiple convolution kernels are blocked on: oneDNN on the CPU computes channels in
-# blocks of the SIMD width (16 fp32 lanes with AVX-512, 8 with AVX2), padding a partial block, so
-# 145 channels cost what 160 do (measured: benchmarks/conv_widths.py); GPU tensor cores take fp16
-# channels in multiples of 8. Used by ``--round-to auto``.
+# The channel multiple convolution kernels are blocked on, as documented: oneDNN on the CPU
+# computes channels in blocks of the SIMD width (16 fp32 lanes with AVX-512, 8 with AVX2), padding
+# a partial block, so 145 channels cost what 160 do (measured: benchmarks/conv_widths.py); GPU
+# tensor cores take fp16 channels in multiples of 8. ``--round-to auto`` learns the multiple from
+# a width scan instead (tp_vgg.latency_table); this is the placeholder while a job is validated.
 CPU_ROUND_TO = {"AVX512": 16}
 CUDA_ROUND_TO = 8
 

@@ -55,8 +55,9 @@ def add_prune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-layer-ratio", type=ratio, metavar="R",
                    help="most any layer may lose (default 0.9 with --global)")
     g.add_argument("--round-to", type=latency_args.round_to_arg, metavar="K",
-                   help="keep a multiple of K channels per layer (rounds down); auto: what the "
-                        "device's conv kernels are blocked on (16 on AVX-512 CPUs, else 8)")
+                   help="keep a multiple of K channels per layer (rounds down); auto: the "
+                        "multiple that runs fast on --device in --runtime, learned from a width "
+                        "scan of one conv (cached with the latency table) and said")
     g.add_argument("--layer-ratios", type=json_object, metavar="JSON",
                    help="per-layer ratios by module name, e.g. '{\"features.0\": 0.5}'")
     g.add_argument("--output-layer", metavar="NAME",
