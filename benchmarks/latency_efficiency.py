@@ -58,6 +58,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     torch.manual_seed(0)
     original = build_model(spec).eval()
     macs0 = tp_vgg.count(original, spec).macs
+    narrowest = min(m.out_channels for m in original.modules() if isinstance(m, torch.nn.Conv2d))
     ratios = [float(r) for r in a.ratios.split(",")]
     rows: List[Dict] = []
     learned_all: Dict[str, Dict] = {}
@@ -71,14 +72,19 @@ def main(argv: Optional[List[str]] = None) -> int:
             block, info = latency_target.learn_round_to(table)
             learned_all[f"{runtime}/b{b}"] = dict(info, round_to=block)
             models = {"original": original}
+            used: Dict[str, int] = {}
             macs = {"original": macs0}
             for r in ratios:
                 for k in a.round_to.split(","):
                     kk = block if k == "auto" else int(k)
+                    if k == "auto":  # halved until every conv keeps one, as tp-vgg does
+                        while kk > 1 and int(narrowest * (1 - r)) < kk:
+                            kk //= 2
                     m = copy.deepcopy(original)
                     tp_vgg.prune(m, spec, tp_vgg.PruneConfig(ratio=r, round_to=kk if kk > 1 else None))
                     name = f"r{r}_k{k}"
                     models[name], macs[name] = m, tp_vgg.count(m, spec).macs
+                    used[name] = kk
             timings = latency.measure(models, spec, cfg)[b]
             predicted = {}
             if a.predict:
@@ -90,11 +96,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 pred.calibrate(timings["original"].median_ms,
                                latency_target.uniform_kept(pred, ranked, latency_target.ANCHOR_RATIO),
                                anchor)
-                for r in ratios:
-                    for k in a.round_to.split(","):
-                        kk = block if k == "auto" else int(k)
-                        predicted[f"r{r}_k{k}"] = pred.predict(latency_target.uniform_kept(
-                            pred, ranked, r, kk if kk > 1 else None))
+                for name, kk in used.items():
+                    r = float(name[1:].split("_k")[0])
+                    predicted[name] = pred.predict(latency_target.uniform_kept(
+                        pred, ranked, r, kk if kk > 1 else None))
             o = timings["original"].median_ms
             for name, t in timings.items():
                 if name == "original":
@@ -102,7 +107,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 r, k = name[1:].split("_k")
                 speed, mac_ratio = o / t.median_ms, macs0 / macs[name]
                 row = {"runtime": runtime, "batch": b, "ratio": float(r), "round_to": k,
-                       "round_to_used": block if k == "auto" else int(k),
+                       "round_to_used": used[name],
                        "original_ms": round(o, 3), "pruned_ms": round(t.median_ms, 3),
                        "speedup": round(speed, 3), "mac_ratio": round(mac_ratio, 3),
                        "efficiency": round(speed / mac_ratio, 3)}
