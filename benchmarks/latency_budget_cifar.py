@@ -44,6 +44,7 @@ def main() -> int:
     ap.add_argument("--max-layer-ratio", type=float,
                     help="--max-layer-ratio of the latency-aware search (default tp-vgg's 0.75)")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--device", default="cpu", help="where latency is measured and fine-tuning runs")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
@@ -61,7 +62,7 @@ def main() -> int:
                             + (f"_{a.tag}" if a.tag else "") + ".json")
     ck = load_checkpoint(a.base)
     spec = ck.spec
-    mcfg = latency.LatencyConfig(batch_sizes=(a.batch,), device="cpu", threads=a.threads,
+    mcfg = latency.LatencyConfig(batch_sizes=(a.batch,), device=a.device, threads=a.threads,
                                  channels_last=True, fuse_bn=True)
     base = ck.build()
     uniform = ck.build()
@@ -71,7 +72,9 @@ def main() -> int:
     done = {"command": "python benchmarks/latency_budget_cifar.py " + " ".join(sys.argv[1:]),
             "base": a.base, "base_epochs": ck.meta.get("epoch"), "ratio": a.ratio,
             "target_ms": target_ms, "batch": a.batch, "threads": a.threads,
-            "finetune_epochs": a.epochs, "max_layer_ratio": a.max_layer_ratio, "torch": torch.__version__,
+            "finetune_epochs": a.epochs, "device": a.device,
+            "gpu": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else None,
+            "max_layer_ratio": a.max_layer_ratio, "torch": torch.__version__,
             "machine": platform.machine(), "cpus": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d"), "runs": []}
     data = DataConfig("imagefolder", data_dir=a.data_dir)
@@ -79,7 +82,7 @@ def main() -> int:
     for seed in (int(s) for s in a.seeds.split(",")):
         for method in a.methods.split(","):
             t0 = time.time()
-            train_cfg = dataclasses.replace(finetuning(), device="cpu", progress="plain",
+            train_cfg = dataclasses.replace(finetuning(), device=a.device, progress="plain",
                                             seed=seed)
             ft = FinetuneConfig(data, train=train_cfg, epochs=a.epochs)
             prune_cfg = pruning.PruneConfig(importance="l1", seed=seed,
@@ -87,9 +90,9 @@ def main() -> int:
                                             max_layer_ratio=None if method == "uniform"
                                             else a.max_layer_ratio)
             target = None if method == "uniform" else Target(latency=latency_target.LatencyBudget(
-                ms=target_ms, batch_size=a.batch, threads=a.threads, device="cpu"))
+                ms=target_ms, batch_size=a.batch, threads=a.threads, device=a.device))
             job = PruneJob(ModelSource(checkpoint=a.base), prune_cfg, target=target,
-                           finetune=ft, device="cpu")
+                           finetune=ft, device=a.device)
             out = os.path.join(a.work, f"{method}{a.tag}_seed{seed}")
             res = run(job, out, log=lambda s: print("    " + s, flush=True))
             rec = {"method": method, "seed": seed, "macs": res.after.macs,
