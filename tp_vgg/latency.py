@@ -279,14 +279,14 @@ def _run_dtype_check(name: str, fn: Callable[[], object], cfg: LatencyConfig) ->
 
 
 def measure(models: Dict[str, nn.Module], spec: ModelSpec, cfg: LatencyConfig,
-            prepared: bool = False) -> Dict[int, Dict[str, Timing]]:
+            prepared: bool = False, fitted: bool = False) -> Dict[int, Dict[str, Timing]]:
     """Median latency of each model at each batch size, all models interleaved.
 
     ``models`` are copied and prepared (:func:`prepare`) unless ``prepared`` is true.
     """
     cfg.validate()
     dev = resolve_device(cfg.device, DEVICES)
-    if not prepared:
+    if not (prepared or fitted):  # ``fitted``: the caller ran fit_layout already
         cfg = fit_layout(next(iter(models.values())), spec, cfg)
     ready = models if prepared else {n: prepare(m, cfg) for n, m in models.items()}
     names = list(ready)
@@ -326,7 +326,7 @@ def compare(original: nn.Module, pruned: nn.Module, spec: ModelSpec, cfg: Latenc
     """Latency of ``original`` and ``pruned`` (interleaved), speed-up, MAC ratio, efficiency."""
     cfg.validate()
     cfg = fit_layout(original, spec, cfg)  # what is reported is what was timed
-    timings = measure({"original": original, "pruned": pruned}, spec, cfg)
+    timings = measure({"original": original, "pruned": pruned}, spec, cfg, fitted=True)
     mac_ratio = macs_original / max(macs_pruned, 1)
     comps = [Comparison.of(b, t["original"], t["pruned"], mac_ratio) for b, t in timings.items()]
     env = environment(resolve_device(cfg.device, DEVICES), cfg.runtime)
@@ -340,7 +340,7 @@ def single(model: nn.Module, spec: ModelSpec, cfg: LatencyConfig, macs: int) -> 
     """Latency of one model (no comparison)."""
     cfg.validate()
     cfg = fit_layout(model, spec, cfg)
-    timings = measure({"model": model}, spec, cfg)
+    timings = measure({"model": model}, spec, cfg, fitted=True)
     env = environment(resolve_device(cfg.device, DEVICES), cfg.runtime)
     if cfg.threads is not None:
         env["threads"] = cfg.threads
