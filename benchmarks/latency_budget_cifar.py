@@ -45,6 +45,9 @@ def main() -> int:
                     help="--max-layer-ratio of the latency-aware search (default tp-vgg's 0.75)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--device", default="cpu", help="where latency is measured and fine-tuning runs")
+    ap.add_argument("--importance", default="l1", help="criterion of both methods (default l1)")
+    ap.add_argument("--target-ms", type=float,
+                    help="the latency budget (default: the uniform model's, measured here)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
@@ -67,12 +70,13 @@ def main() -> int:
     base = ck.build()
     uniform = ck.build()
     pruning.prune(uniform, spec, pruning.PruneConfig(ratio=a.ratio))
-    target_ms = latency_target.measured_ms(uniform, spec, mcfg)
-    print(f"uniform --ratio {a.ratio}: {target_ms:.2f} ms at batch {a.batch}", flush=True)
+    target_ms = a.target_ms or latency_target.measured_ms(uniform, spec, mcfg)
+    print(f"uniform --ratio {a.ratio}: {target_ms:.2f} ms at batch {a.batch}"
+          + (" (given)" if a.target_ms else ""), flush=True)
     done = {"command": "python benchmarks/latency_budget_cifar.py " + " ".join(sys.argv[1:]),
             "base": a.base, "base_epochs": ck.meta.get("epoch"), "ratio": a.ratio,
             "target_ms": target_ms, "batch": a.batch, "threads": a.threads,
-            "finetune_epochs": a.epochs, "device": a.device,
+            "finetune_epochs": a.epochs, "device": a.device, "importance": a.importance,
             "gpu": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else None,
             "max_layer_ratio": a.max_layer_ratio, "torch": torch.__version__,
             "machine": platform.machine(), "cpus": os.cpu_count(),
@@ -85,7 +89,7 @@ def main() -> int:
             train_cfg = dataclasses.replace(finetuning(), device=a.device, progress="plain",
                                             seed=seed)
             ft = FinetuneConfig(data, train=train_cfg, epochs=a.epochs)
-            prune_cfg = pruning.PruneConfig(importance="l1", seed=seed,
+            prune_cfg = pruning.PruneConfig(importance=a.importance, seed=seed,
                                             ratio=a.ratio if method == "uniform" else 0.0,
                                             max_layer_ratio=None if method == "uniform"
                                             else a.max_layer_ratio)
