@@ -22,7 +22,7 @@ from tp_vgg.models import ModelSpec, build_model
 from tp_vgg.targets import _Ranked
 
 from conftest import zoo_spec
-from test_user_zoo import ZOO as USER_ZOO, user_spec
+from test_user_zoo import user_spec
 
 TINY = ModelSpec("cifar_vgg11_bn", width=0.125, num_classes=10).resolved()
 FAST = dict(batch_size=2, threads=1, repeats=3, warmup=1, table_min_ms=0.5)

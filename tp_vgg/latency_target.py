@@ -12,8 +12,8 @@
    are scored by the pruning criterion (the scores of ``--global``) and removed in order of
    *importance per millisecond saved*: at each step, for every layer, its next lowest-ranked
    channels (a multiple of ``--round-to``, by default of the fast-width block the table learned,
-   at a time; with jumps of several multiples, so a step that only pays off further on is seen) are priced as the importance they carry
-   over the predicted time they save, and the cheapest step is taken, until the prediction reaches
+   at a time; with jumps of several multiples, so a step that only pays off further on is seen)
+   are priced as the importance they carry over the predicted time they save, and the cheapest step is taken, until the prediction reaches
    the goal; the last step is the one that reaches it losing the least importance (no overshoot
    by a long jump). No layer loses more than ``--max-layer-ratio`` of its channels.
 4. A copy is pruned to that plan with torch-pruning and *measured*. Above the target, the goal
@@ -501,7 +501,6 @@ def solve(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, budget: L
     ranked, t, pred, block, learned = build_predictor(model, spec, cfg, mcfg, gradients,
                                                       budget.cache_dir, budget.table_min_ms, log)
     anchor_ms = calibrate(pred, ranked, model, spec, cfg, measure, original_ms, gradients)
-    fixed = pred.fixed
     # without --round-to the search moves in whole fast-width blocks: a width off the block
     # multiples runs slower than the table's layers timed alone show (ONNX Runtime leaves its
     # blocked NCHWc kernels; BENCHMARKS.md)
