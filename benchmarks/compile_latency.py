@@ -11,8 +11,8 @@ import time
 
 import torch
 
-from tp_vgg.latency import LatencyConfig, measure, prepare
-from tp_vgg.models import ModelSpec, build_model
+from tp_vgg.latency.timing import LatencyConfig, measure, prepare
+from tp_vgg.models.zoo import ModelSpec, build_model
 
 
 def main() -> int:

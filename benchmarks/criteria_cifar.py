@@ -88,11 +88,15 @@ def main() -> int:
         plot(done, os.path.join(RESULTS, f"criteria_cifar{a.tag}.png"))
         return 0
 
-    from tp_vgg import checkpoint, count, iterative, pruning, targets, train
-    from tp_vgg.criteria import training_gradients as _gradients
-    from tp_vgg.evaluation import evaluate_on
-    from tp_vgg.data import DataConfig, load_data
+    from tp_vgg import count
+    from tp_vgg.checkpoint import store as checkpoint
+    from tp_vgg.data.datasets import DataConfig, load_data
     from tp_vgg.files import write_json, write_text
+    from tp_vgg.pruning import graph as pruning
+    from tp_vgg.pruning import iterative, targets
+    from tp_vgg.pruning.criteria import training_gradients as _gradients
+    from tp_vgg.train import loop as train
+    from tp_vgg.train.evaluation import evaluate_on
 
     os.makedirs(RESULTS, exist_ok=True)
     out_json = os.path.join(RESULTS, f"criteria_cifar{a.tag}.json")

@@ -26,10 +26,10 @@ import time
 import torch
 import torch.nn as nn
 
-from tp_vgg.batches import BatchTransform, Batches
-from tp_vgg.data import DataConfig, load_data
-from tp_vgg.models import ModelSpec, build_model
-from tp_vgg.train import OPTIMIZERS, Engine, TrainConfig, lr_lambda, train_one_epoch
+from tp_vgg.data.batches import Batches, BatchTransform
+from tp_vgg.data.datasets import DataConfig, load_data
+from tp_vgg.models.zoo import ModelSpec, build_model
+from tp_vgg.train.loop import OPTIMIZERS, Engine, TrainConfig, lr_lambda, train_one_epoch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -1,7 +1,7 @@
 """(b) Measured speed-up vs MAC reduction: does removing MACs remove latency?
 
 For each model, the original and every pruned variant (ratio x --round-to) are timed in ONE
-process, interleaved pass by pass (tp_vgg.latency.measure), at each batch size and in each
+process, interleaved pass by pass (tp_vgg.latency.timing.measure), at each batch size and in each
 execution form:
 
 * ``eager``  -- NCHW (contiguous) fp32, BN as a separate op: what a user gets by default;
@@ -35,8 +35,8 @@ from typing import Dict, List, Optional
 import torch
 
 import tp_vgg
-from tp_vgg import latency
-from tp_vgg.models import ModelSpec, build_model
+from tp_vgg.latency import timing as latency
+from tp_vgg.models.zoo import ModelSpec, build_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FORMS = {"eager": dict(channels_last=False, fuse_bn=False),
@@ -58,7 +58,7 @@ def variants(spec: ModelSpec, ratios: List[float], round_tos: List[int]):
             tp_vgg.prune(m, spec, tp_vgg.PruneConfig(ratio=r, round_to=k if k > 1 else None))
             models[name], macs[name] = m, tp_vgg.count(m, spec).macs
             meta[name] = {"ratio": r, "round_to": k,
-                          "channels": ",".join(str(c) for c in tp_vgg.pruning.out_channels(m).values())}
+                          "channels": ",".join(str(c) for c in tp_vgg.pruning.graph.out_channels(m).values())}
     return models, macs, meta
 
 

@@ -4,7 +4,7 @@ Base: the recovery benchmark's ``cifar_vgg11_bn --width 0.25`` (30 epochs; bench
 recovery_cifar.py). ``uniform``: ``--ratio 0.5`` (every layer loses half its channels, L1).
 Its latency L is measured (torch, BN folded, channels-last, batch 64, ``--threads``).
 ``latency``: ``--target-latency L`` on the same device and runtime (L1 scores, importance per
-predicted ms; :mod:`tp_vgg.latency_target`). Both are fine-tuned identically (tp-vgg's
+predicted ms; :mod:`tp_vgg.latency.budget`). Both are fine-tuned identically (tp-vgg's
 fine-tuning recipe, ``--epochs``, BN recalibration first) for each seed, through the library's
 prune job (:func:`tp_vgg.job.run`, what ``tp-vgg prune`` runs). At the end both pruned models are
 timed together, interleaved, medians.
@@ -50,15 +50,17 @@ def main() -> int:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
-    from tp_vgg import latency, latency_target, pruning
-    from tp_vgg.checkpoint import load_checkpoint
-    from tp_vgg.counting import count
-    from tp_vgg.data import DataConfig
+    from tp_vgg.checkpoint.source import ModelSource
+    from tp_vgg.checkpoint.store import load_checkpoint
+    from tp_vgg.data.datasets import DataConfig
     from tp_vgg.files import write_json, write_text
     from tp_vgg.job import FinetuneConfig, PruneJob, run
-    from tp_vgg.source import ModelSource
-    from tp_vgg.targets import Target
-    from tp_vgg.train_config import finetuning
+    from tp_vgg.latency import budget as latency_target
+    from tp_vgg.latency import timing as latency
+    from tp_vgg.models.counting import count
+    from tp_vgg.pruning import graph as pruning
+    from tp_vgg.pruning.targets import Target
+    from tp_vgg.train.config import finetuning
 
     out_json = os.path.join(HERE, "results", "latency_budget_cifar"
                             + (f"_{a.tag}" if a.tag else "") + ".json")

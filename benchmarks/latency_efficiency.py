@@ -2,10 +2,10 @@
 ``--round-to``: how much of the MAC reduction turns into speed.
 
 For each runtime and batch size, the original and every (ratio, round-to) pruned copy are timed
-together, interleaved, medians (:func:`tp_vgg.latency.measure`), BN folded and channels-last;
+together, interleaved, medians (:func:`tp_vgg.latency.timing.measure`), BN folded and channels-last;
 ``--round-to auto`` is the multiple learned from the latency table's width scan for that device,
-runtime and batch (:func:`tp_vgg.latency_target.learn_round_to`, cached). With ``--predict``, the
-latency table (:mod:`tp_vgg.latency_target`, calibrated on the original and the uniform 0.5 copy)
+runtime and batch (:func:`tp_vgg.latency.budget.learn_round_to`, cached). With ``--predict``, the
+latency table (:mod:`tp_vgg.latency.budget`, calibrated on the original and the uniform 0.5 copy)
 also predicts each model: the error of the 0.5 round-to-1 copy is 0 by construction, the others
 are out of sample.
 
@@ -30,8 +30,10 @@ from typing import Dict, List, Optional
 import torch
 
 import tp_vgg
-from tp_vgg import latency, latency_target, pruning
-from tp_vgg.models import ModelSpec, build_model
+from tp_vgg.latency import budget as latency_target
+from tp_vgg.latency import timing as latency
+from tp_vgg.models.zoo import ModelSpec, build_model
+from tp_vgg.pruning import graph as pruning
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -1,6 +1,6 @@
 """(b, detail) Where a pruned model's time goes, layer by layer, against the original: what
 `tp-vgg profile --checkpoint pruned.pt --latency --layers` prints, for a model pruned here
-(:func:`tp_vgg.layer_times.layer_times`: forward hooks, original and pruned alternating pass by
+(:func:`tp_vgg.latency.layers.layer_times`: forward hooks, original and pruned alternating pass by
 pass, medians; one thread's CPU time with ``--threads 1``). Deployment form (channels_last, BN
 folded) unless ``--eager``.
 
@@ -24,9 +24,9 @@ from typing import List, Optional
 import torch
 
 import tp_vgg
-from tp_vgg.latency import LatencyConfig, measure
-from tp_vgg.layer_times import format_layer_times, layer_times
-from tp_vgg.models import ModelSpec, build_model
+from tp_vgg.latency.layers import format_layer_times, layer_times
+from tp_vgg.latency.timing import LatencyConfig, measure
+from tp_vgg.models.zoo import ModelSpec, build_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -31,7 +31,7 @@ import time
 import torch
 
 import tp_vgg
-from tp_vgg.models import ModelSpec, build_model
+from tp_vgg.models.zoo import ModelSpec, build_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

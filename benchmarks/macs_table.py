@@ -24,7 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import tp_vgg
-from tp_vgg.models import CIFAR_VGGS, TORCHVISION_VGGS, ModelSpec, build_model
+from tp_vgg.models.zoo import CIFAR_VGGS, TORCHVISION_VGGS, ModelSpec, build_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -65,10 +65,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                        "torch_vs_fvcore_after": round(pt_after / after.macs, 6),
                        "prune_s": round(secs, 2)}
                 rows.append(row)
-                print(f"{name:15s} @{size:<3d} r={r}: MACs {tp_vgg.counting.human(before.macs):>8s} -> "
-                      f"{tp_vgg.counting.human(after.macs):>8s} ({row['macs_reduction']:.2f}x)  params "
-                      f"{tp_vgg.counting.human(before.params):>8s} -> "
-                      f"{tp_vgg.counting.human(after.params):>8s} ({row['params_reduction']:.2f}x)  "
+                print(f"{name:15s} @{size:<3d} r={r}: MACs {tp_vgg.models.counting.human(before.macs):>8s} -> "
+                      f"{tp_vgg.models.counting.human(after.macs):>8s} ({row['macs_reduction']:.2f}x)  params "
+                      f"{tp_vgg.models.counting.human(before.params):>8s} -> "
+                      f"{tp_vgg.models.counting.human(after.params):>8s} ({row['params_reduction']:.2f}x)  "
                       f"torch/fvcore {row['torch_vs_fvcore_before']:.4f} "
                       f"{row['torch_vs_fvcore_after']:.4f}", flush=True)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)

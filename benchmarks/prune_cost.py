@@ -64,7 +64,8 @@ def _reset_peak() -> bool:
 def _setup(name: str, size: int):
     import torch
     import torch.nn as nn
-    from tp_vgg.models import ModelSpec, build_model
+
+    from tp_vgg.models.zoo import ModelSpec, build_model
 
     torch.set_num_threads(int(os.environ.get("PRUNE_COST_THREADS", "2")))
     spec = ModelSpec(name, input_size=size).resolved()
@@ -75,9 +76,8 @@ def _setup(name: str, size: int):
 
 
 def prune_once(method: str, model, spec, ratio: float):
-    import torch
-    import torch_pruning as tp
     import torch.nn as nn
+    import torch_pruning as tp
 
     if method == "raw":
         last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
@@ -121,8 +121,9 @@ def _stage_targets():
     """(stage, owner, attribute) of the functions whose exclusive time makes each stage."""
     import torch_pruning as tp
     from torch_pruning.dependency import graph, group, index_mapping
-    import tp_vgg.checks
-    import tp_vgg.criteria
+
+    import tp_vgg.pruning.checks
+    import tp_vgg.pruning.criteria
 
     maps = [getattr(index_mapping, n) for n in dir(index_mapping)
             if n.endswith("IndexMapping") and isinstance(getattr(index_mapping, n), type)]
@@ -131,9 +132,9 @@ def _stage_targets():
         ("index mapping through flatten (pure Python)", maps, "__call__"),
         ("collect coupled layers (get_pruning_group)", graph.DependencyGraph, "get_pruning_group"),
         ("importance scores", [tp.importance.GroupMagnitudeImportance,
-                               tp_vgg.criteria.FilterNormImportance], "__call__"),
+                               tp_vgg.pruning.criteria.FilterNormImportance], "__call__"),
         ("tensor surgery (Group.prune: index_select of weights)", group.Group, "prune"),
-        ("tp_vgg forward check of the pruned model", tp_vgg.checks, "check_pruned"),
+        ("tp_vgg forward check of the pruned model", tp_vgg.pruning.checks, "check_pruned"),
     ]
 
 
@@ -198,7 +199,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(profile(a.profile_one[0], int(a.profile_one[1]), a.profile_one[2], a.ratio)))
         return 0
 
-    from tp_vgg.models import CIFAR_VGGS, TORCHVISION_VGGS
+    from tp_vgg.models.zoo import CIFAR_VGGS, TORCHVISION_VGGS
     cases = ([c.split("@") for c in a.models.split(",")] if a.models else
              [(n, 224) for n in TORCHVISION_VGGS] + [(n, 32) for n in CIFAR_VGGS])
     rows = []

@@ -97,9 +97,14 @@ def main() -> int:
         write_text(out_md, table(done))
         return 0
 
-    from tp_vgg import checkpoint, count, evaluation, pruning, targets, train
-    from tp_vgg.data import DataConfig, load_data
-    from tp_vgg.models import ModelSpec, build_model
+    from tp_vgg import count
+    from tp_vgg.checkpoint import store as checkpoint
+    from tp_vgg.data.datasets import DataConfig, load_data
+    from tp_vgg.models.zoo import ModelSpec, build_model
+    from tp_vgg.pruning import graph as pruning
+    from tp_vgg.pruning import targets
+    from tp_vgg.train import evaluation
+    from tp_vgg.train import loop as train
 
     os.makedirs(RESULTS, exist_ok=True)
     runs = done.setdefault("runs", [])

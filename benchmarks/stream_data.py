@@ -37,8 +37,8 @@ MODEL = ["--model", "cifar_vgg11_bn", "--width", "0.0625", "--input-size", "224"
 
 def make_folder(root: str, n_train: int, n_val: int, seed: int = 0) -> str:
     """Mixed-size JPEGs (smooth random patterns with a class tint), written once."""
-    from torchvision.io import encode_jpeg, write_file
     import torch.nn.functional as F
+    from torchvision.io import encode_jpeg, write_file
 
     stamp = os.path.join(root, f".complete_{n_train}_{n_val}")
     if os.path.exists(stamp):
@@ -130,8 +130,8 @@ def _train_images_per_s(out: str) -> Optional[float]:
 
 
 def cifar_section(cifar_dir: str, workers: List[int], threads: int) -> Dict[str, object]:
-    from tp_vgg.batches import BatchTransform
-    from tp_vgg.data import DataConfig, load_data
+    from tp_vgg.data.batches import BatchTransform
+    from tp_vgg.data.datasets import DataConfig, load_data
 
     torch.set_num_threads(threads)
     out: Dict[str, object] = {}

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 import tp_vgg
 from tp_vgg.cli import main as cli_main
-from tp_vgg.models import CIFAR_VGGS, TORCHVISION_VGGS, ModelSpec, build_model
+from tp_vgg.models.zoo import CIFAR_VGGS, TORCHVISION_VGGS, ModelSpec, build_model
 
 # One intra-op thread per test process: the models under test are tiny, where two OpenMP threads
 # mostly wait on each other (measured ~10x slower on a loaded 2-core machine); `make test` runs

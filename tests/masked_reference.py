@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from tp_vgg.models import ModelSpec
-from tp_vgg.pruning import build_graph
+from tp_vgg.models.zoo import ModelSpec
+from tp_vgg.pruning.graph import build_graph
 
 _OUT_FNS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels,
             tp.prune_batchnorm_out_channels, tp.prune_instancenorm_out_channels,

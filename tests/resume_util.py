@@ -9,8 +9,8 @@ from typing import Callable, Dict
 import pytest
 import torch
 
-from tp_vgg import checkpoint
-from tp_vgg.train import ResumePoint, resume
+from tp_vgg.checkpoint import store as checkpoint
+from tp_vgg.train.loop import ResumePoint, resume
 
 
 class Stop(Exception):

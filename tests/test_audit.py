@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 
 import tp_vgg
-from tp_vgg import checkpoint
-from tp_vgg.models import ModelSpec, build_model
+from tp_vgg.checkpoint import store as checkpoint
+from tp_vgg.models.zoo import ModelSpec, build_model
 
 TINY = ["--model", "cifar_vgg11", "--width", "0.125"]
 FAKE = ["--data", "fake", "--data-kwargs", '{"train_size": 32, "test_size": 16}']
@@ -315,12 +315,12 @@ def test_cifar_not_downloaded(run_cli, tmp_path, pruned_ckpt):
 # --- resources: memory, the output folder ----------------------------------------------------
 
 def test_out_of_memory_names_the_batch_size_and_suggests_one(run_cli, tmp_path, pruned_ckpt, monkeypatch):
-    import tp_vgg.train
+    import tp_vgg.train.loop
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(tp_vgg.train, "train_one_epoch", oom)
+    monkeypatch.setattr(tp_vgg.train.loop, "train_one_epoch", oom)
     out = tmp_path / "ft"
     r = run_cli("finetune", "--checkpoint", pruned_ckpt, *FAKE, *QUIET, "--batch-size", "64", "--out", out)
     assert_user_error(r, None, "out of memory at --batch-size 64", "try --batch-size 32",
@@ -329,13 +329,13 @@ def test_out_of_memory_names_the_batch_size_and_suggests_one(run_cli, tmp_path, 
 
 
 def test_cpu_out_of_memory_during_eval(run_cli, tmp_path, pruned_ckpt, monkeypatch):
-    import tp_vgg.evaluation
+    import tp_vgg.train.evaluation
 
     def oom(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
                            "allocate memory: you tried to allocate 8589934592 bytes.")
 
-    monkeypatch.setattr(tp_vgg.evaluation, "evaluate", oom)
+    monkeypatch.setattr(tp_vgg.train.evaluation, "evaluate", oom)
     r = run_cli("eval", "--checkpoint", pruned_ckpt, *FAKE, "--batch-size", "512")
     assert_user_error(r, None, "out of memory at --batch-size 512", "try --batch-size 256")
 

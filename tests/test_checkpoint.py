@@ -1,4 +1,5 @@
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,8 +7,8 @@ import torch.nn as nn
 
 import tp_vgg
 from tp_vgg import UserError
-from tp_vgg.checkpoint import load_checkpoint
-from tp_vgg.models import ModelSpec, build_model
+from tp_vgg.checkpoint.store import load_checkpoint
+from tp_vgg.models.zoo import build_model
 
 from conftest import zoo_spec
 
@@ -129,3 +130,34 @@ def test_checkpoint_that_does_not_match_its_architecture(tmp_path):
     torch.save(raw, path)
     with pytest.raises(UserError, match="does not match its model's architecture"):
         tp_vgg.load(path)
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def test_a_checkpoint_written_by_release_0_1_0_loads_and_evaluates_identically():
+    """tests/fixtures holds a pruned checkpoint and its logits on a fixed input, both written by
+    the flat-module release (commit b0a5534) before the package became subpackages: the file
+    names no module of tp_vgg, so it loads and gives bit-identical logits."""
+    path = FIXTURES / "v0.1.0_cifar_vgg11_bn_w0.125_pruned.pt"
+    ref = torch.load(FIXTURES / "v0.1.0_cifar_vgg11_bn_w0.125_logits.pt", weights_only=True)
+    raw = torch.load(path, weights_only=True)
+    assert raw["tp_vgg_version"] == "0.1.0"
+    strings = []
+
+    def walk(v):
+        if isinstance(v, str):
+            strings.append(v)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                walk(k)
+                walk(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+
+    walk({k: v for k, v in raw.items() if k != "state_dict"})
+    assert not [s for s in strings if "tp_vgg." in s]  # no stored module path
+    model = tp_vgg.load(str(path))  # rebuilt from the zoo, its pruning history replayed
+    with torch.no_grad():
+        assert torch.equal(model(ref["input"]), ref["logits"])

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from tp_vgg.models import TORCHVISION_VGGS, CIFAR_VGGS
+from tp_vgg.models.zoo import CIFAR_VGGS, TORCHVISION_VGGS
 
 
 def test_models_lists_the_zoo(run_cli):

@@ -1,10 +1,9 @@
 import pytest
-import torch
 import torch.nn as nn
 import torchvision
 
 import tp_vgg
-from tp_vgg.models import TORCHVISION_VGGS, CifarVGG, ModelSpec, build_model
+from tp_vgg.models.zoo import TORCHVISION_VGGS, CifarVGG, ModelSpec, build_model
 
 TINY_SPEC = ModelSpec("tiny:vgg", input_size=8, in_channels=3).resolved()
 

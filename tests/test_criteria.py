@@ -7,18 +7,16 @@ import copy
 import pytest
 import torch
 import torch_pruning as tp
+from conftest import randomize
+from methods_util import FAKE, assert_one_line_error, models, read_report, user_model
 
 import tp_vgg
 from tp_vgg import PruneConfig, UserError
-from tp_vgg.criteria import GradientBatches
-from tp_vgg.batches import BatchTransform, Batches
-from tp_vgg.data import DataConfig, load_data
-from tp_vgg.models import ModelSpec, build_model
-from tp_vgg.criteria import IMPORTANCES
-from tp_vgg.pruning import out_channels
-
-from conftest import randomize
-from methods_util import FAKE, assert_one_line_error, models, read_report, user_model
+from tp_vgg.data.batches import Batches, BatchTransform
+from tp_vgg.data.datasets import DataConfig, load_data
+from tp_vgg.models.zoo import ModelSpec, build_model
+from tp_vgg.pruning.criteria import IMPORTANCES, GradientBatches
+from tp_vgg.pruning.graph import out_channels
 
 SPEC = ModelSpec("cifar_vgg11_bn", width=0.125).resolved()
 TP_CLASS = {"bn-scale": tp.importance.BNScaleImportance, "fpgm": tp.importance.FPGMImportance,

@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import tp_vgg
-from tp_vgg.models import TORCHVISION_VGGS, ModelSpec, build_model
+from tp_vgg.models.zoo import TORCHVISION_VGGS, ModelSpec, build_model
 
 TOLERANCE = 0.01
 CONV_OPS = ("convolution", "_convolution", "conv2d")

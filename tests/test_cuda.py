@@ -9,14 +9,13 @@ import json
 
 import pytest
 import torch
-
-from tp_vgg import checkpoint
-from tp_vgg.batches import BatchTransform, Batches
-from tp_vgg.data import DataConfig, load_data
-from tp_vgg.models import ModelSpec, build_model
-from tp_vgg.train import TrainConfig, fit, seed_everything
-
 from resume_util import assert_same_weights, cut_and_resume
+
+from tp_vgg.checkpoint import store as checkpoint
+from tp_vgg.data.batches import Batches, BatchTransform
+from tp_vgg.data.datasets import DataConfig, load_data
+from tp_vgg.models.zoo import ModelSpec, build_model
+from tp_vgg.train.loop import TrainConfig, fit, seed_everything
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

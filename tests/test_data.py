@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.io import encode_png, write_jpeg
 
-from tp_vgg.batches import BatchTransform, Batches
-from tp_vgg.data import DataConfig, load_data
+from tp_vgg.data.batches import Batches, BatchTransform
+from tp_vgg.data.datasets import DataConfig, load_data
 from tp_vgg.errors import UserError
 
 IDENTITY = BatchTransform([0.0, 0.0, 0.0], [1 / 255] * 3, 8)  # x -> float(x), size 8

@@ -13,11 +13,12 @@ import pytest
 import torch
 
 import tp_vgg
-from tp_vgg import checkpoint, distributed
-from tp_vgg.data import DataConfig, load_data
+from tp_vgg.checkpoint import store as checkpoint
+from tp_vgg.data.datasets import DataConfig, load_data
 from tp_vgg.errors import UserError
-from tp_vgg.models import ModelSpec, build_model
-from tp_vgg.train import TrainConfig, fit, seed_everything
+from tp_vgg.models.zoo import ModelSpec, build_model
+from tp_vgg.train import distributed
+from tp_vgg.train.loop import TrainConfig, fit, seed_everything
 
 DATA_KWARGS = {"train_size": 128, "test_size": 33}  # test shards of 17 and 16: 2 and 1 batches
 
@@ -124,10 +125,10 @@ def test_torchrun_prune_recalibrates_and_distills_on_two_cpu_processes(tmp_path)
 
 
 def test_torchrun_prune_refuses_latency(tmp_path):
+    from tp_vgg.checkpoint.source import ModelSource
     from tp_vgg.job import PruneJob, run
-    from tp_vgg.latency import LatencyConfig
-    from tp_vgg.pruning import PruneConfig
-    from tp_vgg.source import ModelSource
+    from tp_vgg.latency.timing import LatencyConfig
+    from tp_vgg.pruning.graph import PruneConfig
 
     job = PruneJob(ModelSource(spec=ModelSpec("cifar_vgg11_bn", width=0.125)), PruneConfig(ratio=0.5),
                    latency=LatencyConfig())

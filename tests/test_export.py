@@ -8,12 +8,11 @@ import os
 import pytest
 import torch
 import torch.nn as nn
+from conftest import randomize
 
 import tp_vgg
-from tp_vgg import export
-from tp_vgg.models import CIFAR_VGGS, ModelSpec, build_model
-
-from conftest import randomize
+from tp_vgg.export import exporters as export
+from tp_vgg.models.zoo import CIFAR_VGGS, ModelSpec, build_model
 
 BN_MODELS = [n for n in CIFAR_VGGS if n.endswith("_bn")] + [
     pytest.param("vgg11_bn", marks=pytest.mark.slow)]  # torchvision form: same Sequential blocks

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import tp_vgg
-from tp_vgg.models import ModelSpec
+from tp_vgg.models.zoo import ModelSpec
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

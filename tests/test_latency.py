@@ -11,9 +11,9 @@ import torch
 import torch.nn as nn
 
 import tp_vgg
-from tp_vgg import latency
 from tp_vgg.errors import UserError
-from tp_vgg.models import ModelSpec, build_model
+from tp_vgg.latency import timing as latency
+from tp_vgg.models.zoo import ModelSpec, build_model
 
 TINY = ModelSpec("cifar_vgg11_bn", width=0.125, num_classes=10).resolved()
 QUICK = dict(warmup=1, repeats=3, threads=1)  # one thread: no OpenMP stalls on a busy machine
@@ -185,7 +185,7 @@ def test_prune_round_to_auto_records_the_learned_multiple(run_cli, tmp_path):
 
 def test_round_to_auto_shrinks_the_multiple_for_small_layers(run_cli, tmp_path, monkeypatch):
     """16 channels pruned by 70% keep int(4.8) = 4: auto halves 16 -> 8 -> 4 instead of failing."""
-    from tp_vgg import latency_target
+    from tp_vgg.latency import budget as latency_target
 
     monkeypatch.setattr(latency_target, "learn_round_to",
                         lambda t: (16, {"learned_from": "features.4"}))

@@ -14,15 +14,18 @@ import random
 import pytest
 import torch
 import torch.nn as nn
-
-import tp_vgg
-from tp_vgg import latency, latency_table, latency_target, pruning, runtimes
-from tp_vgg.errors import UserError
-from tp_vgg.models import ModelSpec, build_model
-from tp_vgg.targets import _Ranked
-
 from conftest import zoo_spec
 from test_user_zoo import user_spec
+
+import tp_vgg
+from tp_vgg.errors import UserError
+from tp_vgg.latency import budget as latency_target
+from tp_vgg.latency import runtimes
+from tp_vgg.latency import table as latency_table
+from tp_vgg.latency import timing as latency
+from tp_vgg.models.zoo import ModelSpec, build_model
+from tp_vgg.pruning import graph as pruning
+from tp_vgg.pruning.targets import _Ranked
 
 TINY = ModelSpec("cifar_vgg11_bn", width=0.125, num_classes=10).resolved()
 FAST = dict(batch_size=2, threads=1, repeats=3, warmup=1, table_min_ms=0.5)
@@ -378,7 +381,7 @@ def test_latency_in_several_runtimes_is_reported_and_plotted(run_cli, tmp_path):
     assert list(by) == ["torch", "onnxruntime"] and rep["latency"] == by["torch"]
     assert by["onnxruntime"]["environment"]["runtime"] == "onnxruntime"
     assert all(d["comparisons"][0]["batch_size"] == 2 for d in by.values())
-    from tp_vgg.report_md import latency_points
+    from tp_vgg.report.markdown import latency_points
 
     series = {p["series"] for p in latency_points(rep)}
     assert series == {"torch, batch 2", "onnxruntime, batch 2"}

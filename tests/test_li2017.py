@@ -9,7 +9,6 @@ import json
 import os
 
 import pytest
-
 from methods_util import read_report
 
 MODEL_FILE = os.path.join(os.path.dirname(__file__), "li2017_vgg16.py")

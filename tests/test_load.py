@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import tp_vgg
-from tp_vgg.models import ModelSpec, build_model
+from tp_vgg.models.zoo import ModelSpec, build_model
 
 USER_MODEL = str(Path(__file__).parent / "user_models" / "vgg_seq_linear.py") + ":make"
 

@@ -1,12 +1,11 @@
 import pytest
 import torch
 import torch.nn as nn
+from conftest import zoo_spec
 
 from tp_vgg import UserError
-from tp_vgg.models import (CIFAR_VGGS, MODELS, TIMM_VGGS, TORCHVISION_VGGS, ModelSpec,
-                           build_model, check_forward, list_models, timm_installed)
-
-from conftest import zoo_spec
+from tp_vgg.models.zoo import (CIFAR_VGGS, MODELS, TIMM_VGGS, TORCHVISION_VGGS, ModelSpec,
+                               build_model, check_forward, list_models, timm_installed)
 
 
 def test_zoo_lists_all_sixteen_vggs_and_timms_with_timm():

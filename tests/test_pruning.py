@@ -3,14 +3,13 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from conftest import conv_and_linear, randomize, zoo_spec
+from masked_reference import zero_removed_channels
 
 import tp_vgg
 from tp_vgg import PruneConfig, UserError
-from tp_vgg.models import ModelSpec, build_model
-from tp_vgg.pruning import out_channels
-from masked_reference import zero_removed_channels
-
-from conftest import conv_and_linear, randomize, zoo_spec
+from tp_vgg.models.zoo import ModelSpec, build_model
+from tp_vgg.pruning.graph import out_channels
 
 
 def test_forward_shape_unchanged(pruned_case):

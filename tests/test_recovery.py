@@ -12,17 +12,16 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from resume_util import assert_same_weights, cut_and_resume
 
 import tp_vgg
-from tp_vgg import checkpoint
-from tp_vgg.batches import BatchTransform, Batches
-from tp_vgg.data import DataConfig, load_data
-from tp_vgg.models import ModelSpec, build_model
-from tp_vgg.evaluation import recalibrate_bn
-from tp_vgg.steps import distill_loss
-from tp_vgg.train import Teacher, TrainConfig, fit, seed_everything
-
-from resume_util import assert_same_weights, cut_and_resume
+from tp_vgg.checkpoint import store as checkpoint
+from tp_vgg.data.batches import Batches, BatchTransform
+from tp_vgg.data.datasets import DataConfig, load_data
+from tp_vgg.models.zoo import ModelSpec, build_model
+from tp_vgg.train.evaluation import recalibrate_bn
+from tp_vgg.train.loop import Teacher, TrainConfig, fit, seed_everything
+from tp_vgg.train.steps import distill_loss
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SPEC = ModelSpec("cifar_vgg11_bn", width=0.125, num_classes=10).resolved()
@@ -97,7 +96,7 @@ def test_recalibration_after_pruning_raises_accuracy_from_a_trained_model(tmp_pa
     bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     old = bn.running_var.clone()
     pre = data.preprocessing()
-    from tp_vgg.evaluation import recalibrate_on
+    from tp_vgg.train.evaluation import recalibrate_on
 
     assert recalibrate_on(model, SPEC, data, pre, num_batches=3, batch_size=32, device="cpu") == 8
     assert not torch.allclose(bn.running_var, old)
@@ -248,7 +247,7 @@ def test_recovery_flag_errors(run_cli, base, tmp_path, argv, message):
 # The scratch control: the pruned architecture trained from a random initialization.
 
 def test_scratch_model_has_the_pruned_shapes_and_fresh_seeded_weights(run_cli, base, tmp_path):
-    from tp_vgg.train import scratch_model
+    from tp_vgg.train.loop import scratch_model
 
     assert run_cli("prune", "--checkpoint", base, "--ratio", "0.5", *QUIET, "--out", tmp_path / "p").code == 0
     ck = checkpoint.load_checkpoint(str(tmp_path / "p" / "pruned.pt"))

@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from tp_vgg import report_md, plots
+from tp_vgg.report import markdown as report_md
+from tp_vgg.report import plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY = ["--model", "cifar_vgg11_bn", "--width", "0.125"]

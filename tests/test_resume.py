@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import tp_vgg
-from tp_vgg import checkpoint
-from tp_vgg.data import DataConfig, load_data
-from tp_vgg.models import ModelSpec, build_model
-from tp_vgg.train import ResumePoint, TrainConfig, fit, resume, seed_everything
+from tp_vgg.checkpoint import store as checkpoint
+from tp_vgg.data.datasets import DataConfig, load_data
+from tp_vgg.models.zoo import ModelSpec, build_model
+from tp_vgg.train.loop import ResumePoint, TrainConfig, fit, resume, seed_everything
 
 SPEC = ModelSpec("cifar_vgg11_bn", width=0.125, num_classes=10).resolved()
 DATA = DataConfig("fake", kwargs={"train_size": 96, "test_size": 32})

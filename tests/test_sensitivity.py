@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
-
-from tp_vgg import UserError, sensitivity
-from tp_vgg.models import ModelSpec, build_model
-
 from methods_util import FAKE, TRUST, assert_one_line_error, models, read_report
+
+from tp_vgg import UserError, job
+from tp_vgg.models.zoo import ModelSpec, build_model
+from tp_vgg.pruning import sensitivity
 
 SPEC = ModelSpec("cifar_vgg11_bn", width=0.125).resolved()
 
@@ -108,22 +108,22 @@ def test_suggested_command_repeats_the_model_flags():
 
 
 def test_sensitivity_study_runs_as_a_library_call(tmp_path):
-    """tp_vgg.sensitivity.run: the study `tp-vgg sensitivity` runs, without the command line;
+    """tp_vgg.job.run_sensitivity: the study `tp-vgg sensitivity` runs, without the command line;
     nothing is written without out_dir."""
-    from tp_vgg.data import DataConfig
-    from tp_vgg.source import ModelSource
+    from tp_vgg.checkpoint.source import ModelSource
+    from tp_vgg.data.datasets import DataConfig
 
-    study = sensitivity.SensitivityStudy(
+    study = job.SensitivityStudy(
         ModelSource(spec=ModelSpec("cifar_vgg11_bn", width=0.125)), DataConfig("digits"),
         ratios=[0.5], budget=100.0, eval_images=60, layers=["features.0", "features.4"])
     logged = []
-    rep = sensitivity.run(study, log=logged.append)
+    rep = job.run_sensitivity(study, log=logged.append)
     assert set(rep["layer_ratios"]) == {"features.0", "features.4"}    # a budget of 100 points
     assert rep["predicted"]["macs_after"] < rep["predicted"]["macs_before"]
     assert rep["test_images"] == 60 and rep["command"].startswith("tp-vgg prune --model cifar_vgg11_bn")
     assert any(line.startswith("next: tp-vgg prune") for line in logged)
     assert not any(line.startswith("wrote") for line in logged)
-    sensitivity.run(study, tmp_path / "s", log=lambda m: None)
+    job.run_sensitivity(study, tmp_path / "s", log=lambda m: None)
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
         "layer_ratios.json", "report.json", "sensitivity.csv", "sensitivity.png"]
 
@@ -131,10 +131,11 @@ def test_sensitivity_study_runs_as_a_library_call(tmp_path):
 def test_pruned_copies_are_evaluated_after_bn_recalibration(tmp_path, monkeypatch):
     """Each pruned copy's BN statistics are re-estimated before it is evaluated (default), the
     unpruned baseline keeps its own; 0 evaluates the raw copies."""
-    from tp_vgg import checkpoint, evaluation
-    from tp_vgg.data import DataConfig, load_data
-    from tp_vgg.source import ModelSource
-    from tp_vgg.train import TrainConfig, fit, seed_everything
+    from tp_vgg.checkpoint import store as checkpoint
+    from tp_vgg.checkpoint.source import ModelSource
+    from tp_vgg.data.datasets import DataConfig, load_data
+    from tp_vgg.train import evaluation
+    from tp_vgg.train.loop import TrainConfig, fit, seed_everything
 
     data_cfg = DataConfig("fake", kwargs={"train_size": 192, "test_size": 64})
     seed_everything(0)
@@ -156,7 +157,7 @@ def test_pruned_copies_are_evaluated_after_bn_recalibration(tmp_path, monkeypatc
     monkeypatch.setattr(evaluation, "recalibrate_on", spy)
 
     def study(bn):
-        return sensitivity.run(sensitivity.SensitivityStudy(
+        return job.run_sensitivity(job.SensitivityStudy(
             ModelSource(checkpoint=base), data_cfg, ratios=[0.5], layers=["features.0", "features.4"],
             device="cpu", bn_batches=bn), None, log=lambda s: None)
 

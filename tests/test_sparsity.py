@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 import torch.nn as nn
-
-from tp_vgg import UserError, sparsity
-from tp_vgg.models import ModelSpec, build_model
-
 from conftest import randomize
 from methods_util import FAKE, QUIET, TINY, TRUST, assert_one_line_error, read_report, user_model
+
+from tp_vgg import UserError
+from tp_vgg.models.zoo import ModelSpec, build_model
+from tp_vgg.pruning import sparsity
 
 SPEC = ModelSpec("cifar_vgg11_bn", width=0.125).resolved()
 

@@ -9,16 +9,16 @@ import os
 
 import pytest
 import torch
-
-from tp_vgg import checkpoint, data as data_mod
-from tp_vgg.batches import BatchTransform
-from tp_vgg.data import DataConfig, ImageData, load_data
-from tp_vgg.models import ModelSpec, build_model
-from tp_vgg.stream import StreamData, cover_crop
-from tp_vgg.train import TrainConfig, fit, seed_everything
-
 from methods_util import assert_one_line_error
 from test_distributed import _torchrun2
+
+from tp_vgg.checkpoint import store as checkpoint
+from tp_vgg.data import datasets as data_mod
+from tp_vgg.data.batches import BatchTransform
+from tp_vgg.data.datasets import DataConfig, ImageData, load_data
+from tp_vgg.data.stream import StreamData, cover_crop
+from tp_vgg.models.zoo import ModelSpec, build_model
+from tp_vgg.train.loop import TrainConfig, fit, seed_everything
 
 SIZES = [(40, 90), (64, 48), (33, 33), (80, 57), (50, 120)]
 

@@ -6,14 +6,14 @@ import copy
 
 import pytest
 import torch
-
-import tp_vgg
-from tp_vgg import PruneConfig, UserError, targets
-from tp_vgg.models import ModelSpec, build_model
-from tp_vgg.pruning import out_channels
-
 from conftest import randomize
 from methods_util import assert_one_line_error, models, read_report
+
+import tp_vgg
+from tp_vgg import PruneConfig, UserError
+from tp_vgg.models.zoo import ModelSpec, build_model
+from tp_vgg.pruning import targets
+from tp_vgg.pruning.graph import out_channels
 
 SPEC = ModelSpec("cifar_vgg11_bn", width=0.125).resolved()
 

@@ -14,19 +14,18 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
+from conftest import randomize
+from masked_reference import zero_removed_channels
+from test_audit import assert_user_error
 from torchvision.models.vgg import cfgs as TORCHVISION_CFGS
 
 import tp_vgg
 from tp_vgg import UserError
-from tp_vgg.counting import count
-from tp_vgg.models import MODELS, TIMM_VGGS, ModelSpec, build_model, list_models
-from tp_vgg.preprocessing import input_hw
-from tp_vgg.pruning import out_channels
-from tp_vgg.source import ModelSource, load_source
-from masked_reference import zero_removed_channels
-
-from conftest import randomize
-from test_audit import assert_user_error
+from tp_vgg.checkpoint.source import ModelSource, load_source
+from tp_vgg.data.preprocessing import input_hw
+from tp_vgg.models.counting import count
+from tp_vgg.models.zoo import MODELS, TIMM_VGGS, ModelSpec, build_model, list_models
+from tp_vgg.pruning.graph import out_channels
 
 SMALL = dict(num_classes=10, input_size=32, kwargs={"mlp_ratio": 1 / 64})
 SMALL_ARGS = ["--num-classes", "10", "--input-size", "32", "--model-kwargs", '{"mlp_ratio": 0.015625}']
@@ -137,7 +136,7 @@ def test_pruned_equals_original_with_removed_channels_zeroed(pruned):
 
 
 def test_a_checkpoint_round_trips_bit_exact_with_no_trust(pruned, tmp_path, monkeypatch):
-    import tp_vgg.models as models
+    import tp_vgg.models.zoo as models
 
     spec, _, model, result, _, _ = pruned
     path = tmp_path / "t.pt"
@@ -256,7 +255,7 @@ def test_a_bad_timm_spec_is_refused_before_anything_is_imported(run_cli, tmp_pat
                                                                   case):
     """On the command line and in a crafted checkpoint: refused by the spec check, before timm
     (blocked here: trying to import it would say so) or any factory is loaded."""
-    import tp_vgg.models as models
+    import tp_vgg.models.zoo as models
 
     def no_factory(*a, **k):
         raise AssertionError("a timm name loaded a user factory")

@@ -11,14 +11,13 @@ import torch
 import torch.nn as nn
 
 import tp_vgg
-from tp_vgg import checkpoint
-from tp_vgg.batches import BatchTransform, Batches
-from tp_vgg.data import DataConfig, ImageData, load_data
+from tp_vgg.checkpoint import store as checkpoint
+from tp_vgg.data.batches import Batches, BatchTransform
+from tp_vgg.data.datasets import DataConfig, load_data
 from tp_vgg.errors import UserError
-from tp_vgg.models import ModelSpec, build_model
-from tp_vgg.evaluation import evaluate
-from tp_vgg.steps import TrainingDiverged
-from tp_vgg.train import TrainConfig, finetune, fit, lr_lambda, seed_everything
+from tp_vgg.models.zoo import ModelSpec, build_model
+from tp_vgg.train.evaluation import evaluate
+from tp_vgg.train.loop import TrainConfig, finetune, lr_lambda, seed_everything
 
 FAKE = ["--data", "fake", "--data-kwargs", '{"train_size": 96, "test_size": 40}']
 TINY = ["--model", "cifar_vgg11_bn", "--width", "0.125"]

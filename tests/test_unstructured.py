@@ -8,13 +8,12 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-
-import tp_vgg
-from tp_vgg import unstructured
-from tp_vgg.models import ModelSpec, build_model
-
 from conftest import randomize
 from methods_util import FAKE, QUIET, assert_one_line_error, models, read_report
+
+import tp_vgg
+from tp_vgg.models.zoo import ModelSpec, build_model
+from tp_vgg.pruning import unstructured
 
 SPEC = ModelSpec("cifar_vgg11_bn", width=0.125).resolved()
 

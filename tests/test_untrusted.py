@@ -18,13 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from test_audit import assert_nothing_partial, assert_user_error
 
 import tp_vgg
 from tp_vgg import UserError
 from tp_vgg.cli import main as cli_main
-from tp_vgg.models import MODELS, ModelSpec, build_model
-
-from test_audit import assert_nothing_partial, assert_user_error
+from tp_vgg.models.zoo import MODELS, ModelSpec, build_model
 
 FAKE = ["--data", "fake", "--data-kwargs", '{"train_size": 32, "test_size": 16}']
 QUIET = ["--progress", "none", "--threads", "1"]
@@ -219,7 +218,7 @@ def test_the_size_check_counts_what_the_builder_builds(name):
 def test_a_zoo_checkpoint_imports_nothing_and_downloads_no_weights(tmp_path, monkeypatch):
     """Rebuilt from the registry: no user-factory loading, and torchvision is asked for no
     weights (the checkpoint's own weights replace them)."""
-    import tp_vgg.models as models
+    import tp_vgg.models.zoo as models
 
     def no_factory(*a, **k):
         raise AssertionError("a zoo checkpoint loaded a factory")

@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import tp_vgg
-from tp_vgg import UserError, checkpoint
-from tp_vgg.data import DataConfig, load_data
-from tp_vgg.models import ModelSpec, build_model
-from tp_vgg.pruning import out_channels
-from tp_vgg.source import ModelSource, load_source
-from tp_vgg.train import ResumePoint, TrainConfig, fit, resume, seed_everything
-from tp_vgg.weights import is_weights_file
-
 from conftest import randomize
 from methods_util import assert_one_line_error
+
+import tp_vgg
+from tp_vgg import UserError
+from tp_vgg.checkpoint import store as checkpoint
+from tp_vgg.checkpoint.source import ModelSource, load_source
+from tp_vgg.data.datasets import DataConfig, load_data
+from tp_vgg.models.weights import is_weights_file
+from tp_vgg.models.zoo import ModelSpec, build_model
+from tp_vgg.pruning.graph import out_channels
+from tp_vgg.train.loop import ResumePoint, TrainConfig, fit, resume, seed_everything
 
 USER_MODELS = Path(__file__).parent / "user_models"
 VGGISH = f"{USER_MODELS / 'vggish.py'}:make"

@@ -12,16 +12,16 @@ import pytest
 import torch
 import torch.nn as nn
 import torch_pruning as tp
-
-import tp_vgg
-from tp_vgg import PruneConfig, UserError, checks, targets
-from tp_vgg.models import ModelSpec, build_model, select_logits
-from tp_vgg.criteria import IMPORTANCES
-from tp_vgg.preprocessing import input_hw
-from tp_vgg.pruning import build_graph, out_channels
+from conftest import randomize
 from masked_reference import zero_removed_channels
 
-from conftest import randomize
+import tp_vgg
+from tp_vgg import PruneConfig, UserError
+from tp_vgg.data.preprocessing import input_hw
+from tp_vgg.models.zoo import ModelSpec, build_model, select_logits
+from tp_vgg.pruning import checks, targets
+from tp_vgg.pruning.criteria import IMPORTANCES
+from tp_vgg.pruning.graph import build_graph, out_channels
 
 USER_MODELS = Path(__file__).parent / "user_models"
 
@@ -74,7 +74,7 @@ def test_the_zoo_has_every_file_and_at_least_twelve_models():
 def _gradients(name: str, spec: ModelSpec):
     if name not in DATA_CRITERIA:
         return {}
-    from tp_vgg.criteria import GradientBatches
+    from tp_vgg.pruning.criteria import GradientBatches
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, spec.in_channels, *input_hw(spec.input_size), generator=g)

@@ -1,4 +1,5 @@
-"""The prune job: one :class:`PruneJob` and :func:`run`, a straight pipeline of stages.
+"""The jobs: the prune job (one :class:`PruneJob` and :func:`run`, a straight pipeline of
+stages), the sweep and the sensitivity study.
 
 ::
 
@@ -12,14 +13,17 @@ job fine-tunes), :func:`count`, :func:`solve_target`, :func:`prune_model` (itera
 fine-tune in between), :func:`recover` (BN recalibration, fine-tuning, distillation),
 :func:`measure` (latency), :func:`make_report` and :func:`save_outputs`. ``--unstructured``
 replaces the pruning stage with :func:`prune_unstructured`. :func:`sweep` runs a job at several
-ratios. `tp-vgg prune` and `tp-vgg sweep` build a job from their flags and call these.
+ratios. :func:`run_sensitivity` is `tp-vgg sensitivity` (:class:`SensitivityStudy`). `tp-vgg
+prune`, `sweep` and `sensitivity` build a job from their flags and call these.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -27,22 +31,29 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from tp_vgg import counting, evaluation, iterative, latency, latency_target, pruning
-from tp_vgg import report_json, report_md, targets, train, unstructured
-from tp_vgg.checkpoint import save as save_checkpoint
-from tp_vgg.counting import Counts, human
-from tp_vgg.criteria import DEFAULT_TAYLOR_BATCHES, GradientBatches, training_gradients
-from tp_vgg.data import DataConfig, ImageData, load_data
-from tp_vgg.distributed import DistContext
+from tp_vgg.checkpoint.source import Loaded, ModelSource, load_source
+from tp_vgg.checkpoint.store import save as save_checkpoint
+from tp_vgg.data.datasets import DataConfig, ImageData, load_data
+from tp_vgg.data.preprocessing import Preprocessing
+from tp_vgg.device import device_name
 from tp_vgg.errors import UserError
-from tp_vgg.evaluation import DEFAULT_BN_RECALIBRATE
-from tp_vgg.files import atomic_path, ensure_dir, write_json
-from tp_vgg.models import ModelSpec, build_model
-from tp_vgg.preprocessing import Preprocessing
-from tp_vgg.runtime import device_name
-from tp_vgg.source import Loaded, ModelSource, load_source
-from tp_vgg.targets import Target
-from tp_vgg.train_config import TrainConfig, finetuning
+from tp_vgg.files import atomic_path, ensure_dir, write_json, write_text
+from tp_vgg.latency import budget as latency_target
+from tp_vgg.latency import timing as latency
+from tp_vgg.models import counting
+from tp_vgg.models.counting import Counts, human
+from tp_vgg.models.zoo import ModelSpec, build_model
+from tp_vgg.pruning import graph as pruning
+from tp_vgg.pruning import iterative, sensitivity, targets, unstructured
+from tp_vgg.pruning.criteria import DEFAULT_TAYLOR_BATCHES, GradientBatches, training_gradients
+from tp_vgg.pruning.targets import Target
+from tp_vgg.report import markdown as report_md
+from tp_vgg.report import summary as report_json
+from tp_vgg.train import evaluation
+from tp_vgg.train import loop as train
+from tp_vgg.train.config import TrainConfig, finetuning
+from tp_vgg.train.distributed import DistContext
+from tp_vgg.train.evaluation import DEFAULT_BN_RECALIBRATE
 
 Log = Callable[[str], None]
 
@@ -77,7 +88,7 @@ class UnstructuredConfig:
 class FinetuneConfig:
     """Accuracy recovery after pruning, on ``data``: BatchNorm recalibration on ``bn_batches``
     training batches, then ``epochs`` of fine-tuning with ``train`` (default: the fine-tuning
-    defaults, :func:`tp_vgg.train_config.finetuning`; ``train.distill``: against
+    defaults, :func:`tp_vgg.train.config.finetuning`; ``train.distill``: against
     ``teacher``, a checkpoint, or by default the model before pruning). ``epochs=0`` and
     ``bn_batches=0``: the data only serve a criterion (taylor) or the iterative steps."""
 
@@ -114,7 +125,7 @@ class PruneJob:
     latency_runtimes: Sequence[str] = ()
     # where --round-to auto times its width scan without a latency target (runtime, batch size,
     # threads; None: --latency's settings, else torch at the throughput batch), and the folder of
-    # the latency tables (None: tp_vgg.latency_table.cache_dir())
+    # the latency tables (None: tp_vgg.latency.table.cache_dir())
     timing: Optional[latency.LatencyConfig] = None
     latency_cache: Optional[str] = None
     taylor_batches: Optional[int] = None
@@ -286,7 +297,7 @@ def gradients(job: PruneJob, prep: Prepared) -> Optional[GradientBatches]:
 def learn_round_to(job: PruneJob, model: nn.Module, spec, log: Log = print
                    ) -> Optional[Dict[str, Any]]:
     """``--round-to auto``: the fast channel multiple of the device and runtime, learned from a
-    width scan in the latency table (:func:`tp_vgg.latency_target.learn_round_to`, cached); None
+    width scan in the latency table (:func:`tp_vgg.latency.budget.learn_round_to`, cached); None
     for any other ``round_to``."""
     if job.prune.round_to != "auto":
         return None
@@ -342,7 +353,7 @@ def fit_round_to(job: PruneJob, cfg: pruning.PruneConfig, model: nn.Module) -> p
 
 def schedule(job: PruneJob, prep: Prepared,
              dist: Optional[DistContext] = None) -> Optional[iterative.Schedule]:
-    """``between_steps`` of :func:`tp_vgg.pruning.prune` for iterative steps: recalibrate BN and
+    """``between_steps`` of :func:`tp_vgg.pruning.graph.prune` for iterative steps: recalibrate BN and
     evaluate, then fine-tune (against the original teacher throughout; under torchrun every rank
     fine-tunes its shard, so all ranks prune the same weights at the next step)."""
     spec = prep.loaded.spec
@@ -376,7 +387,7 @@ def schedule(job: PruneJob, prep: Prepared,
 def prune_model(model: nn.Module, spec, cfg: pruning.PruneConfig,
                 steps: Optional[iterative.Schedule],
                 grads: Optional[GradientBatches]) -> pruning.PruneResult:
-    """:func:`tp_vgg.pruning.prune` with the schedule between steps."""
+    """:func:`tp_vgg.pruning.graph.prune` with the schedule between steps."""
     return pruning.prune(model, spec, cfg, gradients=grads, between_steps=steps)
 
 
@@ -526,7 +537,7 @@ def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print,
     """Run ``job``: load -> count -> solve target -> prune -> fine-tune -> measure -> report ->
     save (``out_dir/pruned.pt`` and ``report.json``; nothing is written without ``out_dir``).
 
-    Under torchrun, ``dist`` (:func:`tp_vgg.distributed.init`) has every rank prune the same
+    Under torchrun, ``dist`` (:func:`tp_vgg.train.distributed.init`) has every rank prune the same
     channels (the criteria are deterministic) and fine-tune its shard of the data with DDP;
     rank 0 alone logs and writes."""
     dist = dist or DistContext()
@@ -685,3 +696,104 @@ def sweep(job: PruneJob, ratios: Sequence[float], out_dir: str, log: Log = print
     written = report_md.write_report(out_dir)
     log(f"wrote {path} and {written.markdown}")
     return record
+
+
+# --------------------------------------------------------------------------------------------
+# The study: `tp-vgg sensitivity` as one call.
+
+@dataclass
+class SensitivityStudy:
+    """What :func:`run_sensitivity` studies: the model (``source``), on ``data``'s test split (a seeded
+    sample of ``eval_images``), each of ``layers`` (default all but the logits layer) pruned
+    alone at ``ratios`` by ``importance``; ``budget`` top-1 points per layer sets the
+    recommended ``--layer-ratios``. ``source_flags``: how the suggested `tp-vgg prune` command
+    names the model (default ``--model NAME`` / ``--checkpoint FILE``). ``bn_batches``: each
+    pruned copy's BatchNorm statistics are re-estimated on that many training batches before it
+    is evaluated (EagleEye's adaptive-BN evaluation, which ranks pruned candidates far better
+    than raw pruned accuracy); 0 evaluates the raw pruned copy."""
+
+    source: ModelSource
+    data: DataConfig
+    ratios: Sequence[float] = sensitivity.DEFAULT_RATIOS
+    importance: str = "l1"
+    budget: float = 1.0
+    layers: Optional[Sequence[str]] = None
+    eval_images: Optional[int] = None
+    batch_size: int = 256
+    taylor_batches: Optional[int] = None
+    output_layer: Optional[str] = None
+    seed: int = 0
+    device: Optional[str] = None
+    source_flags: Optional[str] = None
+    bn_batches: int = DEFAULT_BN_RECALIBRATE  # re-estimate BN before each evaluation
+
+
+def _subset(data, n: Optional[int], seed: int):
+    if not n or n >= len(data.test_labels):
+        return data
+    idx = torch.randperm(len(data.test_labels), generator=torch.Generator().manual_seed(seed))[:n]
+    idx = idx.sort().values
+    return data.subset("test", idx)
+
+
+def run_sensitivity(study: SensitivityStudy, out_dir: Optional[str] = None,
+        log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Load, analyze, recommend; write ``out_dir/sensitivity.csv``, ``sensitivity.png``,
+    ``layer_ratios.json`` and ``report.json`` (nothing without ``out_dir``); return the report."""
+    if out_dir and os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out {out_dir!r} is a file; give a folder")
+    if study.taylor_batches and study.importance != "taylor":
+        raise UserError("--taylor-batches applies to --importance taylor "
+                        "(SensitivityStudy.taylor_batches)")
+    loaded = load_source(study.source, log)
+    model, spec = loaded.model, loaded.spec
+    data = load_data(study.data, log)
+    pre = evaluation.resolve_preprocessing(data, spec, loaded.preprocessing)
+    test = _subset(data, study.eval_images, study.seed)
+    gradients = (training_gradients(data, pre, spec, study.taylor_batches or DEFAULT_TAYLOR_BATCHES,
+                                    study.seed) if study.importance == "taylor" else None)
+
+    def evaluate(m):
+        if study.bn_batches and m is not model:  # a pruned copy; the baseline keeps its own
+            evaluation.recalibrate_on(m, spec, data, pre, study.bn_batches, device=study.device,
+                                      seed=study.seed)
+        return evaluation.top1(m, spec, test, pre, study.device, study.batch_size)
+
+    res = sensitivity.analyze(model, spec, evaluate, ratios=study.ratios, importance=study.importance,
+                  layers=study.layers, seed=study.seed, output_layer=study.output_layer,
+                  gradients=gradients)
+    ratios = sensitivity.recommend(res, study.budget)
+    trial = sensitivity._pruned_copy(model, spec, ratios, study.output_layer)
+    after = counting.count(trial if trial is not None else model, spec)
+    source = study.source_flags or shlex.join(
+        ["--checkpoint", study.source.checkpoint] if study.source.checkpoint else
+        ["--model", spec.name])
+    command = (f"tp-vgg prune {source} --ratio 0 --layer-ratios "
+               f"{shlex.quote(json.dumps(ratios))} --out DIR")
+    rep = {
+        "units": report_json.MAC_NOTE, "model": spec.to_dict(), "data": data.name,
+        "test_images": len(test.test_labels), "importance": study.importance,
+        "budget_points": study.budget, "baseline_top1": res.baseline_top1,
+        "bn_recalibrate_batches": study.bn_batches,
+        "layer_ratios": ratios,
+        "predicted": {"macs_before": res.baseline_macs, "macs_after": after.macs,
+                      "macs_reduction": res.baseline_macs / max(after.macs, 1),
+                      "note": "layers pruned together may cost more than each alone; fine-tune"},
+        "command": command, "rows": res.rows, "skipped": res.skipped,
+    }
+    if out_dir:
+        ensure_dir(out_dir)
+        sensitivity.write_csv(os.path.join(out_dir, "sensitivity.csv"), res)
+        sensitivity.plot(os.path.join(out_dir, "sensitivity.png"), res, study.budget,
+             f"{spec.name}: sensitivity to pruning ({study.importance}, {data.name})")
+        write_text(os.path.join(out_dir, "layer_ratios.json"), json.dumps(ratios, indent=2) + "\n")
+        write_json(os.path.join(out_dir, "report.json"), rep)
+    log(sensitivity.format_table(res, ratios))
+    log(f"budget {study.budget:g} top-1 points per layer: {len(ratios)} of {len(res.layers)} "
+        f"layers pruned, {human(res.baseline_macs)} -> {human(after.macs)} MACs "
+        f"({res.baseline_macs / max(after.macs, 1):.2f}x fewer) before fine-tuning")
+    log(f"next: {command}")
+    if out_dir:
+        log(f"wrote {os.path.join(out_dir, 'sensitivity.csv')}, sensitivity.png, "
+            "layer_ratios.json, report.json")
+    return rep

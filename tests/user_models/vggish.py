@@ -5,7 +5,6 @@ layers and the embedding, then a classifier. The stages come from a sibling file
 hidden layers; the tests use 0.125)."""
 import torch
 import torch.nn as nn
-
 from vggish_blocks import conv_stage
 
 

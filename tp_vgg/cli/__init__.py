@@ -68,7 +68,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
-        from tp_vgg.runtime import set_threads
+        from tp_vgg.device import set_threads
 
         set_threads(getattr(args, "threads", None))  # --threads: set once, for the whole command
         return int(args.func(args) or 0)

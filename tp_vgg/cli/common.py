@@ -7,11 +7,11 @@ import json
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from tp_vgg.checkpoint.source import Loaded, ModelSource, load_source
 from tp_vgg.cli import REQUIRE_ONE_OF
 from tp_vgg.errors import UserError
-from tp_vgg.models import ModelSpec
-from tp_vgg.source import Loaded, ModelSource, load_source
-from tp_vgg.weights import is_weights_file
+from tp_vgg.models.weights import is_weights_file
+from tp_vgg.models.zoo import ModelSpec
 
 MODEL_FLAGS = ("model_kwargs", "num_classes", "in_channels", "input_size", "width", "weights",
                "output_key")
@@ -190,7 +190,7 @@ def model_source(args: argparse.Namespace) -> ModelSource:
 def load_model(args: argparse.Namespace) -> Loaded:
     """Build the model named by --model, or rebuild the one in --checkpoint: a zoo model as is;
     a user factory's only with --trust-model-code, or with --model naming the user's own copy of
-    that factory (see tp_vgg.checkpoint.load_checkpoint)."""
+    that factory (see tp_vgg.checkpoint.store.load_checkpoint)."""
     return load_source(model_source(args), log)
 
 

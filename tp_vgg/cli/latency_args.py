@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional
 
-from tp_vgg import latency, runtimes
 from tp_vgg.cli.common import numeric
-from tp_vgg.counting import Counts
+from tp_vgg.device import device_name
 from tp_vgg.errors import UserError
-from tp_vgg.runtime import device_name
-from tp_vgg.models import ModelSpec, build_model
+from tp_vgg.latency import runtimes
+from tp_vgg.latency import timing as latency
+from tp_vgg.models.counting import Counts
+from tp_vgg.models.zoo import ModelSpec, build_model
+
 
 def _sizes(sizes) -> str:
     return ",".join(map(str, sizes))
@@ -218,7 +220,7 @@ def _unpruned(loaded):
 
 def profile_layers(args: argparse.Namespace, loaded):
     """`profile --latency --layers`: the per-layer breakdown."""
-    from tp_vgg.layer_times import layer_times
+    from tp_vgg.latency.layers import layer_times
 
     return layer_times(loaded.model, loaded.spec, latency_config(args, loaded.spec),
                        _unpruned(loaded))

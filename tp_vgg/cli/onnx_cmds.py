@@ -12,13 +12,14 @@ import functools
 import json
 from typing import Callable
 
-
-from tp_vgg import exported, report_json
 from tp_vgg.cli.common import MODEL_FLAGS, is_onnx, log
 from tp_vgg.cli.latency_args import MEASURE_FLAGS
+from tp_vgg.data.preprocessing import input_hw
 from tp_vgg.errors import UserError
-from tp_vgg.latency import LARGE_INPUT_BATCHES, SMALL_INPUT_BATCHES, parse_batch_sizes
-from tp_vgg.preprocessing import input_hw
+from tp_vgg.export import onnx_eval as exported
+from tp_vgg.latency.timing import (LARGE_INPUT_BATCHES, SMALL_INPUT_BATCHES, parse_batch_sizes,
+                                   time_onnx)
+from tp_vgg.report import summary as report_json
 
 
 def register(sub, common) -> None:
@@ -55,7 +56,7 @@ def _common_checks(args: argparse.Namespace) -> None:
 
 def cmd_eval_onnx(args: argparse.Namespace) -> int:
     from tp_vgg.cli.train_cmds import data_config
-    from tp_vgg.data import load_data
+    from tp_vgg.data.datasets import load_data
 
     _common_checks(args)
     model = exported.load_onnx(args.model, threads=args.threads)
@@ -90,7 +91,7 @@ def cmd_profile_onnx(args: argparse.Namespace) -> int:
         for what, v, low in (("warmup", args.warmup, 0), ("repeats", args.repeats, 1)):
             if v < low:
                 raise UserError(f"--{what} must be an integer >= {low}, got {v!r}")
-        lat = exported.time_onnx(model, sizes, args.warmup, args.repeats)
+        lat = time_onnx(model, sizes, args.warmup, args.repeats)
     else:
         given = [flag for dest, flag in MEASURE_FLAGS.items()
                  if getattr(args, dest, None) is not None]
@@ -108,7 +109,7 @@ def cmd_profile_onnx(args: argparse.Namespace) -> int:
 
 
 def exported_latency_table(lat) -> str:
-    from tp_vgg.report_json import table
+    from tp_vgg.report.summary import table
 
     c = lat.config
     rows = [[str(b), f"{t['model'].median_ms:.2f}", f"{t['model'].p25_ms:.2f}-{t['model'].p75_ms:.2f}",

@@ -7,13 +7,16 @@ import json
 import os
 from typing import Optional
 
-from tp_vgg import counting, distributed, pruning, report_json
 from tp_vgg.cli import common, latency_args, methods_cmds, train_cmds
 from tp_vgg.cli.common import add_model_args, json_object, load_model, ratio
-from tp_vgg.criteria import IMPORTANCES
 from tp_vgg.job import PruneJob, check_out_dir, run
-from tp_vgg.layer_times import format_layer_times
-from tp_vgg.models import TIMM_INSTALL, TIMM_VGGS, list_models, timm_installed
+from tp_vgg.latency.layers import format_layer_times
+from tp_vgg.models import counting
+from tp_vgg.models.zoo import TIMM_INSTALL, TIMM_VGGS, list_models, timm_installed
+from tp_vgg.pruning import graph as pruning
+from tp_vgg.pruning.criteria import IMPORTANCES
+from tp_vgg.report import summary as report_json
+from tp_vgg.train import distributed
 
 
 def register(sub, common) -> None:

@@ -13,18 +13,19 @@ import json
 import os
 from typing import Any, Optional
 
-
-from tp_vgg import distributed, evaluation, progress, train
-from tp_vgg.checkpoint import load_checkpoint
-from tp_vgg.cli.common import (MODEL_FLAGS, Loaded, add_model_args, add_trust_args, code_consent, comma_list,
-                               json_object, load_model, log, model_source, nonneg_float,
+from tp_vgg.checkpoint.source import load_source
+from tp_vgg.checkpoint.store import load_checkpoint
+from tp_vgg.cli.common import (MODEL_FLAGS, Loaded, add_model_args, add_trust_args, code_consent,
+                               comma_list, json_object, load_model, log, model_source, nonneg_float,
                                nonneg_int, positive_float, positive_int, ratio, unit_float)
-from tp_vgg.data import DATASETS, LOADERS, MEMORY_SHARE, DataConfig, load_data
+from tp_vgg.data.datasets import DATASETS, LOADERS, MEMORY_SHARE, DataConfig, load_data
 from tp_vgg.errors import UserError
 from tp_vgg.job import DEFAULT_BN_RECALIBRATE, FinetuneConfig
-from tp_vgg.train_config import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig, finetuning
-from tp_vgg.models import MODELS
-from tp_vgg.source import load_source
+from tp_vgg.models.zoo import MODELS
+from tp_vgg.train import distributed, evaluation
+from tp_vgg.train import loop as train
+from tp_vgg.train import progress
+from tp_vgg.train.config import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig, finetuning
 
 # Flags that set the training recipe; with --resume the saved recipe is used and these are refused.
 RECIPE = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay",

@@ -1,0 +1,14 @@
+"""Pruning: which channels go, and their removal through torch-pruning's DependencyGraph.
+
+* ``graph`` -- :class:`PruneConfig`, :func:`prune` and :func:`replay` (the DependencyGraph,
+  protected layers, torch-pruning fixes);
+* ``criteria`` -- the ``IMPORTANCES`` registry (l1, l2, fpgm, taylor, lamp, bn-scale, random);
+* ``checks`` -- patterns torch-pruning cannot follow, detected and explained;
+* ``targets`` -- a MAC or speed-up target solved for a ratio (uniform or global);
+* ``iterative`` -- several pruning steps; ``unstructured`` -- weight-level magnitude pruning;
+* ``sparsity`` -- training regularizers that prepare a model for pruning;
+* ``sensitivity`` -- per-layer sensitivity curves and the ratios they recommend.
+
+May import: report, models, data, errors, registry, files, device.
+Imported by: checkpoint, train, latency, job, cli.
+"""

@@ -1,0 +1,457 @@
+"""After pruning: patterns torch-pruning cannot follow are detected and explained.
+
+torch-pruning follows channels through modules and the tensor ops it traces. It cannot see a size
+written into ``forward`` as a number (``x.view(-1, 512 * 7 * 7)``, ``x.reshape(1, 2048)``), it
+guesses which dimension of a bare ``nn.Parameter`` is the channel one, and it cannot tell that
+``x.mean(1)`` mixes channels. So :func:`tp_vgg.pruning.graph.prune` ends with :func:`check_pruned`:
+
+1. the pruned model's forward runs; a failure names the module and the line of ``forward`` that
+   broke, and how to write it instead;
+2. the logits keep their shape;
+3. where a copy of the model is cheap (at most ``VERIFY_MAX_PARAMS`` parameters), the
+   masked-equivalence invariant holds: the pruned model computes what the original computes with
+   the removed channels zeroed. A failure names the first layer whose output differs.
+
+Normalization layers: BatchNorm (with or without affine terms or running statistics) and
+InstanceNorm normalize each channel on its own, so zeroing a removed channel's input, affine
+terms and running mean zeroes its output, and the invariant holds as stated. GroupNorm (and
+``GroupNorm(1, C)``, a LayerNorm over C x H x W) normalizes each group over all its channels: a
+zeroed channel would still count in its group's mean and variance. There the zeroed original
+normalizes each of its groups over the group's kept channels -- what the pruned GroupNorm
+computes when every group kept the same number of channels, in order -- so the check stays
+exact. Other layers that mix channels (``nn.LayerNorm``, ``nn.LocalResponseNorm``) are named as
+such when the check fails there.
+
+Each failure is a :class:`UserError` (one line); nothing is written by the caller.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import traceback
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch_pruning as tp
+
+from tp_vgg.errors import UserError
+from tp_vgg.models.zoo import ModelSpec, select_logits
+
+VERIFY_MAX_PARAMS = 20_000_000  # masked-equivalence check up to this size (a deep copy each)
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
+_MIXING = (nn.LayerNorm, nn.LocalResponseNorm, nn.CrossMapLRN2d)  # normalize across channels
+_LAYERS = (nn.Conv2d, nn.Linear) + _NORMS + _MIXING
+_LIBRARY_DIRS = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (torch, tp))
+_OURS = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_STDLIB = os.path.dirname(os.path.abspath(os.__file__)) + os.sep
+_FLATTEN_HINT = ("a size written as a number in view/reshape does not follow pruning: flatten "
+                 "with torch.flatten(x, 1), x.view(x.size(0), -1) or nn.Flatten()")
+
+
+def reference_copy(model: nn.Module) -> Optional[nn.Module]:
+    """A copy of the unpruned model for the masked-equivalence check, or None when too big (or
+    not copyable, e.g. holding open handles): then only the forward and the shape are checked."""
+    if sum(p.numel() for p in model.parameters()) > VERIFY_MAX_PARAMS:
+        return None
+    try:
+        return copy.deepcopy(model)
+    except Exception:
+        return None
+
+
+def logits_shape(model: nn.Module, spec: ModelSpec, example: torch.Tensor) -> torch.Size:
+    """The logits' shape before pruning (eval mode, no grad; the caller keeps the modes)."""
+    model.eval()
+    with torch.no_grad():
+        return select_logits(model(example), spec.output_key).shape
+
+
+def bare_parameters(graph: tp.DependencyGraph) -> Dict[str, Tuple[tuple, int]]:
+    """Parameters used outside a module torch-pruning knows: name -> (shape, guessed channel dim)."""
+    dims = {p: int(dim) for p, dim in graph.unwrapped_parameters}
+    return {name: (tuple(p.shape), dims[p])  # in the model's parameter order
+            for p, name in getattr(graph, "_param_to_name", {}).items() if p in dims}
+
+
+def no_output_layer_message(model: nn.Module, bare: Dict[str, Tuple[tuple, int]],
+                            graph: Optional[tp.DependencyGraph] = None) -> str:
+    """Why the graph found no layer that produces the logits, and what to do."""
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    outside = f" (it computes with parameters outside modules: {', '.join(bare)})" if bare else ""
+    if not layers:
+        return ("the model has no Conv2d or Linear module" + outside + "; tp-vgg prunes the "
+                "channels of nn.Conv2d and nn.Linear modules: write the layers as modules")
+    if graph is not None and len(untraced_layers(graph, model)) == len(layers):
+        return (untraced_message(layers) + outside + "; nothing could be pruned: keep forward "
+                "differentiable for the layers to prune")
+    shown = ", ".join(layers[-4:])
+    return (f"cannot tell which layer produces the logits: none of the Conv2d/Linear layers is "
+            f"traced to them{outside}; name it with --output-layer NAME (e.g. one of {shown})")
+
+
+def untraced_layers(graph: tp.DependencyGraph, model: nn.Module) -> List[str]:
+    """Conv2d/Linear layers the graph did not reach from the logits (unused in eval-mode forward,
+    or run under torch.no_grad() / .detach()): torch-pruning leaves them alone."""
+    return [n for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m not in graph.module2node]
+
+
+def untraced_message(untraced: List[str]) -> str:
+    shown = ", ".join(untraced[:4]) + (", ..." if len(untraced) > 4 else "")
+    return (f"{len(untraced)} Conv2d/Linear layer(s) ({shown}) are not traced from the input to the "
+            "logits in eval mode (unused, or run under torch.no_grad() or .detach()), so "
+            "torch-pruning cannot prune them")
+
+
+def coupled_bare_parameters(graph: tp.DependencyGraph, model: nn.Module) -> Dict[str, List[str]]:
+    """Layer name -> names of the bare parameters torch-pruning would prune with its channels."""
+    names = getattr(graph, "_param_to_name", {})
+    out: Dict[str, List[str]] = {}
+    for lname, layer in model.named_modules():
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)) or layer not in graph.module2node:
+            continue
+        try:
+            group = graph.get_pruning_group(layer, graph.get_pruner_of_module(layer).prune_out_channels, [0])
+        except Exception:
+            continue
+        params = [names[d.target.module] for d, _ in group
+                  if d.target.type == tp.ops.OPTYPE.PARAMETER and d.target.module in names]
+        if params:
+            out[lname] = params
+    return out
+
+
+def _shape(s) -> str:
+    return "x".join(str(int(v)) for v in s)
+
+
+def bare_parameter_notes(model: nn.Module, bare: Dict[str, Tuple[tuple, int]],
+                         coupled: Dict[str, List[str]], before: Dict[str, int],
+                         after: Dict[str, int]) -> List[str]:
+    """Say what torch-pruning did with parameters used outside modules (after a passing check)."""
+    notes = []
+    for name, (shape, dim) in bare.items():
+        now = tuple(model.get_parameter(name).shape)
+        if now != shape:
+            notes.append(f"parameter {name!r} is used outside any module; torch-pruning took its "
+                         f"dimension {dim} for channels and cut it ({_shape(shape)} -> {_shape(now)}); "
+                         "the pruned model passed the forward check")
+        for layer, params in coupled.items():
+            if name in params and before.get(layer) == after.get(layer):
+                notes.append(f"layer {layer!r} kept all its {before[layer]} channels: it is coupled "
+                             f"to parameter {name!r} ({_shape(shape)}), used outside any module, "
+                             f"whose dimension {dim} torch-pruning would have to cut with them")
+    return notes
+
+
+def _num_channels(layer: nn.Module) -> int:
+    for attr in ("num_features", "num_channels"):  # BatchNorm / InstanceNorm, GroupNorm
+        if isinstance(getattr(layer, attr, None), int):
+            return getattr(layer, attr)
+    return int(layer.weight.shape[0])
+
+
+class RemovedChannels:
+    """The output channels each pruning group removes, in the original numbering, recorded group
+    by group before ``group.prune()``; :meth:`zero` zeroes them in an unpruned copy (conv and
+    linear rows and biases, the affine terms and running mean of BatchNorm, InstanceNorm and
+    GroupNorm, bare parameters along their pruned dimension) and makes each GroupNorm normalize
+    over its groups' kept channels."""
+
+    _OUT = (tp.prune_conv_out_channels, tp.prune_linear_out_channels,
+            tp.prune_batchnorm_out_channels, tp.prune_instancenorm_out_channels,
+            tp.prune_groupnorm_out_channels)
+
+    def __init__(self, model: nn.Module, graph: tp.DependencyGraph):
+        self.names = {m: n for n, m in model.named_modules()}
+        self.params = getattr(graph, "_param_to_name", {})
+        self.alive: Dict[tuple, List[int]] = {}
+        self.removed: Dict[tuple, set] = {}
+
+    def record(self, group) -> None:
+        seen = set()
+        for dep, idxs in group:
+            target = dep.target
+            if target.type == tp.ops.OPTYPE.PARAMETER and target.module in self.params:
+                key = ("param", self.params[target.module], int(target.pruning_dim))
+                size = target.module.shape[key[2]]
+            elif dep.handler in self._OUT and target.module in self.names:
+                key = ("layer", self.names[target.module], 0)
+                size = _num_channels(target.module)
+            else:
+                continue
+            if key in seen:
+                continue
+            seen.add(key)
+            live = self.alive.setdefault(key, list(range(size)))
+            # torch-pruning ignores indices past the end (a bare parameter whose guessed channel
+            # dimension is shorter): so does this record; the forward check then explains it
+            gone = [live[int(i)] for i in tp._helpers.to_plain_idxs(idxs) if int(i) < len(live)]
+            self.removed.setdefault(key, set()).update(gone)
+            drop = set(gone)
+            self.alive[key] = [c for c in live if c not in drop]
+
+    @torch.no_grad()
+    def zero(self, reference: nn.Module) -> nn.Module:
+        for (kind, name, dim), gone in self.removed.items():
+            ii = torch.as_tensor(sorted(gone), dtype=torch.long)
+            if kind == "param":
+                p = reference.get_parameter(name)
+                p.index_fill_(dim, ii.to(p.device), 0)
+                continue
+            layer = reference.get_submodule(name)
+            # running_mean too: an affine-free BatchNorm then maps the zeroed channel to zero
+            for attr in ("weight", "bias", "running_mean"):
+                t = getattr(layer, attr, None)
+                if isinstance(t, torch.Tensor):
+                    t[ii.to(t.device)] = 0
+            if isinstance(layer, nn.GroupNorm):
+                kept_group_norm(layer, gone)
+        return reference
+
+
+def kept_group_norm(layer: nn.GroupNorm, gone) -> nn.GroupNorm:
+    """Make ``layer`` (unpruned) normalize each of its groups over the group's channels not in
+    ``gone`` only, and output zero for those in ``gone``: what the pruned GroupNorm computes, when
+    every group lost the same number of channels."""
+    size = layer.num_channels // layer.num_groups
+    kept = [[c for c in range(g * size, (g + 1) * size) if c not in gone]
+            for g in range(layer.num_groups)]
+
+    def hook(mod, args, out):
+        x = args[0]
+        y = torch.zeros_like(out)
+        for channels in kept:
+            if channels:
+                ii = torch.as_tensor(channels, dtype=torch.long, device=x.device)
+                affine = [None if t is None else t[ii] for t in (mod.weight, mod.bias)]
+                y[:, ii] = F.group_norm(x[:, ii], 1, *affine, mod.eps)
+        return y
+
+    layer.register_forward_hook(hook)
+    return layer
+
+
+def check_pruned(model: nn.Module, spec: ModelSpec, example: torch.Tensor,
+                 reference: Optional[nn.Module] = None,
+                 removed: Optional[RemovedChannels] = None,
+                 expect_shape: Optional[torch.Size] = None,
+                 bare: Optional[Dict[str, Tuple[tuple, int]]] = None,
+                 coupled: Optional[Callable[[], Dict[str, List[str]]]] = None) -> None:
+    """Raise a :class:`UserError` when the pruned ``model`` cannot run, changed its logits' shape
+    or (given the unpruned ``reference``, which is consumed, and what was ``removed``) computes
+    something other than the reference with the removed channels zeroed. Eval mode, no grad; the
+    caller keeps the modes."""
+    bare = bare or {}
+    model.eval()
+    with torch.no_grad():
+        got = _forward_or_explain(model, spec, example, bare, coupled)
+    want = None
+    if reference is not None and removed is not None:
+        removed.zero(reference).eval()
+        with torch.no_grad():
+            want = select_logits(reference(example), spec.output_key)
+        expect_shape = want.shape
+    if expect_shape is not None and got.shape != expect_shape:
+        raise UserError(
+            f"pruning changed the logits from shape {tuple(expect_shape)} to {tuple(got.shape)}: "
+            "the layer that produces them lost outputs; name it with --output-layer NAME "
+            "(a Conv2d or Linear, as in named_modules())")
+    if want is None:
+        return
+    scale = float(want.abs().max()) if want.numel() else 0.0
+    tol = (1e-4 if want.device.type == "cpu" else 1e-2) * scale + 1e-6
+    diff = float((got.float() - want.float()).abs().max()) if want.numel() else 0.0
+    if diff <= tol or not torch.isfinite(want).all():
+        return
+    first, prev = _first_divergence(model, reference, spec, example)
+    where = ""
+    if first is not None:
+        where = (f"; the first layer whose output differs is {first!r} "
+                 f"({type(model.get_submodule(first)).__name__})"
+                 + (f", right after {prev!r}" if prev else ""))
+    keep = f" with --layer-ratios '{json.dumps({prev: 0})}'" if prev else " with --layer-ratios"
+    params = f" (parameters outside modules: {', '.join(bare)})" if bare else ""
+    head = ("after pruning, the model no longer computes what the original computes with the "
+            f"removed channels zeroed (largest logit difference {diff:.3g}, tolerance {tol:.3g})"
+            f"{where}")
+    layer = model.get_submodule(first) if first is not None else None
+    if isinstance(layer, nn.GroupNorm):  # not from torch-pruning's grouping: e.g. a history
+        raise UserError(
+            f"{head}: its {layer.num_groups} groups did not each lose the same number of "
+            f"channels, so the kept channels are grouped differently; keep the layer before it "
+            f"unpruned{keep}")
+    if isinstance(layer, _MIXING):
+        raise UserError(
+            f"{head}: {type(layer).__name__} normalizes across channels, so removing channels "
+            "changes what the kept ones compute (nn.GroupNorm is pruned group by group "
+            f"instead); keep the layer before it unpruned{keep}")
+    raise UserError(
+        f"{head}: forward uses the channels in a way torch-pruning cannot follow (a reduction or "
+        "index over the channel dimension such as x.mean(1) or x[:, k], a size written as a "
+        f"number{params}); rewrite that step or keep the layer before it unpruned{keep}")
+
+
+# --------------------------------------------------------------------------------------------
+
+def _forward_or_explain(model: nn.Module, spec: ModelSpec, example: torch.Tensor,
+                        bare: Dict[str, Tuple[tuple, int]],
+                        coupled: Optional[Callable[[], Dict[str, List[str]]]]) -> torch.Tensor:
+    names = {m: n for n, m in model.named_modules()}
+    stack: List[nn.Module] = []
+    failed_in: List[Optional[nn.Module]] = [None]
+    last_layer: List[Optional[str]] = [None]  # the last Conv/Linear that ran
+
+    def enter(m, args):
+        stack.append(m)
+
+    def leave(m, args, out):
+        if stack and stack[-1] is m:
+            stack.pop()
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            last_layer[0] = names.get(m)
+
+    handles = []
+    for m in model.modules():
+        handles.append(m.register_forward_pre_hook(enter))
+        handles.append(m.register_forward_hook(leave))
+    try:
+        out = select_logits(model(example), spec.output_key)
+    except UserError:
+        raise
+    except Exception as e:
+        failed_in[0] = next((m for m in reversed(stack) if names.get(m)), None)
+        raise UserError(_forward_failure(e, failed_in[0] and names[failed_in[0]], failed_in[0],
+                                         model, bare, coupled, last_layer[0])) from e
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def _user_frame(e: BaseException) -> Optional[traceback.FrameSummary]:
+    """The innermost frame of the user's code (not torch, torch-pruning, tp-vgg or stdlib)."""
+    def library(path: str) -> bool:
+        path = os.path.abspath(path)
+        return path.startswith(_LIBRARY_DIRS + (_OURS,)) or (
+            path.startswith(_STDLIB) and "-packages" + os.sep not in path)
+
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if not f.filename.startswith("<") and not library(f.filename)]
+    return frames[-1] if frames else None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+def _forward_failure(e: BaseException, module_name: Optional[str], module: Optional[nn.Module],
+                     model: nn.Module, bare: Dict[str, Tuple[tuple, int]],
+                     coupled: Optional[Callable[[], Dict[str, List[str]]]],
+                     last_layer: Optional[str] = None) -> str:
+    where = []
+    if module_name:
+        where.append(f"in module {module_name!r} ({type(module).__name__})")
+    frame = _user_frame(e)
+    if frame is not None:
+        path = frame.filename
+        try:
+            rel = os.path.relpath(path)
+            path = rel if not rel.startswith("..") else path
+        except ValueError:
+            pass
+        where.append(f"at {path}:{frame.lineno} `{(frame.line or '').strip()}`")
+    msg = f"after pruning, the model's forward fails {' '.join(where) or 'in forward'} " \
+          f"({type(e).__name__}: {_first_line(e)})"
+    cut = {n: (s, d, tuple(model.get_parameter(n).shape)) for n, (s, d) in bare.items()
+           if tuple(model.get_parameter(n).shape) != s}
+    if cut:
+        name, (shape, dim, now) = next(iter(cut.items()))
+        feeders = [layer for layer, ps in (coupled() if coupled else {}).items() if name in ps]
+        keep = f"--layer-ratios '{json.dumps({f: 0 for f in feeders})}'" if feeders else "--layer-ratios"
+        return (f"{msg}: parameter {name!r} is used outside any module, so torch-pruning guessed "
+                f"its channel dimension and cut dimension {dim} ({_shape(shape)} -> {_shape(now)}); "
+                "make it a per-channel (1, C, 1, 1) parameter or part of a module, or keep the "
+                f"layers it is coupled to unpruned with {keep}")
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) >= 3:
+        return (f"{msg}: nn.LayerNorm over (C, H, W) is pruned by torch-pruning along its last "
+                "dimension (the width), not the channels; write it as nn.GroupNorm(1, C) (the same "
+                "normalization, with per-channel affine terms), which prunes with the channels, "
+                "or keep the layer before it "
+                f"unpruned with --layer-ratios '{json.dumps({last_layer or 'NAME': 0})}'")
+    line = frame.line if frame is not None and frame.line else ""
+    text = str(e)
+    target = re.search(r"shape '\[(.*?)\]' is invalid for input of size", text)
+    if (target and target.group(1).count(",") == 1) or "shapes cannot be multiplied" in text:
+        return f"{msg}: {_FLATTEN_HINT}"
+    if target or re.search(r"\.(view|reshape)\(", line):
+        return (f"{msg}: a view/reshape with sizes that do not follow pruning (a number written "
+                "in, or a split of the channel dimension into groups); write sizes from x.size(), "
+                "or keep the layer before it unpruned with "
+                f"--layer-ratios '{json.dumps({last_layer or 'NAME': 0})}'")
+    return (f"{msg}: torch-pruning could not follow an operation there (it follows modules and "
+            "traced tensor ops, not sizes written as numbers, channel indexing or parameters used "
+            "outside modules); rewrite that step or keep the layer before it unpruned with "
+            f"--layer-ratios '{json.dumps({last_layer or 'NAME': 0})}'")
+
+
+def _record(model: nn.Module, example: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    outs: Dict[str, torch.Tensor] = {}
+    order: List[str] = []
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, _LAYERS):
+            def hook(mod, args, out, name=name):
+                if isinstance(out, torch.Tensor) and name not in outs:
+                    outs[name] = out.detach()
+                    order.append(name)
+            handles.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return outs, order
+
+
+def _channel_subsequence(p: torch.Tensor, z: torch.Tensor) -> bool:
+    """Is ``p`` (pruned) ``z`` (zeroed original) with some channels (dim 1) left out?"""
+    tol = 1e-4 * float(z.abs().max()) + 1e-6 if z.numel() else 1e-6
+    if p.shape == z.shape:
+        return bool((p - z).abs().max() <= tol) if p.numel() else True
+    if (p.dim() != z.dim() or p.dim() < 2 or p.shape[0] != z.shape[0]
+            or p.shape[2:] != z.shape[2:] or p.shape[1] > z.shape[1]):
+        return False
+    j = 0
+    for i in range(p.shape[1]):
+        while j < z.shape[1] and not bool(((p[:, i] - z[:, j]).abs() <= tol).all()):
+            j += 1
+        if j == z.shape[1]:
+            return False
+        j += 1
+    return True
+
+
+def _first_divergence(pruned: nn.Module, zeroed: nn.Module, spec: ModelSpec,
+                      example: torch.Tensor) -> Tuple[Optional[str], Optional[str]]:
+    """(first layer whose output is not the zeroed original's minus removed channels, the
+    Conv/Linear before it), in execution order."""
+    try:
+        got, order = _record(pruned, example)
+        want, _ = _record(zeroed, example)
+    except Exception:
+        return None, None
+    prev = None
+    for name in order:
+        if name in want and not _channel_subsequence(got[name], want[name]):
+            return name, prev
+        if isinstance(pruned.get_submodule(name), (nn.Conv2d, nn.Linear)):
+            prev = name
+    return None, prev

@@ -1,0 +1,526 @@
+"""Structured channel pruning through torch-pruning's DependencyGraph.
+
+Nothing here copies weights by hand: ``tp.pruner.BasePruner`` removes each channel from every
+coupled layer (conv -> BN -> activation -> pool -> flatten -> linear). Importance criteria live in
+the ``IMPORTANCES`` registry.
+
+GroupNorm keeps its ``num_groups``: a layer feeding a ``GroupNorm(G, C)`` loses the same channels
+of each of the G groups (torch-pruning's channel grouping; the importance is averaged over the
+groups), so it keeps ``G * int(C / G * (1 - ratio))`` channels and ``num_channels`` stays a
+multiple of ``num_groups`` (:func:`kept_channels`). ``GroupNorm(1, C)`` prunes like any layer.
+BatchNorm without affine terms or running statistics and InstanceNorm prune channel by channel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from tp_vgg.errors import UserError
+from tp_vgg.models.zoo import ModelSpec, keep_mode, select_logits
+from tp_vgg.pruning import checks
+from tp_vgg.pruning.criteria import IMPORTANCES
+
+PRUNABLE = (nn.Conv2d, nn.Linear)
+
+@dataclass
+class PruneConfig:
+    """How to prune. ``ratio`` is the fraction of channels removed from every prunable layer."""
+
+    ratio: float = 0.5
+    importance: str = "l1"
+    global_pruning: bool = False
+    max_layer_ratio: Optional[float] = None  # cap per layer; default 0.9 under global ranking
+    round_to: Optional[int] = None
+    layer_ratios: Dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    iterative_steps: int = 1
+    output_layer: Optional[str] = None  # name of the logits layer when the graph cannot tell
+
+    def validate(self) -> None:
+        check_ratio("--ratio", self.ratio, "PruneConfig.ratio")
+        for name, r in self.layer_ratios.items():
+            check_ratio(f"--layer-ratios[{name!r}]", r, "PruneConfig.layer_ratios")
+        if self.max_layer_ratio is not None:
+            check_ratio("--max-layer-ratio", self.max_layer_ratio, "PruneConfig.max_layer_ratio")
+        if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
+            raise UserError(f"--round-to must be a positive integer, got {self.round_to!r} "
+                            "(PruneConfig.round_to)")
+        if not isinstance(self.iterative_steps, int) or self.iterative_steps < 1:
+            raise UserError(f"--iterative-steps must be a positive integer, got "
+                            f"{self.iterative_steps!r} (PruneConfig.iterative_steps)")
+        IMPORTANCES.get(self.importance)
+
+
+def check_ratio(what: str, r: object, field: str) -> None:
+    """``r`` in [0, 1); the message names the flag (``what``) and the config ``field``."""
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= float(r) < 1.0:
+        raise UserError(f"{what} must be a number in [0, 1), got {r!r} ({field})")
+
+
+@dataclass
+class PruneResult:
+    history: List[list]                 # torch-pruning's pruning_history(), as plain lists
+    channels_before: Dict[str, int]     # out channels of every Conv2d/Linear
+    channels_after: Dict[str, int]
+    output_layers: List[str]            # layers that produce the logits (never pruned)
+    notes: List[str] = field(default_factory=list)  # what the criterion did not prune, and why
+
+
+def _forward_fn(spec: ModelSpec):
+    def fn(model, inputs):
+        logits = select_logits(model(inputs), spec.output_key)
+        if not isinstance(logits, torch.Tensor) or logits.grad_fn is None:
+            raise UserError(
+                "the logits are not connected to the model's layers in autograd (forward uses "
+                ".detach(), .data, torch.no_grad() or NumPy), so torch-pruning cannot trace which "
+                "layers produce them; keep forward differentiable")
+        return logits
+    return fn
+
+
+@contextlib.contextmanager
+def _traceable(model: nn.Module):
+    """torch-pruning traces through autograd: frozen parameters (``requires_grad=False``) would
+    hide their layers from the graph and leave them unpruned. Unfreeze while tracing."""
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+
+
+def _trace_failed(e: Exception, what: str, layer: str = "NAME") -> UserError:
+    """A failure inside torch-pruning while tracing or pruning, said in one line."""
+    import json
+
+    from tp_vgg.pruning.checks import _first_line, _user_frame
+
+    frame = _user_frame(e)
+    at = f" at {frame.filename}:{frame.lineno} `{(frame.line or '').strip()}`" if frame else ""
+    return UserError(
+        f"torch-pruning could not {what}{at} ({type(e).__name__}: {_first_line(e)}): the model "
+        "uses an operation it cannot follow (e.g. torch.chunk/split or indexing over channels, "
+        "sizes written as numbers, parameters outside modules); rewrite it, or keep the layers "
+        f"around it unpruned with --layer-ratios '{json.dumps({layer: 0})}' (--debug shows the "
+        "traceback)")
+
+
+def build_graph(model: nn.Module, spec: ModelSpec, example: torch.Tensor) -> tp.DependencyGraph:
+    """torch-pruning's DependencyGraph of ``model``; the model's train/eval mode is kept."""
+    with keep_mode(model), _traceable(model):  # the graph is traced through autograd
+        try:
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=example, forward_fn=_forward_fn(spec), verbose=False)
+        except UserError:
+            raise
+        except Exception as e:
+            raise _trace_failed(e, "trace the model") from e
+
+
+def _graph_output_layers(graph: tp.DependencyGraph) -> List[nn.Module]:
+    """The Conv/Linear layers whose outputs reach the model's output without passing another
+    Conv/Linear: walk back from the graph's sinks through BN, pooling, flatten and the like."""
+    found: List[nn.Module] = []
+    seen = set()
+    stack = [n for n in graph.module2node.values() if not n.outputs]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node.module, PRUNABLE):
+            if node.module not in found:
+                found.append(node.module)
+            continue
+        stack.extend(node.inputs)
+    return found
+
+
+def output_layers(model: nn.Module, output_layer: Optional[str] = None,
+                  graph: Optional[tp.DependencyGraph] = None, spec: Optional[ModelSpec] = None,
+                  check_type: bool = False) -> List[nn.Module]:
+    """The layer(s) producing the logits, never pruned: ``output_layer`` by name (--output-layer,
+    ``PruneConfig.output_layer``) when given, else found from the dependency graph (``graph``,
+    or one traced from ``spec``'s example input). ``check_type``: the named layer must hold a
+    Conv2d or Linear."""
+    if output_layer is not None:
+        modules = dict(model.named_modules())
+        if output_layer not in modules:
+            raise UserError(f"--output-layer {output_layer!r} is not a module of the model")
+        layer = modules[output_layer]
+        if check_type and not any(isinstance(m, PRUNABLE) for m in layer.modules()):
+            raise UserError(f"--output-layer {output_layer!r} is a {type(layer).__name__}; "
+                            "accepted: the Conv2d or Linear that produces the logits")
+        return [layer]
+    if graph is None:
+        graph = build_graph(model, spec, spec.example_input(device=next(model.parameters()).device))
+    return _graph_output_layers(graph)
+
+
+def output_layer_names(model: nn.Module, spec: ModelSpec,
+                       output_layer: Optional[str] = None) -> List[str]:
+    """:func:`output_layers` by module name."""
+    names = {m: n for n, m in model.named_modules()}
+    return [names[m] for m in output_layers(model, output_layer, spec=spec)]
+
+
+def out_channels(model: nn.Module) -> Dict[str, int]:
+    return {name: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+            for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
+
+
+def _resolve_layer_ratios(model: nn.Module, layer_ratios: Dict[str, float]) -> Dict[nn.Module, float]:
+    modules = dict(model.named_modules())
+    prunable = [n for n, m in modules.items() if isinstance(m, PRUNABLE)]
+    out = {}
+    for name, r in layer_ratios.items():
+        if name not in modules:
+            hint = ", ".join(prunable[:6]) + (", ..." if len(prunable) > 6 else "")
+            raise UserError(f"--layer-ratios names {name!r}, which is not a module of the model; "
+                            f"prunable layers: {hint}")
+        m = modules[name]
+        if not any(isinstance(s, PRUNABLE) for s in m.modules()):
+            raise UserError(f"--layer-ratios names {name!r}, a {type(m).__name__} with no Conv2d or "
+                            f"Linear to prune; prunable layers: {', '.join(prunable[:6])}, ...")
+        out[m] = float(r)
+    return out
+
+
+def round_kept(per_group: int, groups: int = 1, round_to: Optional[int] = None) -> int:
+    """``groups`` groups of ``per_group`` kept channels, each group lowered alike until the total
+    is a multiple of ``round_to`` (0 when no smaller count is)."""
+    if round_to:
+        while per_group > 0 and per_group * groups % round_to:
+            per_group -= 1
+    return per_group * groups
+
+
+def kept_channels(c: int, ratio: float, groups: int = 1, round_to: Optional[int] = None) -> int:
+    """The channels a layer of ``c`` keeps at ``ratio``: ``int(C * (1 - r))`` rounded down to a
+    multiple of ``round_to``; a layer feeding a GroupNorm of ``groups`` groups keeps the same count
+    in each: ``groups * int(C / groups * (1 - r))``, lowered alike per group to a multiple of
+    ``round_to``."""
+    return round_kept(int(c // groups * (1 - ratio)), groups, round_to)
+
+
+def channel_groups(pruner: tp.pruner.BasePruner) -> Dict[nn.Module, int]:
+    """Root layer -> the number of groups of the GroupNorm it feeds (only those with > 1)."""
+    if not pruner.out_channel_groups:
+        return {}
+    out = {}
+    for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                          root_module_types=pruner.root_module_types):
+        g = pruner._get_channel_groups(group)
+        if g > 1 and pruner.DG.is_out_channel_pruning_fn(group[0].dep.handler):
+            out[group[0].dep.target.module] = g
+    return out
+
+
+def _check_kept_channels(model: nn.Module, cfg: PruneConfig, ratios: Dict[nn.Module, float],
+                         protected: List[nn.Module],
+                         groups: Optional[Dict[nn.Module, int]] = None) -> None:
+    """Refuse a ratio that would leave a layer with no channel (torch-pruning would build a
+    broken model, or silently leave the layer whole): :func:`kept_channels` must stay >= 1.
+    ``groups``: layer -> groups of the GroupNorm it feeds (:func:`channel_groups`)."""
+    names = {m: n for n, m in model.named_modules()}
+    for m in protected:
+        if m in ratios:
+            raise UserError(f"--layer-ratios names {names[m]!r}, the layer that produces the "
+                            "logits; it never loses outputs")
+    if cfg.global_pruning:
+        return  # max_pruning_ratio keeps every layer alive
+    layer_ratio = {}
+    for m, r in ratios.items():  # a ratio given for a block applies to the layers inside it
+        for sub in m.modules():
+            layer_ratio[sub] = r
+    for m, name in names.items():
+        if not isinstance(m, PRUNABLE) or m in protected:
+            continue
+        c = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        r = layer_ratio.get(m, cfg.ratio)
+        g = (groups or {}).get(m, 1)
+        keep = kept_channels(c, r, g)
+        rounded = kept_channels(c, r, g, cfg.round_to)
+        if r > 0 and rounded < 1:
+            why = (f" after rounding down to a multiple of --round-to {cfg.round_to}"
+                   if keep >= 1 else "")
+            if g > 1:
+                raise UserError(_group_norm_message(name, c, g, r, cfg.round_to))
+            raise UserError(f"ratio {r} would leave layer {name!r} with 0 of its {c} channels{why}; "
+                            f"use at most {1 - max(1, cfg.round_to or 1) / c:.3f} for it")
+
+
+def _group_norm_message(name: str, c: int, g: int, r: float, round_to: Optional[int]) -> str:
+    """Why a layer feeding a GroupNorm of ``g`` groups would keep no channel, and what to use."""
+    import json
+
+    size = c // g
+    head = (f"ratio {r} would leave layer {name!r} with 0 of its {c} channels: it feeds a "
+            f"GroupNorm of {g} groups of {size}, which each keep the same number of channels, "
+            f"int({size} * (1 - {r})) = {int(size * (1 - r))}")
+    least = next((k for k in range(1, size + 1) if round_kept(k, g, round_to)), None)
+    if least is None:
+        return (f"{head}, and no equal count per group makes a multiple of --round-to {round_to}; "
+                f"keep it unpruned with --layer-ratios '{json.dumps({name: 0})}' or use another "
+                "--round-to")
+    rounded = (f", lowered alike until the total is a multiple of --round-to {round_to}"
+               if round_to else "")
+    return f"{head}{rounded}; use at most {1 - least / size:.3f} for it"
+
+
+def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
+          example: Optional[torch.Tensor] = None,
+          between_steps: Optional[Callable[[int, nn.Module], None]] = None,
+          gradients: Optional[Callable[[nn.Module], None]] = None) -> PruneResult:
+    """Prune ``model`` in place and return what was removed.
+
+    ``between_steps(step, model)`` is called after each of ``cfg.iterative_steps`` steps but the
+    last (e.g. to fine-tune). ``gradients(model)`` fills ``.grad`` for criteria that need it
+    (``taylor``; see :class:`tp_vgg.pruning.criteria.GradientBatches`); it runs before every ranking and
+    the gradients are cleared afterwards. The model's train/eval mode is kept.
+    """
+    cfg.validate()
+    device = next(model.parameters()).device
+    if example is None:
+        example = spec.example_input(device=device)
+    before = out_channels(model)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    protected: List[nn.Module] = (output_layers(model, cfg.output_layer, check_type=True)
+                                  if cfg.output_layer is not None else [])
+    ratios = _resolve_layer_ratios(model, cfg.layer_ratios)
+    max_ratio = cfg.max_layer_ratio
+    if max_ratio is None:
+        max_ratio = 0.9 if cfg.global_pruning else 1.0
+    with keep_mode(model):
+        # the unpruned model, for the masked-equivalence check (when cheap; not across fine-tuning)
+        reference = None if between_steps is not None and cfg.iterative_steps > 1 else \
+            checks.reference_copy(model)
+        expect = checks.logits_shape(model, spec, example) \
+            if reference is None and cfg.output_layer is not None else None
+        pruner = _make_pruner(model, spec, cfg, example, ratios, protected, max_ratio)
+        bare = checks.bare_parameters(pruner.DG)
+        removed = checks.RemovedChannels(model, pruner.DG)
+        if not protected:
+            # Found on the pruner's own graph (one trace, not two); BasePruner reads
+            # ``ignored_layers`` when it ranks, so setting it here protects the logits layer.
+            protected = output_layers(model, graph=pruner.DG)
+            if not protected:
+                raise UserError(checks.no_output_layer_message(model, bare, pruner.DG))
+            pruner.ignored_layers = [s for m in protected for s in m.modules()]
+        untraced = checks.untraced_layers(pruner.DG, model)
+        if untraced:
+            prunable = [m for m in model.modules() if isinstance(m, PRUNABLE)
+                        and m in pruner.DG.module2node and m not in protected]
+            if not prunable and (cfg.ratio > 0 or any(r > 0 for r in ratios.values())):
+                raise UserError(checks.untraced_message(untraced) + "; nothing would be pruned: "
+                                "keep forward differentiable for the layers to prune")
+        _check_kept_channels(model, cfg, ratios, protected, channel_groups(pruner))
+        notes = _criterion_hook(pruner, "check", model, gradients) or []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            ranked = False
+            if cfg.global_pruning:
+                _criterion_hook(pruner, "prepare", model, gradients)
+                ranked = True
+                # torch-pruning 1.6.1 checks max_pruning_ratio only *before* a step, so one global
+                # step can take a layer far past it. Rank globally here, cap each layer, and let
+                # torch-pruning remove exactly those per-layer counts.
+                fixed = {s for m in ratios for s in m.modules()}  # a block's layers too
+                ratios = {**_global_allocation(pruner, cfg, fixed, max_ratio), **ratios}
+                pruner = _make_pruner(model, spec, dataclasses.replace(cfg, global_pruning=False),
+                                      example, ratios, protected, 1.0)
+            for step in range(cfg.iterative_steps):
+                if not ranked:
+                    _criterion_hook(pruner, "prepare", model, gradients)
+                ranked = False
+                _step(pruner, model, removed)
+                if between_steps is not None and step + 1 < cfg.iterative_steps:
+                    between_steps(step, model)
+        history = [[name, bool(is_out), [int(i) for i in idxs]]
+                   for name, is_out, idxs in pruner.pruning_history()]
+        checks.check_pruned(model, spec, example, reference, removed, expect, bare,
+                            coupled=lambda: checks.coupled_bare_parameters(pruner.DG, model))
+        if untraced:
+            notes = list(notes) + [checks.untraced_message(untraced) + "; they keep all channels"]
+        if bare:
+            notes = list(notes) + checks.bare_parameter_notes(
+                model, bare, checks.coupled_bare_parameters(pruner.DG, model), before,
+                out_channels(model))
+    if gradients is not None:
+        model.zero_grad(set_to_none=True)
+    for n, p in model.named_parameters():  # torch-pruning's new Parameters require grad
+        if n in frozen:
+            p.requires_grad_(False)
+    names = {m: n for n, m in model.named_modules()}
+    return PruneResult(history=history, channels_before=before,
+                       channels_after=out_channels(model),
+                       output_layers=[names[m] for m in protected], notes=list(notes))
+
+
+def _criterion_hook(pruner: tp.pruner.BasePruner, hook: str, model: nn.Module, gradients):
+    """Call the criterion's optional ``check(pruner, model, gradients)`` or
+    ``prepare(model, gradients)`` hook (see :mod:`tp_vgg.pruning.criteria`)."""
+    fn = getattr(pruner.importance, hook, None)
+    if fn is None:
+        return None
+    return fn(pruner, model, gradients) if hook == "check" else fn(model, gradients)
+
+
+class _Pruner(tp.pruner.BasePruner):
+    """``BasePruner`` whose ``round_to`` keeps a GroupNorm's groups equal. torch-pruning 1.6.1
+    rounds the count removed from *each group* as if it were the whole layer's, which removes
+    every channel (and then leaves the layer whole): here each group loses alike until the kept
+    total is a multiple of ``round_to`` (:func:`round_kept`)."""
+
+    _ranking = None  # the group being pruned: the loop asks _is_atten_group right before _round_to
+
+    def _is_atten_group(self, group):
+        self._ranking = group
+        return super()._is_atten_group(group)
+
+    def _round_to(self, n_pruned, current_channels, round_to):
+        g = self._get_channel_groups(self._ranking) if self._ranking is not None else 1
+        if g == 1:
+            return super()._round_to(n_pruned, current_channels, round_to)
+        per_group = current_channels // g
+        return per_group - round_kept(per_group - n_pruned, g, round_to) // g
+
+
+def _make_pruner(model, spec, cfg, example, ratios, protected, max_ratio) -> tp.pruner.BasePruner:
+    importance = IMPORTANCES.get(cfg.importance)(cfg)
+    with warnings.catch_warnings(), _traceable(model):
+        warnings.simplefilter("ignore")
+        try:
+            return _Pruner(
+                model, example, importance=importance,
+                global_pruning=cfg.global_pruning, pruning_ratio=cfg.ratio,
+                pruning_ratio_dict=ratios or None, max_pruning_ratio=max_ratio,
+                iterative_steps=cfg.iterative_steps, ignored_layers=protected,
+                round_to=cfg.round_to, forward_fn=_forward_fn(spec))
+        except UserError:
+            raise
+        except Exception as e:
+            raise _trace_failed(e, "trace the model") from e
+
+
+def _step(pruner: tp.pruner.BasePruner, model: nn.Module,
+          removed: Optional[checks.RemovedChannels] = None) -> None:
+    """``pruner.step()``, group by group, so that a failure names the layer being pruned (and
+    ``removed`` records each group's channels for the masked-equivalence check)."""
+    names = {m: n for n, m in model.named_modules()}
+    groups = pruner.step(interactive=True)
+    while True:
+        try:
+            group = next(groups)
+        except StopIteration:
+            return
+        except UserError:
+            raise
+        except Exception as e:
+            raise _trace_failed(e, "rank the channels") from e
+        try:
+            if removed is not None:
+                removed.record(group)
+            group.prune()
+        except Exception as e:
+            root = names.get(group[0].dep.target.module, "?")
+            raise _trace_failed(e, f"prune layer {root!r}", root) from e
+
+
+def _global_allocation(pruner: tp.pruner.BasePruner, cfg: PruneConfig, fixed: set,
+                       max_ratio: float) -> Dict[nn.Module, float]:
+    """Per-layer ratios from one global ranking of all channels (importances normalized per
+    layer), removing the lowest-ranked channels until ``cfg.ratio`` of all channels are gone,
+    while no layer loses more than ``int(C * max_ratio)`` channels or its last channel."""
+    return GlobalRanking(pruner, fixed).allocate(cfg.ratio, max_ratio)
+
+
+class GlobalRanking:
+    """One global ranking of every channel of the rankable layers (scored once); ``allocate``
+    turns a total ratio into per-layer ratios. A larger ratio only removes more channels.
+
+    A layer feeding a GroupNorm of G groups is ranked by channel position within a group (the
+    importance averaged over the groups, as torch-pruning does): each entry stands for G channels,
+    one per group, which go together."""
+
+    def __init__(self, pruner: tp.pruner.BasePruner, fixed: set):
+        roots, scores, groups = [], [], []
+        for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                              root_module_types=pruner.root_module_types):
+            root = group[0].dep.target.module
+            if root in fixed or not pruner.DG.is_out_channel_pruning_fn(group[0].dep.handler):
+                continue
+            imp = pruner.estimate_importance(group)
+            if imp is None:
+                continue
+            g = pruner._get_channel_groups(group)
+            imp = imp.detach().float().cpu()
+            roots.append(root)
+            scores.append(imp.view(g, -1).mean(0) if g > 1 else imp)
+            groups.append(g)
+        self.roots = roots
+        self.scores = scores  # per root: one score per entry
+        self.groups = groups  # channels per entry: the GroupNorm's groups, else 1
+        self.sizes = [len(s) * g for s, g in zip(scores, groups)]  # channels
+        self.owner = (torch.cat([torch.full((len(s),), i) for i, s in enumerate(scores)]).tolist()
+                      if scores else [])
+        self.order = torch.cat(scores).argsort(stable=True).tolist() if scores else []
+
+    def removed(self, ratio: float, max_ratio: float) -> List[int]:
+        """Channels each root loses: the lowest-ranked go first until ``ratio`` of all ranked
+        channels are gone, while no layer loses more than ``int(C * max_ratio)`` or its last
+        (per group, for a layer feeding a GroupNorm: its G channels go together, so up to G - 1
+        more may go)."""
+        units = [c // g for c, g in zip(self.sizes, self.groups)]
+        caps = [min(int(u * max_ratio), u - 1) for u in units]
+        total = sum(self.sizes)
+        target = total - int(total * (1 - ratio))
+        removed = [0] * len(self.roots)
+        n = 0
+        for j in self.order:
+            if n >= target:
+                break
+            i = self.owner[j]
+            if removed[i] < caps[i]:
+                removed[i] += 1
+                n += self.groups[i]
+        return [k * g for k, g in zip(removed, self.groups)]
+
+    def allocate(self, ratio: float, max_ratio: float) -> Dict[nn.Module, float]:
+        removed = self.removed(ratio, max_ratio)
+        # torch-pruning keeps int(C * (1 - r)); r = (k - 0.5) / C makes that exactly C - k (per
+        # group of a GroupNorm: C / G channels, k / G of them removed)
+        return {root: ((k // g - 0.5) / (c // g) if k else 0.0)
+                for root, k, c, g in zip(self.roots, removed, self.sizes, self.groups)}
+
+
+def replay(model: nn.Module, spec: ModelSpec, history: List[list],
+           example: Optional[torch.Tensor] = None) -> nn.Module:
+    """Apply a saved pruning history to a freshly built model (architecture only)."""
+    if not history:
+        return model
+    if example is None:
+        example = spec.example_input(device=next(model.parameters()).device)
+    with keep_mode(model):
+        graph = build_graph(model, spec, example)
+        try:
+            graph.load_pruning_history([[n, bool(o), list(i)] for n, o, i in history])
+        except Exception as e:
+            raise UserError(
+                f"the saved pruning history does not fit the model {spec.name} builds now "
+                f"({type(e).__name__}: {str(e).strip()[:120]}): its code or arguments changed "
+                "since the checkpoint was written") from e
+    return model
+

@@ -1,0 +1,100 @@
+"""Report dicts (written as report.json) and the text tables printed by the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List, Optional
+
+from tp_vgg.models.counting import Counts, human
+from tp_vgg.models.zoo import ModelSpec
+
+MAC_NOTE = "MACs: multiply-adds of conv and linear layers; fvcore's 'flop' = one multiply-add"
+
+
+def counts_summary(c: Counts) -> Dict[str, Any]:
+    return {"macs": c.macs, "params": c.params}
+
+
+def layer_rows(before: Counts, after: Optional[Counts] = None) -> List[Dict[str, Any]]:
+    """One row per Conv/Linear/BN layer, before (and after) pruning."""
+    after_by_name = {l.name: l for l in after.layers} if after else {}
+    rows = []
+    for b in before.layers:
+        row = {"name": b.name, "type": b.type,
+               "in_channels_before": b.in_channels, "out_channels_before": b.out_channels,
+               "macs_before": b.macs, "params_before": b.params}
+        a = after_by_name.get(b.name)
+        if after is not None and a is not None:
+            row.update({"in_channels_after": a.in_channels, "out_channels_after": a.out_channels,
+                        "macs_after": a.macs, "params_after": a.params})
+        rows.append(row)
+    return rows
+
+
+def prune_report(spec: ModelSpec, config: Any, before: Counts, after: Counts,
+                 output_layers: List[str], history_len: int, **extra: Any) -> Dict[str, Any]:
+    from tp_vgg import __version__
+
+    return {
+        "tp_vgg_version": __version__,
+        "units": MAC_NOTE + "; counted at batch 1, eval mode",
+        "model": spec.to_dict(),
+        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
+        "before": counts_summary(before),
+        "after": counts_summary(after),
+        "macs_reduction": before.macs / max(after.macs, 1),
+        "params_reduction": before.params / max(after.params, 1),
+        "output_layers": output_layers,
+        "pruning_steps": history_len,
+        "unsupported_ops": after.unsupported_ops,
+        "layers": layer_rows(before, after),
+        **extra,
+    }
+
+
+def table(header: List[str], rows: List[List[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def format_prune_table(report: Dict[str, Any]) -> str:
+    rows = []
+    for r in report["layers"]:
+        if r["type"] not in ("Conv2d", "Linear"):
+            continue
+        rows.append([r["name"], r["type"],
+                     f"{r['out_channels_before']} -> {r.get('out_channels_after', '?')}",
+                     f"{human(r['macs_before'])} -> {human(r.get('macs_after', 0))}"])
+    b, a = report["before"], report["after"]
+    rows.append(["total", "", "",
+                 f"{human(b['macs'])} -> {human(a['macs'])} ({report['macs_reduction']:.2f}x fewer)"])
+    text = table(["layer", "type", "out channels", "MACs"], rows)
+    text += (f"\nparams: {human(b['params'])} -> {human(a['params'])} "
+             f"({report['params_reduction']:.2f}x fewer)")
+    acc = report.get("accuracy")
+    if acc:
+        text += "\ntop-1: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in acc.items() if v is not None)
+    text += f"\n({MAC_NOTE}.)"
+    return text
+
+
+def format_profile_table(c: Counts) -> str:
+    rows = [[l.name, l.type,
+             f"{l.in_channels} -> {l.out_channels}", human(l.macs), human(l.params)]
+            for l in c.layers]
+    rows.append(["total", "", "", human(c.macs), human(c.params)])
+    text = table(["layer", "type", "channels in -> out", "MACs", "params"], rows)
+    if c.unsupported_ops:
+        text += "\nops fvcore does not count (0 MACs): " + ", ".join(
+            f"{k} x{v}" for k, v in c.unsupported_ops.items())
+    return text + f"\n({MAC_NOTE}.)"
+
+
+def format_sparsity_table(sparse: Dict[str, Any]) -> str:
+    rows = [[l["name"], l["type"], str(l["weights"]), f"{100 * l['sparsity']:.1f}%",
+             human(l["macs_dense"]), human(l["macs_nonzero"])] for l in sparse["layers"]]
+    rows.append(["total", "", str(sparse["weights"]), f"{100 * sparse['sparsity']:.1f}%",
+                 human(sparse["macs_dense"]), human(sparse["macs_nonzero"])])
+    return table(["layer", "type", "weights", "zero", "dense MACs", "nonzero MACs"], rows)

@@ -1,0 +1,11 @@
+"""Training and fine-tuning.
+
+* ``config`` -- :class:`TrainConfig`, optimizer and LR-schedule registries, mixed precision;
+* ``loop`` -- :func:`fit`, the epoch loop (``last.pt`` every epoch, resume);
+* ``steps`` -- one training epoch and the distillation loss;
+* ``evaluation`` -- evaluation and BatchNorm recalibration;
+* ``progress``, ``rng``, ``distributed`` -- progress bars, seeding, torchrun/DDP.
+
+May import: checkpoint, pruning, models, data, errors, registry, files, device.
+Imported by: export, job, cli.
+"""
