@@ -8,9 +8,13 @@ guesses which dimension of a bare ``nn.Parameter`` is the channel one, and it ca
 1. the pruned model's forward runs; a failure names the module and the line of ``forward`` that
    broke, and how to write it instead;
 2. the logits keep their shape;
-3. where a copy of the model is cheap (at most ``VERIFY_MAX_PARAMS`` parameters), the
-   masked-equivalence invariant holds: the pruned model computes what the original computes with
-   the removed channels zeroed. A failure names the first layer whose output differs.
+3. on every model, whatever its size, the masked-equivalence invariant holds: the pruned model
+   computes what the original computes with the removed channels zeroed. No copy is made:
+   before a pruning step, :class:`MaskedOriginal` takes the channels torch-pruning is about to
+   remove (the planned groups) and runs the original once on the probe batch with those channels
+   zeroed by forward hooks, keeping its logits and each layer's output; after the step the
+   pruned model runs on the same batch and is compared. A failure names the first layer whose
+   output differs.
 
 Normalization layers: BatchNorm (with or without affine terms or running statistics) and
 InstanceNorm normalize each channel on its own, so zeroing a removed channel's input, affine
@@ -27,12 +31,12 @@ Each failure is a :class:`UserError` (one line); nothing is written by the calle
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
 import os
 import re
 import traceback
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -40,9 +44,8 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from tp_vgg.errors import UserError
-from tp_vgg.models.zoo import ModelSpec, select_logits
+from tp_vgg.models.zoo import ModelSpec, keep_mode, select_logits
 
-VERIFY_MAX_PARAMS = 20_000_000  # masked-equivalence check up to this size (a deep copy each)
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
 _MIXING = (nn.LayerNorm, nn.LocalResponseNorm, nn.CrossMapLRN2d)  # normalize across channels
 _LAYERS = (nn.Conv2d, nn.Linear) + _NORMS + _MIXING
@@ -51,17 +54,6 @@ _OURS = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _STDLIB = os.path.dirname(os.path.abspath(os.__file__)) + os.sep
 _FLATTEN_HINT = ("a size written as a number in view/reshape does not follow pruning: flatten "
                  "with torch.flatten(x, 1), x.view(x.size(0), -1) or nn.Flatten()")
-
-
-def reference_copy(model: nn.Module) -> Optional[nn.Module]:
-    """A copy of the unpruned model for the masked-equivalence check, or None when too big (or
-    not copyable, e.g. holding open handles): then only the forward and the shape are checked."""
-    if sum(p.numel() for p in model.parameters()) > VERIFY_MAX_PARAMS:
-        return None
-    try:
-        return copy.deepcopy(model)
-    except Exception:
-        return None
 
 
 def logits_shape(model: nn.Module, spec: ModelSpec, example: torch.Tensor) -> torch.Size:
@@ -196,29 +188,76 @@ class RemovedChannels:
             drop = set(gone)
             self.alive[key] = [c for c in live if c not in drop]
 
-    @torch.no_grad()
-    def zero(self, reference: nn.Module) -> nn.Module:
-        for (kind, name, dim), gone in self.removed.items():
-            ii = torch.as_tensor(sorted(gone), dtype=torch.long)
-            if kind == "param":
-                p = reference.get_parameter(name)
-                p.index_fill_(dim, ii.to(p.device), 0)
-                continue
-            layer = reference.get_submodule(name)
-            # running_mean too: an affine-free BatchNorm then maps the zeroed channel to zero
-            for attr in ("weight", "bias", "running_mean"):
-                t = getattr(layer, attr, None)
-                if isinstance(t, torch.Tensor):
-                    t[ii.to(t.device)] = 0
-            if isinstance(layer, nn.GroupNorm):
-                kept_group_norm(layer, gone)
-        return reference
+    @contextlib.contextmanager
+    def zeroed(self, model: nn.Module) -> Iterator[None]:
+        """While open, ``model`` (unpruned) computes what it computes with the removed channels
+        zeroed: a forward hook zeroes each removed output channel of a conv, linear or
+        normalization layer (a GroupNorm normalizes each group over its kept channels), and a
+        bare parameter's removed slices are zeroed, then restored bit for bit on close."""
+        handles, saved = [], []
+        try:
+            for (kind, name, dim), gone in self.removed.items():
+                ii = torch.as_tensor(sorted(gone), dtype=torch.long)
+                if kind == "param":
+                    p = model.get_parameter(name)
+                    with torch.no_grad():
+                        saved.append((p, dim, ii.to(p.device), p.index_select(dim, ii.to(p.device))))
+                        p.index_fill_(dim, ii.to(p.device), 0)
+                    continue
+                layer = model.get_submodule(name)
+                if isinstance(layer, nn.GroupNorm):
+                    handles.append(kept_group_norm(layer, gone))
+                else:
+                    handles.append(layer.register_forward_hook(_zero_channels(ii)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            with torch.no_grad():
+                for p, dim, ii, values in saved:
+                    p.index_copy_(dim, ii, values)
 
 
-def kept_group_norm(layer: nn.GroupNorm, gone) -> nn.GroupNorm:
+def _zero_channels(ii: torch.Tensor):
+    def hook(mod, args, out):
+        if isinstance(out, torch.Tensor) and out.dim() >= 2:
+            out[:, ii.to(out.device)] = 0  # in place: a fresh output, under no_grad
+    return hook
+
+
+class MaskedOriginal:
+    """What the unpruned model computes with the channels about to be removed zeroed, taken on
+    the model itself (no copy) before each pruning step: :meth:`take` is given the planned
+    groups, records their channels (:class:`RemovedChannels`) and runs the model once on
+    ``example`` under :meth:`RemovedChannels.zeroed`, keeping the logits and every layer's
+    output for :func:`check_pruned`. A model that cannot run so (it ran while being traced, so
+    this is rare) is checked for its forward and logits shape only, as ``logits`` stays None."""
+
+    def __init__(self, model: nn.Module, graph: tp.DependencyGraph, spec: ModelSpec,
+                 example: torch.Tensor):
+        self.model, self.graph, self.spec, self.example = model, graph, spec, example
+        self.logits: Optional[torch.Tensor] = None
+        self.layers: Dict[str, torch.Tensor] = {}
+
+    def take(self, groups) -> None:
+        removed = RemovedChannels(self.model, self.graph)
+        for group in groups:
+            removed.record(group)
+        self.logits, self.layers = None, {}
+        with keep_mode(self.model):
+            self.model.eval()
+            try:
+                with removed.zeroed(self.model):
+                    logits, self.layers, _ = _record(self.model, self.example, self.spec)
+            except Exception:
+                return
+        self.logits = logits
+
+
+def kept_group_norm(layer: nn.GroupNorm, gone) -> torch.utils.hooks.RemovableHandle:
     """Make ``layer`` (unpruned) normalize each of its groups over the group's channels not in
     ``gone`` only, and output zero for those in ``gone``: what the pruned GroupNorm computes, when
-    every group lost the same number of channels."""
+    every group lost the same number of channels. Returns the hook's handle."""
     size = layer.num_channels // layer.num_groups
     kept = [[c for c in range(g * size, (g + 1) * size) if c not in gone]
             for g in range(layer.num_groups)]
@@ -233,29 +272,23 @@ def kept_group_norm(layer: nn.GroupNorm, gone) -> nn.GroupNorm:
                 y[:, ii] = F.group_norm(x[:, ii], 1, *affine, mod.eps)
         return y
 
-    layer.register_forward_hook(hook)
-    return layer
+    return layer.register_forward_hook(hook)
 
 
 def check_pruned(model: nn.Module, spec: ModelSpec, example: torch.Tensor,
-                 reference: Optional[nn.Module] = None,
-                 removed: Optional[RemovedChannels] = None,
+                 masked: Optional[MaskedOriginal] = None,
                  expect_shape: Optional[torch.Size] = None,
                  bare: Optional[Dict[str, Tuple[tuple, int]]] = None,
                  coupled: Optional[Callable[[], Dict[str, List[str]]]] = None) -> None:
     """Raise a :class:`UserError` when the pruned ``model`` cannot run, changed its logits' shape
-    or (given the unpruned ``reference``, which is consumed, and what was ``removed``) computes
-    something other than the reference with the removed channels zeroed. Eval mode, no grad; the
-    caller keeps the modes."""
+    or (given ``masked``, taken before the step on ``example``) computes something other than the
+    original with the removed channels zeroed. Eval mode, no grad; the caller keeps the modes."""
     bare = bare or {}
     model.eval()
     with torch.no_grad():
         got = _forward_or_explain(model, spec, example, bare, coupled)
-    want = None
-    if reference is not None and removed is not None:
-        removed.zero(reference).eval()
-        with torch.no_grad():
-            want = select_logits(reference(example), spec.output_key)
+    want = masked.logits if masked is not None else None
+    if want is not None:
         expect_shape = want.shape
     if expect_shape is not None and got.shape != expect_shape:
         raise UserError(
@@ -269,7 +302,7 @@ def check_pruned(model: nn.Module, spec: ModelSpec, example: torch.Tensor,
     diff = float((got.float() - want.float()).abs().max()) if want.numel() else 0.0
     if diff <= tol or not torch.isfinite(want).all():
         return
-    first, prev = _first_divergence(model, reference, spec, example)
+    first, prev = _first_divergence(model, masked.layers, spec, example)
     where = ""
     if first is not None:
         where = (f"; the first layer whose output differs is {first!r} "
@@ -401,7 +434,9 @@ def _forward_failure(e: BaseException, module_name: Optional[str], module: Optio
             f"--layer-ratios '{json.dumps({last_layer or 'NAME': 0})}'")
 
 
-def _record(model: nn.Module, example: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+def _record(model: nn.Module, example: torch.Tensor, spec: ModelSpec
+            ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], List[str]]:
+    """(logits, each conv/linear/normalization layer's first output, their execution order)."""
     outs: Dict[str, torch.Tensor] = {}
     order: List[str] = []
     handles = []
@@ -414,11 +449,11 @@ def _record(model: nn.Module, example: torch.Tensor) -> Tuple[Dict[str, torch.Te
             handles.append(m.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            model(example)
+            logits = select_logits(model(example), spec.output_key)
     finally:
         for h in handles:
             h.remove()
-    return outs, order
+    return logits, outs, order
 
 
 def _channel_subsequence(p: torch.Tensor, z: torch.Tensor) -> bool:
@@ -439,13 +474,12 @@ def _channel_subsequence(p: torch.Tensor, z: torch.Tensor) -> bool:
     return True
 
 
-def _first_divergence(pruned: nn.Module, zeroed: nn.Module, spec: ModelSpec,
+def _first_divergence(pruned: nn.Module, want: Dict[str, torch.Tensor], spec: ModelSpec,
                       example: torch.Tensor) -> Tuple[Optional[str], Optional[str]]:
-    """(first layer whose output is not the zeroed original's minus removed channels, the
-    Conv/Linear before it), in execution order."""
+    """(first layer whose output is not the masked original's (``want``, by layer) minus the
+    removed channels, the Conv/Linear before it), in execution order."""
     try:
-        got, order = _record(pruned, example)
-        want, _ = _record(zeroed, example)
+        _, got, order = _record(pruned, example, spec)
     except Exception:
         return None, None
     prev = None

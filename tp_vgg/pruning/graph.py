@@ -304,14 +304,9 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
     if max_ratio is None:
         max_ratio = 0.9 if cfg.global_pruning else 1.0
     with keep_mode(model):
-        # the unpruned model, for the masked-equivalence check (when cheap; not across fine-tuning)
-        reference = None if between_steps is not None and cfg.iterative_steps > 1 else \
-            checks.reference_copy(model)
-        expect = checks.logits_shape(model, spec, example) \
-            if reference is None and cfg.output_layer is not None else None
+        expect = checks.logits_shape(model, spec, example) if cfg.output_layer is not None else None
         pruner = _make_pruner(model, spec, cfg, example, ratios, protected, max_ratio)
         bare = checks.bare_parameters(pruner.DG)
-        removed = checks.RemovedChannels(model, pruner.DG)
         if not protected:
             # Found on the pruner's own graph (one trace, not two); BasePruner reads
             # ``ignored_layers`` when it ranks, so setting it here protects the logits layer.
@@ -341,17 +336,19 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
                 ratios = {**_global_allocation(pruner, cfg, fixed, max_ratio), **ratios}
                 pruner = _make_pruner(model, spec, dataclasses.replace(cfg, global_pruning=False),
                                       example, ratios, protected, 1.0)
+            coupled = lambda: checks.coupled_bare_parameters(pruner.DG, model)  # noqa: E731
             for step in range(cfg.iterative_steps):
                 if not ranked:
                     _criterion_hook(pruner, "prepare", model, gradients)
                 ranked = False
-                _step(pruner, model, removed)
+                # the masked-equivalence check of every step, on the model itself (no copy)
+                masked = checks.MaskedOriginal(model, pruner.DG, spec, example)
+                _step(pruner, model, masked.take)
+                checks.check_pruned(model, spec, example, masked, expect, bare, coupled)
                 if between_steps is not None and step + 1 < cfg.iterative_steps:
                     between_steps(step, model)
         history = [[name, bool(is_out), [int(i) for i in idxs]]
                    for name, is_out, idxs in pruner.pruning_history()]
-        checks.check_pruned(model, spec, example, reference, removed, expect, bare,
-                            coupled=lambda: checks.coupled_bare_parameters(pruner.DG, model))
         if untraced:
             notes = list(notes) + [checks.untraced_message(untraced) + "; they keep all channels"]
         if bare:
@@ -416,23 +413,22 @@ def _make_pruner(model, spec, cfg, example, ratios, protected, max_ratio) -> tp.
 
 
 def _step(pruner: tp.pruner.BasePruner, model: nn.Module,
-          removed: Optional[checks.RemovedChannels] = None) -> None:
-    """``pruner.step()``, group by group, so that a failure names the layer being pruned (and
-    ``removed`` records each group's channels for the masked-equivalence check)."""
+          planned: Optional[Callable[[list], None]] = None) -> None:
+    """``pruner.step()``: the groups of the step are planned first (torch-pruning 1.6.1 scores
+    every group before it yields the first), handed to ``planned`` (the masked-equivalence
+    check takes the original's output there), then pruned one by one, so that a failure names
+    the layer being ranked or pruned."""
     names = {m: n for n, m in model.named_modules()}
-    groups = pruner.step(interactive=True)
-    while True:
+    try:
+        groups = list(pruner.step(interactive=True))
+    except UserError:
+        raise
+    except Exception as e:
+        raise _trace_failed(e, "rank the channels") from e
+    if planned is not None:
+        planned(groups)
+    for group in groups:
         try:
-            group = next(groups)
-        except StopIteration:
-            return
-        except UserError:
-            raise
-        except Exception as e:
-            raise _trace_failed(e, "rank the channels") from e
-        try:
-            if removed is not None:
-                removed.record(group)
             group.prune()
         except Exception as e:
             root = names.get(group[0].dep.target.module, "?")
