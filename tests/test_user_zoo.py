@@ -50,6 +50,9 @@ ZOO = {
     "vgg_bn_no_stats": {},
     "vgg_instancenorm": {},
     "vggish": {"in_channels": 1, "input_size": [96, 64]},   # imports vggish_blocks.py
+    "vggish_nhwc": {"in_channels": 1, "input_size": [96, 64]},  # the published NHWC flatten
+    "vgg_permute_flatten": {},
+    "vgg_permute_nn_flatten": {},
 }
 # Criteria that need something a model may lack: the criterion must refuse it with a UserError.
 NEEDS = {"bn-scale": ("BatchNorm", lambda m: any(

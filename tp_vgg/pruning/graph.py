@@ -343,7 +343,7 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
                 ranked = False
                 # the masked-equivalence check of every step, on the model itself (no copy)
                 masked = checks.MaskedOriginal(model, pruner.DG, spec, example)
-                _step(pruner, model, masked.take)
+                _step(pruner, model, spec, example, masked.take)
                 checks.check_pruned(model, spec, example, masked, expect, bare, coupled)
                 if between_steps is not None and step + 1 < cfg.iterative_steps:
                     between_steps(step, model)
@@ -412,7 +412,115 @@ def _make_pruner(model, spec, cfg, example, ratios, protected, max_ratio) -> tp.
             raise _trace_failed(e, "trace the model") from e
 
 
-def _step(pruner: tp.pruner.BasePruner, model: nn.Module,
+# --------------------------------------------------------------------------------------------
+# Feature maps flattened in another order than (C, H, W). torch-pruning 1.6.1 maps a channel to
+# the linear layer's input columns as if the map were flattened channel-major (columns c*HW ...
+# (c+1)*HW - 1); through a transpose or permute first (VGGish's NHWC flatten:
+# transpose(1, 3), transpose(1, 2), view(n, -1)) a channel's columns are elsewhere. Where the
+# traced graph holds a transpose or permute, the order is read off the model itself: the map
+# feeding the linear layer is replaced by its own channel-major indices, and the columns show
+# where each index lands. The planned groups then remove the right columns.
+
+_PERMUTES = ("TransposeBackward", "PermuteBackward")
+
+
+def _permutes(graph: tp.DependencyGraph) -> bool:
+    return any(isinstance(m, tp.ops._ElementWiseOp) and str(m._grad_fn).startswith(_PERMUTES)
+               for m in graph.module2node)
+
+
+@torch.no_grad()
+def _column_of(model: nn.Module, spec: ModelSpec, example: torch.Tensor, linear: nn.Linear
+               ) -> Optional[torch.Tensor]:
+    """For ``linear`` fed by a flattened feature map: the column each channel-major index of the
+    map lands in, when that is a permutation other than the identity; else None."""
+    leaves = [m for m in model.modules() if not list(m.children()) and m is not linear]
+    last: List[Optional[nn.Module]] = [None]
+    fed: List[Optional[nn.Module]] = [None]
+
+    def seen(m, args, out):
+        if (isinstance(out, torch.Tensor) and out.dim() == 4
+                and out[0].numel() == linear.in_features):
+            last[0] = m
+
+    def reached(m, args):
+        if fed[0] is None:
+            fed[0] = last[0]
+        raise _Stop
+
+    handles = [m.register_forward_hook(seen) for m in leaves]
+    handles.append(linear.register_forward_pre_hook(reached))
+    try:
+        _run_until_stop(model, example)
+    finally:
+        for h in handles:
+            h.remove()
+    source = fed[0]
+    if source is None:
+        return None
+    captured: List[torch.Tensor] = []
+
+    def code(m, args, out):
+        index = torch.arange(out[0].numel(), dtype=out.dtype, device=out.device)
+        return index.reshape(out[0].shape).expand_as(out).contiguous()
+
+    def grab(m, args):
+        captured.append(args[0][0].detach().flatten())
+        raise _Stop
+
+    handles = [source.register_forward_hook(code), linear.register_forward_pre_hook(grab)]
+    try:
+        _run_until_stop(model, example)
+    finally:
+        for h in handles:
+            h.remove()
+    if not captured or captured[0].numel() != linear.in_features:
+        return None
+    index = captured[0].round().long().cpu()
+    n = linear.in_features
+    if not torch.equal(index.sort().values, torch.arange(n)) or torch.equal(index, torch.arange(n)):
+        return None
+    column = torch.empty(n, dtype=torch.long)
+    column[index] = torch.arange(n)
+    return column
+
+
+class _Stop(Exception):
+    """Ends a probing forward pass once the linear layer's input is known."""
+
+
+def _run_until_stop(model: nn.Module, example: torch.Tensor) -> None:
+    with keep_mode(model):
+        model.eval()
+        try:
+            model(example)
+        except _Stop:
+            pass
+
+
+def _follow_flatten_order(groups: list, model: nn.Module, spec: ModelSpec,
+                          example: torch.Tensor, graph: tp.DependencyGraph) -> None:
+    """Move each planned group's input columns of a linear layer to where the channels really
+    land (see above); a no-op unless the traced graph holds a transpose or permute."""
+    if not _permutes(graph):
+        return
+    columns: Dict[nn.Module, Optional[torch.Tensor]] = {}
+    for group in groups:
+        for i, (dep, idxs) in enumerate(list(group)):
+            layer = dep.target.module
+            if dep.handler != tp.prune_linear_in_channels or not isinstance(layer, nn.Linear):
+                continue
+            if layer not in columns:
+                columns[layer] = _column_of(model, spec, example, layer)
+            column = columns[layer]
+            if column is not None:
+                group[i] = (dep, [tp._helpers._HybridIndex(idx=int(column[int(h.idx)]),
+                                                           root_idx=h.root_idx)
+                                  if isinstance(h, tp._helpers._HybridIndex) else int(column[int(h)])
+                                  for h in idxs])
+
+
+def _step(pruner: tp.pruner.BasePruner, model: nn.Module, spec: ModelSpec, example: torch.Tensor,
           planned: Optional[Callable[[list], None]] = None) -> None:
     """``pruner.step()``: the groups of the step are planned first (torch-pruning 1.6.1 scores
     every group before it yields the first), handed to ``planned`` (the masked-equivalence
@@ -425,6 +533,7 @@ def _step(pruner: tp.pruner.BasePruner, model: nn.Module,
         raise
     except Exception as e:
         raise _trace_failed(e, "rank the channels") from e
+    _follow_flatten_order(groups, model, spec, example, pruner.DG)
     if planned is not None:
         planned(groups)
     for group in groups:
@@ -502,6 +611,20 @@ class GlobalRanking:
                 for root, k, c, g in zip(self.roots, removed, self.sizes, self.groups)}
 
 
+def _load_history(graph: tp.DependencyGraph, model: nn.Module, spec: ModelSpec,
+                  example: torch.Tensor, history: List[list]) -> None:
+    """``graph.load_pruning_history``, with each group's flatten order followed as when it was
+    pruned (:func:`_follow_flatten_order`)."""
+    graph._pruning_history = [[n, bool(o), list(i)] for n, o, i in history]
+    for name, is_out, idxs in graph._pruning_history:
+        module = model.get_submodule(name)
+        pruner = graph.get_pruner_of_module(module)
+        fn = pruner.prune_out_channels if is_out else pruner.prune_in_channels
+        group = graph.get_pruning_group(module, fn, idxs)
+        _follow_flatten_order([group], model, spec, example, graph)
+        group.prune(record_history=False)
+
+
 def replay(model: nn.Module, spec: ModelSpec, history: List[list],
            example: Optional[torch.Tensor] = None) -> nn.Module:
     """Apply a saved pruning history to a freshly built model (architecture only)."""
@@ -512,7 +635,7 @@ def replay(model: nn.Module, spec: ModelSpec, history: List[list],
     with keep_mode(model):
         graph = build_graph(model, spec, example)
         try:
-            graph.load_pruning_history([[n, bool(o), list(i)] for n, o, i in history])
+            _load_history(graph, model, spec, example, history)
         except Exception as e:
             raise UserError(
                 f"the saved pruning history does not fit the model {spec.name} builds now "
