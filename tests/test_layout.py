@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 from pathlib import Path
 from typing import Dict, List, Set
 
@@ -157,3 +158,14 @@ def test_library_modules_form_no_import_circle():
     for node in sorted(graph):
         if node not in state:
             visit(node)
+
+
+def test_no_package_file_is_git_ignored():
+    """A fresh clone has every module: none of the package's files matches .gitignore (a
+    ``data/`` rule once hid ``tp_vgg/data/__init__.py``)."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    files = [str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")]
+    r = subprocess.run(["git", "check-ignore", "--no-index", *files], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.stdout.split() == []
