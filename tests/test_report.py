@@ -9,6 +9,7 @@ import pytest
 
 from tp_vgg.report import markdown as report_md
 from tp_vgg.report import plots
+from tp_vgg.report.summary import format_ms
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY = ["--model", "cifar_vgg11_bn", "--width", "0.125"]
@@ -39,7 +40,8 @@ def test_report_of_a_prune_run(run_cli, prune_run):
     assert "| `features.0` | Conv2d | 8 | 4 |" in md  # channels before -> after, per layer
     assert "## Latency" in md and "efficiency" in md
     c = rep["latency"]["comparisons"][0]
-    assert f"| 1 | {c['original']['median_ms']:.2f} | {c['pruned']['median_ms']:.2f} |" in md
+    assert (f"| 1 | {format_ms(c['original']['median_ms'])} | "
+            f"{format_ms(c['pruned']['median_ms'])} |") in md
     assert "multiply-add" in md
     pngs = sorted(os.listdir(prune_run / "plots"))
     assert pngs == ["channels.png", "latency_vs_macs.png", "macs.png"]

@@ -67,7 +67,7 @@ def test_fixed_layer_ratios_stay_and_the_rest_reach_the_target(model):
 
 
 @pytest.mark.parametrize("target,message", [
-    (targets.Target(speedup=40), "cannot be reached while every layer keep at least 25% of their "
+    (targets.Target(speedup=40), "cannot be reached while every layer keeps at least 25% of its "
                                  "channels: at most"),
     (targets.Target(speedup=0.5), "--target-speedup must be a number > 1"),
     (targets.Target(macs=10**12), "is not below the model's"),

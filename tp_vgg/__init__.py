@@ -25,19 +25,50 @@ says more.
 
 __version__ = "0.1.0"
 
-from tp_vgg.checkpoint.source import ModelSource  # noqa: E402
-from tp_vgg.checkpoint.store import Checkpoint, load, load_checkpoint, save  # noqa: E402
-from tp_vgg.data.datasets import DataConfig  # noqa: E402
-from tp_vgg.errors import UserError  # noqa: E402
-from tp_vgg.job import (FinetuneConfig, IterativeConfig, JobResult, PruneJob,  # noqa: E402
-                        SensitivityStudy, UnstructuredConfig, run, run_sensitivity, sweep)
-from tp_vgg.latency.budget import LatencyBudget  # noqa: E402
-from tp_vgg.latency.timing import LatencyConfig  # noqa: E402
-from tp_vgg.models.counting import Counts, count  # noqa: E402
-from tp_vgg.models.zoo import ModelSpec, build_model, list_models  # noqa: E402
-from tp_vgg.pruning.graph import PruneConfig, PruneResult, prune  # noqa: E402
-from tp_vgg.pruning.targets import Target  # noqa: E402
-from tp_vgg.train.config import TrainConfig, finetuning  # noqa: E402
+# The public names, imported on first use (PEP 562): `import tp_vgg` (and so the `tp-vgg`
+# command's first line) stays cheap, so that the command line can take over Ctrl-C before torch
+# and the library load. `from tp_vgg import X` and `tp_vgg.X` import X's module then.
+_PUBLIC = {
+    "ModelSource": "tp_vgg.checkpoint.source",
+    "Checkpoint": "tp_vgg.checkpoint.store", "load": "tp_vgg.checkpoint.store",
+    "load_checkpoint": "tp_vgg.checkpoint.store", "save": "tp_vgg.checkpoint.store",
+    "DataConfig": "tp_vgg.data.datasets",
+    "UserError": "tp_vgg.errors",
+    **{name: "tp_vgg.job" for name in (
+        "FinetuneConfig", "IterativeConfig", "JobResult", "PruneJob", "SensitivityStudy",
+        "UnstructuredConfig", "run", "run_sensitivity", "sweep")},
+    "LatencyBudget": "tp_vgg.latency.budget",
+    "LatencyConfig": "tp_vgg.latency.timing",
+    "Counts": "tp_vgg.models.counting", "count": "tp_vgg.models.counting",
+    "ModelSpec": "tp_vgg.models.zoo", "build_model": "tp_vgg.models.zoo",
+    "list_models": "tp_vgg.models.zoo",
+    "PruneConfig": "tp_vgg.pruning.graph", "PruneResult": "tp_vgg.pruning.graph",
+    "prune": "tp_vgg.pruning.graph",
+    "Target": "tp_vgg.pruning.targets",
+    "TrainConfig": "tp_vgg.train.config", "finetuning": "tp_vgg.train.config",
+}
+
+
+_SUBMODULES = ("data", "models", "report", "pruning", "checkpoint", "train", "export", "latency",
+               "job", "errors", "registry", "files", "device")
+
+
+def __getattr__(name: str):
+    import importlib
+
+    module = _PUBLIC.get(name)
+    if module is None:
+        if name in _SUBMODULES:  # `import tp_vgg` then `tp_vgg.job.run`, as before
+            return importlib.import_module(f"tp_vgg.{name}")
+        raise AttributeError(f"module 'tp_vgg' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))
+
 
 __all__ = [
     "__version__", "UserError", "ModelSpec", "build_model", "list_models",

@@ -1,10 +1,15 @@
-"""Atomic file writes: a temp file in the target folder, flushed, then renamed over the target."""
+"""Atomic file writes: a temp file in the target folder, flushed, given the mode a plain ``open``
+would have given (``0o666 & ~umask`` for a new file, the old file's mode for one replaced), then
+renamed over the target. (``tempfile.mkstemp`` creates its file 0600 whatever the umask: left so,
+a pruned.pt or model.onnx could not be read by anyone else.)"""
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
+import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -19,9 +24,41 @@ def ensure_dir(path: str) -> str:
     return path
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS tells it (Linux's
+    /proc/self/status), else by setting a strict one (0o077) for an instant and restoring it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def plain_mode(path: str) -> int:
+    """The permission bits ``open(path, "w")`` would leave ``path`` with: an existing regular
+    file's own, else ``0o666 & ~umask``."""
+    try:
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    except OSError:
+        pass
+    return 0o666 & ~current_umask()
+
+
 @contextmanager
 def atomic_path(path: str) -> Iterator[str]:
-    """Yield a temp path beside ``path``; on success it replaces ``path``, on failure it is removed."""
+    """Yield a temp path beside ``path``; on success it gets the mode a plain ``open`` would have
+    given (:func:`plain_mode`) and replaces ``path``; on failure it is removed."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
@@ -32,6 +69,7 @@ def atomic_path(path: str) -> Iterator[str]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, plain_mode(path))
         os.replace(tmp, path)
     except OSError as e:
         _remove(tmp)

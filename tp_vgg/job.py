@@ -12,7 +12,9 @@ stages), the sweep and the sensitivity study.
 job fine-tunes), :func:`count`, :func:`solve_target`, :func:`prune_model` (iterative steps
 fine-tune in between), :func:`recover` (BN recalibration, fine-tuning, distillation),
 :func:`measure` (latency), :func:`make_report` and :func:`save_outputs`. ``--unstructured``
-replaces the pruning stage with :func:`prune_unstructured`. :func:`sweep` runs a job at several
+replaces the pruning stage with :func:`prune_unstructured`. A job stopped by SIGINT/SIGTERM while
+it fine-tunes is finished by :func:`resume_run` (`tp-vgg prune --resume DIR`) from
+``DIR/finetune/last.pt`` and ``DIR/resume.json``. :func:`sweep` runs a job at several
 ratios. :func:`run_sensitivity` is `tp-vgg sensitivity` (:class:`SensitivityStudy`). `tp-vgg
 prune`, `sweep` and `sensitivity` build a job from their flags and call these.
 """
@@ -49,7 +51,7 @@ from tp_vgg.pruning.criteria import DEFAULT_TAYLOR_BATCHES, GradientBatches, tra
 from tp_vgg.pruning.targets import Target
 from tp_vgg.report import markdown as report_md
 from tp_vgg.report import summary as report_json
-from tp_vgg.train import evaluation
+from tp_vgg.train import evaluation, interrupt
 from tp_vgg.train import loop as train
 from tp_vgg.train.config import TrainConfig, finetuning
 from tp_vgg.train.distributed import DistContext
@@ -393,7 +395,9 @@ def prune_model(model: nn.Module, spec, cfg: pruning.PruneConfig,
 
 def recover(job: PruneJob, prep: Prepared, model: nn.Module, history: List[list],
             meta: Dict[str, Any], out_dir: Optional[str], log: Log,
-            dist: Optional[DistContext] = None) -> Dict[str, Optional[float]]:
+            dist: Optional[DistContext] = None,
+            before_finetune: Optional[Callable[[Dict[str, Optional[float]]], None]] = None
+            ) -> Dict[str, Optional[float]]:
     """Recalibrate BN and fine-tune ``model`` in place (``out_dir/finetune/``); return the
     top-1 fractions: before, pruned, recalibrated, finetuned. Nothing without
     ``FinetuneConfig.evaluates``. Under torchrun (``dist``) each rank re-estimates the statistics
@@ -417,7 +421,10 @@ def recover(job: PruneJob, prep: Prepared, model: nn.Module, history: List[list]
         else:
             msg += " (no BatchNorm running statistics to re-estimate)"
     if ft.epochs:
-        log(msg + f"; fine-tuning {ft.epochs} epochs" + (" with distillation" if cfg.distill else ""))
+        log(msg + f"; fine-tuning {report_json.plural(ft.epochs, 'epoch')}"
+            + (" with distillation" if cfg.distill else ""))
+        if before_finetune is not None:  # e.g. what `prune --resume` needs to finish the job
+            before_finetune(dict(acc))
         res = train.fit(model, spec, data, cfg,
                         os.path.join(out_dir, "finetune") if out_dir else None,
                         data_cfg=ft.data, history=history, preprocessing=pre, meta=meta,
@@ -498,13 +505,16 @@ def save_outputs(out_dir: Optional[str], model: nn.Module, spec, history: List[l
                  preprocessing: Preprocessing, meta: Dict[str, Any], rep: Dict[str, Any]) -> None:
     """``out_dir/pruned.pt`` and ``report.json``, both or neither: pruned.pt is written whole
     under a temp name, report.json is written (atomically), and only then is pruned.pt renamed
-    into place."""
+    into place. A SIGINT/SIGTERM meanwhile is held until pruned.pt is whole, then stops the job
+    before report.json is written."""
     if not out_dir:
         return
     ensure_dir(out_dir)
-    with atomic_path(os.path.join(out_dir, "pruned.pt")) as ckpt_tmp:
+    # A signal meanwhile waits, then stops the job before report.json: both files or neither.
+    with interrupt.deferred(), atomic_path(os.path.join(out_dir, "pruned.pt")) as ckpt_tmp:
         save_checkpoint(ckpt_tmp, model, spec, history=history, preprocessing=preprocessing,
                         meta=meta, atomic=False)
+        interrupt.check()
         write_json(os.path.join(out_dir, "report.json"), rep)
 
 
@@ -519,7 +529,8 @@ def _summary(job: PruneJob, plan, steps, after: Counts, result: pruning.PruneRes
                           (("pruned", r.top1_pruned), ("fine-tuned", r.top1_finetuned))
                           if v is not None)
             log(f"step {r.step}/{job.steps}: {human(r.macs)} MACs, {human(r.params)} params"
-                f"{acc}" + (f" ({r.finetune_epochs} epochs)" if r.finetune_epochs else ""))
+                f"{acc}" + (f" ({report_json.plural(r.finetune_epochs, 'epoch')})"
+                            if r.finetune_epochs else ""))
     for note in result.notes:
         log(f"note: {note}")
 
@@ -568,23 +579,219 @@ def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print,
     result = prune_model(model, spec, cfg, steps, grads)
     after = counting.count(model, spec)
     history = loaded.history + result.history
-    accuracy = recover(job, prep, model, history, loaded.meta, out_dir, log, dist)
+    interrupt.check()  # before fine-tuning (a signal that a library swallowed)
+    extra = {"round_to_auto": learned} if learned else {}
+    if prep.data is not None:  # the preprocessing used, and where its normalization came from
+        extra["preprocessing"] = prep.preprocessing.to_dict()
+    # the report and meta as known before fine-tuning; accuracy, latency, schedule come after
+    partial = make_report(job, spec, cfg, before, after, result, plan, None, **extra)
+    meta0 = dict(loaded.meta, importance=cfg.importance, ratio=cfg.ratio,
+                 config=partial["config"], macs_before=before.macs, macs_after=after.macs,
+                 params_before=before.params, params_after=after.params)
+    state = resume_state(job, prep, partial, meta0, steps) if out_dir else None
+    saved = []
+
+    def save_state(acc: Dict[str, Optional[float]]) -> None:
+        write_json(os.path.join(ensure_dir(out_dir), RESUME_FILE), dict(state, accuracy=acc))
+        saved.append(True)
+
+    try:
+        accuracy = recover(job, prep, model, history, loaded.meta, out_dir, log, dist,
+                           before_finetune=save_state if state is not None else None)
+        interrupt.check()
+    except interrupt.Interrupted as e:
+        raise _resumable(e, out_dir, job.source.consent()) if saved else e
     if steps is not None:
         steps.finish(model, accuracy.get("pruned"), job.finetune.epochs if job.finetune else 0,
                      accuracy.get("finetuned"))
     acc = {"accuracy": accuracy} if accuracy else {}
-    lat = measure(job, original, model, spec, before, after, log)
-    extra = {"round_to_auto": learned} if learned else {}
-    rep = make_report(job, spec, cfg, before, after, result, plan, steps, **acc, **lat, **extra)
-    meta = dict(loaded.meta, importance=cfg.importance, ratio=cfg.ratio, config=rep["config"],
-                macs_before=before.macs, macs_after=after.macs,
-                params_before=before.params, params_after=after.params, **acc)
+    try:
+        lat = measure(job, original, model, spec, before, after, log)
+        rep = complete_report(partial, dict(**acc, **lat),
+                              steps.to_dict() if steps is not None else None)
+        meta = dict(meta0, **acc)
+        interrupt.check()
+    except interrupt.Interrupted as e:
+        raise _resumable(e, out_dir, job.source.consent()) if saved else e
     save_outputs(out_dir, model, spec, history, prep.saved_preprocessing, meta, rep)
+    _remove_state(out_dir)
     log(report_json.format_prune_table(rep))
     _summary(job, plan, steps, after, result, log)
     _wrote(out_dir, log)
     return JobResult(model, spec, history, before, after, rep, meta, prep.saved_preprocessing,
                      accuracy, out_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# An interrupted prune job, finished by `tp-vgg prune --resume DIR` (:func:`resume_run`).
+
+RESUME_FILE = "resume.json"  # in DIR while the job fine-tunes; removed once pruned.pt is written
+_TAIL = ("schedule", "notes")  # make_report's last keys, after the extras
+
+
+def resume_state(job: PruneJob, prep: Prepared, partial: Dict[str, Any], meta: Dict[str, Any],
+                 steps: Optional[iterative.Schedule]) -> Dict[str, Any]:
+    """What :func:`resume_run` needs besides ``DIR/finetune/last.pt`` (the pruned model, its
+    history and the fine-tuning state): the report and meta known before fine-tuning and the
+    stages after it (scratch control, latency). Written to ``DIR/resume.json`` (atomically)
+    when fine-tuning starts, with the accuracy so far."""
+    ft = job.finetune
+    scratch = None
+    if ft is not None and ft.scratch_epochs is not None:
+        epochs = ft.scratch_epochs or int(prep.loaded.meta.get("epoch") or 0) + ft.epochs
+        scratch = dataclasses.replace(ft.train, epochs=epochs, lr=None, warmup_epochs=1.0,
+                                      distill=False).to_dict()
+    return {"job": "prune", "report": partial, "meta": meta,
+            "schedule": steps.to_dict() if steps is not None else None,
+            "finetune_epochs": ft.epochs if ft is not None else 0,
+            "source_history": len(prep.loaded.history),
+            "latency": dataclasses.asdict(job.latency) if job.latency is not None else None,
+            "latency_runtimes": list(job.latency_runtimes), "scratch": scratch,
+            "scratch_data": dataclasses.asdict(ft.data) if scratch else None}
+
+
+def _resumable(e: interrupt.Interrupted, out_dir: str, consent: Dict[str, bool]
+               ) -> interrupt.Interrupted:
+    """``e`` continued by `tp-vgg prune --resume DIR` (the fine-tuning checkpoint is kept)."""
+    kept = e.kept or os.path.join(out_dir, "finetune", "last.pt")
+    trust = bool((e.resume and e.resume.trust_model_code) or consent.get("trust_model_code"))
+    out = interrupt.Interrupted(e.signum, kept, e.where, interrupt.Resume(
+        "prune", out_dir, trust, bool(consent.get("allow_changed_model_code"))))
+    return out
+
+
+def _remove_state(out_dir: Optional[str]) -> None:
+    if out_dir and os.path.exists(os.path.join(out_dir, RESUME_FILE)):
+        os.remove(os.path.join(out_dir, RESUME_FILE))
+
+
+def complete_report(partial: Dict[str, Any], middle: Dict[str, Any],
+                    schedule: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """report.json from the part known before fine-tuning (:func:`make_report` without accuracy,
+    latency and schedule), ``middle`` (accuracy, latency) and the schedule, keys in
+    :func:`make_report`'s order."""
+    keys = list(partial)
+    cut = keys.index("layers") + 1 if "layers" in keys else len(keys)
+    out = {k: partial[k] for k in keys[:cut]}
+    out.update(middle)
+    tail = dict({"schedule": schedule} if schedule is not None else {},
+                **{k: partial[k] for k in keys[cut:] if k in _TAIL})
+    out.update({k: partial[k] for k in keys[cut:] if k not in _TAIL})
+    out.update({k: tail[k] for k in _TAIL if k in tail})
+    return out
+
+
+def read_resume_state(out_dir: str) -> Dict[str, Any]:
+    """``DIR/resume.json`` of an interrupted prune job; a UserError naming what DIR holds."""
+    path = os.path.join(out_dir, RESUME_FILE)
+    if not os.path.isdir(out_dir):
+        raise UserError(f"--resume {out_dir!r} is not a folder; give the --out DIR of an "
+                        "interrupted tp-vgg prune")
+    if not os.path.isfile(path):
+        if os.path.isfile(os.path.join(out_dir, "pruned.pt")):
+            raise UserError(f"--resume {out_dir!r}: that prune job has finished "
+                            "(pruned.pt and report.json are there); nothing to resume")
+        raise UserError(f"--resume {out_dir!r} holds no interrupted prune job ({RESUME_FILE} is "
+                        "written when fine-tuning starts; a job stopped before it starts anew: "
+                        "run the prune command again)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path!r}: {e}") from e
+    if not isinstance(state, dict) or state.get("job") != "prune":
+        raise UserError(f"{path!r} is not a tp-vgg prune job's resume file")
+    return state
+
+
+def resume_run(out_dir: str, log: Log = print, dist: Optional[DistContext] = None, *,
+               trust_model_code: bool = False, allow_changed_model_code: bool = False,
+               runtime: Optional[Dict[str, Any]] = None) -> JobResult:
+    """Finish the prune job interrupted in ``out_dir`` (`tp-vgg prune --resume DIR`): continue
+    its fine-tuning exactly from ``DIR/finetune/last.pt`` (:func:`tp_vgg.train.loop.resume`),
+    then the stages after it (scratch control, latency), and write ``pruned.pt`` and
+    ``report.json`` as the uninterrupted job would have. ``trust_model_code``: the model is a
+    user factory (as for :func:`tp_vgg.load_checkpoint`); ``runtime``: device, progress, ..."""
+    dist = dist or DistContext()
+    state = read_resume_state(out_dir)
+    consent = {"trust_model_code": trust_model_code,
+               "allow_changed_model_code": allow_changed_model_code}
+    if not dist.is_main:
+        log = lambda s: None  # noqa: E731
+    ft_dir = os.path.join(out_dir, "finetune")
+    last = os.path.join(ft_dir, "last.pt")
+    if not os.path.isfile(last):
+        raise UserError(f"--resume {out_dir!r}: {last!r} is missing; the job cannot be finished, "
+                        "run the prune command again")
+    point = train.ResumePoint.read(last, **consent)
+    data = load_data(point.data, log)
+    ck = point.checkpoint
+    done = int(ck.train_state["epoch"])
+    step = int(ck.train_state.get("step") or 0)
+    log(f"resuming the prune job in {out_dir}: fine-tuning after epoch {done}/"
+        f"{point.config.epochs}" + (f" and step {step}" if step else ""))
+    try:
+        res = train.resume(point, data, ft_dir, runtime=runtime, dist=dist, log=log)
+        model = res.model.to("cpu", memory_format=torch.contiguous_format).eval()
+        spec, history = ck.spec, list(ck.history)
+        accuracy = dict(state.get("accuracy") or {})
+        accuracy["finetuned"] = (res.final.top1 if res.final is not None
+                                 else ck.meta.get("test_top1", accuracy.get("recalibrated")))
+        if state.get("scratch"):
+            accuracy["scratch"] = _resume_scratch(state, ck, data, out_dir, history, log, dist)
+        interrupt.check()
+        n_src = int(state.get("source_history") or 0)
+        steps = None
+        if state.get("schedule"):
+            sch = state["schedule"]
+            steps = iterative.Schedule(spec, sch["iterative_steps"], sch["finetune_epochs_per_step"])
+            steps.records = [iterative.StepRecord(**r) for r in sch["steps"]]
+            steps.finish(model, accuracy.get("pruned"), state.get("finetune_epochs") or 0,
+                         accuracy.get("finetuned"))
+        original = pruning.replay(ck.build_unpruned(), spec, history[:n_src]).eval()
+        before, after = counting.count(original, spec), counting.count(model, spec)
+        lat: Dict[str, Any] = {}
+        if state.get("latency") is not None:
+            lcfg = dict(state["latency"], batch_sizes=tuple(state["latency"]["batch_sizes"]))
+            rjob = PruneJob(ModelSource(spec=spec), latency=latency.LatencyConfig(**lcfg),
+                            latency_runtimes=tuple(state.get("latency_runtimes") or ()))
+            lat = measure(rjob, original, model, spec, before, after, log)
+        acc = {"accuracy": accuracy}
+        rep = complete_report(state["report"], dict(**acc, **lat),
+                              steps.to_dict() if steps is not None else None)
+        meta = dict(state["meta"], **acc)
+        interrupt.check()
+    except interrupt.Interrupted as e:
+        raise _resumable(e, out_dir, consent)
+    if dist.is_main:
+        save_outputs(out_dir, model, spec, history, ck.preprocessing, meta, rep)
+        _remove_state(out_dir)
+    log(report_json.format_prune_table(rep))
+    _wrote(out_dir if dist.is_main else None, log)
+    return JobResult(model, spec, history, before, after, rep, meta, ck.preprocessing, accuracy,
+                     out_dir)
+
+
+def _resume_scratch(state: Dict[str, Any], ck, data: ImageData, out_dir: str,
+                    history: List[list], log: Log, dist: Optional[DistContext]) -> Optional[float]:
+    """The scratch control of a resumed job: continued from ``DIR/scratch/last.pt`` when it
+    holds a run in progress, else trained as :func:`scratch_control` does."""
+    folder = os.path.join(out_dir, "scratch")
+    last = os.path.join(folder, "last.pt")
+    if os.path.isfile(last):
+        point = train.ResumePoint.read(last, **ck.consent())
+        res = train.resume(point, data, folder, dist=dist, log=log)
+        return res.final.top1 if res.final else point.checkpoint.meta.get("test_top1")
+    cfg = TrainConfig.from_dict(state["scratch"])
+    train.seed_everything(cfg.seed)
+    model = pruning.replay(ck.build_unpruned(), ck.spec, history)
+    log(f"scratch control: the pruned architecture from random initialization, "
+        f"{cfg.epochs} epochs")
+    res = train.fit(model, ck.spec, data, cfg, folder,
+                    data_cfg=DataConfig(**state["scratch_data"]), history=history,
+                    preprocessing=ck.preprocessing, meta={"scratch": True}, command="scratch",
+                    dist=dist)
+    return res.final.top1 if res.final else None
 
 
 def prune_unstructured(job: PruneJob, prep: Prepared, out_dir: Optional[str],
@@ -643,7 +850,7 @@ def prune_unstructured(job: PruneJob, prep: Prepared, out_dir: Optional[str],
     for r in rounds or []:
         top = f"top-1 {100 * r['top1']:.2f}%" if r["top1"] is not None else ""
         log(f"lottery round {r['round']}: {100 * r['sparsity']:.1f}% zero, "
-            f"{r['epochs']} epochs, {top}")
+            f"{report_json.plural(r['epochs'], 'epoch')}, {top}")
     if accuracy:
         log("top-1: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items()
                                   if v is not None))
@@ -667,7 +874,12 @@ def sweep(job: PruneJob, ratios: Sequence[float], out_dir: str, log: Log = print
     """:func:`run` ``job`` at each ratio into ``out_dir/ratio_R/``; ``out_dir/sweep.json`` lists
     the runs (rewritten after each) and ``report.md`` shows the trade-off curves.
     ``latency_label`` is what sweep.json records for the latency setting (default: the batch
-    sizes, or ``"default"``)."""
+    sizes, or ``"default"``).
+
+    With ``job.latency`` the runs are not timed one by one: once all are pruned,
+    :func:`measure_sweep` times the original once, interleaved with every pruned model in one
+    session (per runtime), so that every speed-up -- in each run's report.json, in sweep.json,
+    report.md and the printed table -- is the one baseline shown / that model's ms."""
     if job.target is not None:
         raise UserError("a sweep sets the ratio: leave PruneJob.target (--target-*) out")
     check_out_dir(out_dir)
@@ -685,17 +897,87 @@ def sweep(job: PruneJob, ratios: Sequence[float], out_dir: str, log: Log = print
               "data": ft.data.name if ft else None, "latency": latency_label}
     path = os.path.join(out_dir, report_md.SWEEP_FILE)
     write_json(path, record)
+    each = _untimed(job)
+    results: Dict[str, JobResult] = {}
     for i, entry in enumerate(runs):
         t0 = time.perf_counter()
         log(f"== sweep {i + 1}/{len(runs)}: ratio {entry['ratio']} -> "
             f"{os.path.join(out_dir, entry['dir'])}")
-        run(dataclasses.replace(job, prune=dataclasses.replace(job.prune, ratio=entry["ratio"])),
+        results[entry["dir"]] = run(
+            dataclasses.replace(each, prune=dataclasses.replace(job.prune, ratio=entry["ratio"])),
             os.path.join(out_dir, entry["dir"]), log)
         entry["seconds"] = round(time.perf_counter() - t0, 2)
+        write_json(path, record)
+    if job.latency is not None:
+        measure_sweep(job, record, results, out_dir, log)
         write_json(path, record)
     written = report_md.write_report(out_dir)
     log(f"wrote {path} and {written.markdown}")
     return record
+
+
+def _untimed(job: PruneJob) -> PruneJob:
+    """``job`` without its latency measurement (the sweep times all runs together), the
+    ``--round-to auto`` scan still where --latency's settings would have put it."""
+    if job.latency is None:
+        return job
+    timing = job.timing
+    if timing is None and job.prune.round_to == "auto":
+        timing = dataclasses.replace(job.latency, batch_sizes=())
+    return dataclasses.replace(job, latency=None, latency_runtimes=(), timing=timing)
+
+
+def measure_sweep(job: PruneJob, record: Dict[str, Any], results: Dict[str, "JobResult"],
+                  out_dir: str, log: Log = print) -> None:
+    """Time the original (the sweep's source, rebuilt) once, interleaved with every run's pruned
+    model, per runtime; write each run's latency into its report.json (speed-up = the shared
+    original's ms / its ms) and into ``record`` (sweep.json): ``latency_baseline_ms`` (runtime
+    -> batch size -> the original's median ms) and, per run, ``latency`` (runtime -> a row per
+    batch size: original_ms, pruned_ms, speedup, mac_ratio, efficiency)."""
+    if not results:
+        return
+    first = next(iter(results.values()))
+    spec = first.spec
+    original = load_source(job.source, lambda s: None).model
+    before = first.before.macs
+    cfg = latency_config(job.latency, spec)
+    label = {d: f"ratio {r['ratio']}" for r in record["runs"] for d in [r["dir"]]}
+    names = [r["dir"] for r in record["runs"] if r["dir"] in results]
+    session = (f"one interleaved session: the original and the {len(names)} pruned models of "
+               f"the sweep (ratios {', '.join(str(r['ratio']) for r in record['runs'])})")
+    by_runtime: Dict[str, Dict[str, latency.LatencyReport]] = {}
+    for runtime in dict.fromkeys([cfg.runtime, *job.latency_runtimes]):
+        log(f"== sweep latency ({runtime}): the original and {len(names)} pruned models, "
+            "interleaved in one session")
+        reps = latency.compare_each(original, {n: results[n].model for n in names}, spec,
+                                    dataclasses.replace(cfg, runtime=runtime), before,
+                                    {n: results[n].after.macs for n in names}, session)
+        log(latency.format_session_table(reps, label))
+        by_runtime[runtime] = reps
+    main = by_runtime[cfg.runtime]
+    record["latency_baseline_ms"] = {
+        rt: {str(k.batch_size): k.original.median_ms
+             for k in next(iter(reps.values())).comparisons} for rt, reps in by_runtime.items()}
+    record["latency_note"] = ("the original was timed once per runtime, interleaved with every "
+                              "ratio's pruned model in one session; speed-up = "
+                              "latency_baseline_ms / pruned_ms")
+    for entry in record["runs"]:
+        name = entry["dir"]
+        if name not in main:
+            continue
+        entry["latency"] = {rt: [{"batch_size": k.batch_size,
+                                  "original_ms": k.original.median_ms,
+                                  "pruned_ms": k.pruned.median_ms, "speedup": k.speedup,
+                                  "mac_ratio": k.mac_ratio, "efficiency": k.efficiency}
+                                 for k in reps[name].comparisons]
+                             for rt, reps in by_runtime.items()}
+        lat = {"latency": main[name].to_dict()}
+        if len(by_runtime) > 1:
+            lat["latency_by_runtime"] = {rt: reps[name].to_dict()
+                                         for rt, reps in by_runtime.items()}
+        rep = dict(results[name].report, **lat)
+        results[name].report.update(lat)
+        write_json(os.path.join(out_dir, name, report_md.REPORT_FILE), rep)
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ class ModelSource:
     which is then what runs; ``trust_model_code`` lets a checkpoint's own factory run.
 
     ``weights_file`` (with ``spec``): a plain state_dict the user trained (``--weights PATH``),
-    loaded into the built model, strictly unless ``strict_weights`` is False."""
+    loaded into the built model, strictly unless ``strict_weights`` is False; ``weights_key``
+    (``--weights-key``) picks an entry of that file (e.g. timm's ``state_dict_ema``)."""
 
     spec: Optional[ModelSpec] = None
     checkpoint: Optional[str] = None
@@ -35,6 +36,7 @@ class ModelSource:
     seed: int = 0
     weights_file: Optional[str] = None
     strict_weights: bool = True
+    weights_key: Optional[str] = None
 
     def consent(self) -> Dict[str, bool]:
         """The code consent, as keyword arguments of :func:`tp_vgg.load_checkpoint`."""
@@ -48,6 +50,9 @@ class ModelSource:
         if self.weights_file is not None and self.spec is None:
             raise UserError("--weights PATH applies to --model: a checkpoint already holds its "
                             "weights (ModelSource.weights_file needs ModelSource.spec)")
+        if self.weights_key is not None and self.weights_file is None:
+            raise UserError("--weights-key picks an entry of a --weights PATH file; give the file "
+                            "with --weights (ModelSource.weights_key needs ModelSource.weights_file)")
         if self.spec is not None:
             for flag, on in self.consent().items():
                 if on:
@@ -89,7 +94,8 @@ def load_source(source: ModelSource, log: Optional[Callable[[str], None]] = None
     model = build_model(spec)
     meta: Dict[str, Any] = {}
     if source.weights_file is not None:
-        w = meta["weights"] = apply_weights(model, source.weights_file, source.strict_weights)
+        w = meta["weights"] = apply_weights(model, source.weights_file, source.strict_weights,
+                                                source.weights_key)
         left = {k: w[k] for k in ("missing", "unexpected", "wrong_shape") if w[k]}
         if left and log is not None:
             log(f"--weights {source.weights_file}: loaded {w['loaded']} of the model's "

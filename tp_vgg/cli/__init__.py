@@ -1,17 +1,46 @@
 """The ``tp-vgg`` command line: parses arguments, builds dataclass configs and calls one library
-function per stage. User mistakes exit with code 2 and one line; Ctrl-C with 130."""
+function per stage. User mistakes exit with code 2 and one line. SIGINT (Ctrl-C) exits with 130
+and SIGTERM with 143, one line, at any moment (:mod:`tp_vgg.train.interrupt`): during the imports
+at once; while training after the current step, with the resumable checkpoint and the command
+that continues it."""
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import os
 import sys
-import time
-import traceback
-from typing import List, Optional
 
-from tp_vgg.errors import UserError
+from tp_vgg.train import interrupt  # stdlib only: installed before the heavy imports below
+
+
+def _run_as_command() -> bool:
+    """Whether this process is the ``tp-vgg`` command (the console script, ``python -m tp_vgg``,
+    torchrun of the script), not a program that imports the package."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and getattr(spec, "name", None) == "tp_vgg.__main__":
+        return True
+    import os
+
+    return os.path.basename(getattr(main, "__file__", None) or "").startswith("tp-vgg")
+
+
+if _run_as_command():
+    interrupt.install("exit")
+    import gc
+
+    # No garbage collection during the imports: a full pass over torch's millions of new objects
+    # runs in C for seconds on a loaded machine, and no signal handler runs meanwhile. (main()
+    # freezes what the imports made and turns collection back on.)
+    gc.disable()
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import os  # noqa: E402
+import shlex  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from typing import List, Optional  # noqa: E402
+
+from tp_vgg.errors import UserError  # noqa: E402
 
 # Each module registers its subcommands with ``register(subparsers, parent)``.
 COMMAND_MODULES = ["tp_vgg.cli.pruning_cmds", "tp_vgg.cli.train_cmds", "tp_vgg.cli.report_cmds",
@@ -61,6 +90,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = None
     try:
         parser = build_parser()
+        if _installed():
+            import gc
+
+            gc.freeze()  # the imported modules: never traversed by later collections
+            gc.enable()
         try:
             args = parser.parse_args(argv)
         except SystemExit as e:  # argparse: --help, --version, or a one-line usage error
@@ -71,20 +105,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         from tp_vgg.device import set_threads
 
         set_threads(getattr(args, "threads", None))  # --threads: set once, for the whole command
-        return int(args.func(args) or 0)
+        if interrupt.requested() is None and _installed():
+            interrupt.set_mode("raise")  # the command runs: a signal stops it where it is
+        code = int(args.func(args) or 0)
+        interrupt.check()  # a signal that a library swallowed
+        return code
     except UserError as e:
+        if interrupt.requested() is not None:
+            return _interrupted(None, args, started, debug)
         if debug:
             traceback.print_exc()
         print(f"tp-vgg: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        if debug:
-            traceback.print_exc()
-        print(f"tp-vgg: interrupted{_kept(args, started)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _interrupted(e, args, started, debug)
     except BrokenPipeError:
         return 1
     except Exception as e:  # an internal error: one line unless --debug
+        if interrupt.requested() is not None:  # e.g. a half-imported module after a signal
+            return _interrupted(None, args, started, debug)
         if debug:
             traceback.print_exc()
         if _out_of_memory(e):
@@ -94,6 +133,43 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"tp-vgg: internal error: {type(e).__name__}: {msg} (rerun with --debug for the "
               "traceback, and please report it)", file=sys.stderr)
         return 1
+
+
+def _installed() -> bool:
+    return interrupt.installed()
+
+
+def _interrupted(e: Optional[BaseException], args: Optional[argparse.Namespace], since: float,
+                 debug: bool) -> int:
+    """One line: interrupted, and what is kept and how to continue; 130 (SIGINT) or 143."""
+    if debug and e is not None:
+        traceback.print_exc()
+    signum = getattr(e, "signum", None) or interrupt.requested()
+    if _installed():
+        interrupt.set_mode("exit")  # a second signal while we finish: exit at once
+    hint = None
+    if isinstance(e, interrupt.Interrupted) and e.resume:
+        # the command that continues it is this one's own (a sweep's run is not the sweep)
+        own = e.resume.command == getattr(args, "command", None)
+        hint = _resume_hint(e) if own else (f"; {e.kept} is kept" if e.kept else "")
+    print(f"tp-vgg: interrupted{hint or _kept(args, since)}", file=sys.stderr, flush=True)
+    if not _installed():
+        interrupt.reset()  # in-process callers (tests) start the next command clean
+    return interrupt.exit_code(signum)
+
+
+def resume_command(r: "interrupt.Resume") -> str:
+    """The command that continues an interrupted run, as it can be pasted."""
+    flags = [" --trust-model-code"] if r.trust_model_code else []
+    if r.allow_changed_model_code:
+        flags.append(" --allow-changed-model-code")
+    return f"tp-vgg {r.command} --resume {shlex.quote(r.path)}" + "".join(flags)
+
+
+def _resume_hint(e: "interrupt.Interrupted") -> str:
+    where = f" (stopped at {e.where})" if e.where else ""
+    kept = e.kept or e.resume.path
+    return f"; {kept}{where} is kept: continue with {resume_command(e.resume)}"
 
 
 def _out_of_memory(e: BaseException) -> bool:
@@ -131,4 +207,10 @@ def _kept(args: Optional[argparse.Namespace], since: float) -> str:
         return ""
     path = max(found, key=os.path.getmtime)
     cmd = "train" if getattr(args, "command", None) == "train" else "finetune"
-    return f"; {path} (the last finished epoch) is kept: continue with tp-vgg {cmd} --resume {path}"
+    model = getattr(args, "model", None) or ""
+    trust = bool(getattr(args, "trust_model_code", False)) or ":" in model
+    target = path
+    if getattr(args, "command", None) == "prune" and os.path.isfile(os.path.join(out, "resume.json")):
+        cmd, target = "prune", out
+    return (f"; {path} (the last finished epoch) is kept: continue with "
+            + resume_command(interrupt.Resume(cmd, target, trust)))

@@ -14,7 +14,7 @@ from tp_vgg.models.weights import is_weights_file
 from tp_vgg.models.zoo import ModelSpec
 
 MODEL_FLAGS = ("model_kwargs", "num_classes", "in_channels", "input_size", "width", "weights",
-               "output_key")
+               "weights_key", "output_key")
 
 
 def numeric(convert: Callable[[str], Any], ok: Callable[[Any], bool], accepted: str,
@@ -123,7 +123,11 @@ def add_model_args(p: argparse.ArgumentParser, checkpoint: bool = True,
     g.add_argument("--weights", metavar="NAME|PATH",
                    help="torchvision weights, e.g. DEFAULT (must already be in the cache), or a "
                         "state_dict file you trained (.pt/.pth/.bin/.safetensors; read with "
-                        "weights_only=True; nesting and module./_orig_mod. prefixes are undone)")
+                        "weights_only=True; nesting, module./_orig_mod. and a framework's "
+                        "model./net. prefixes are undone)")
+    g.add_argument("--weights-key", metavar="NAME",
+                   help="the entry of the --weights file to load (e.g. timm's state_dict_ema), "
+                        "or the prefix NAME. of the tensors to load (e.g. model)")
     g.add_argument("--strict-weights", action=argparse.BooleanOptionalAction, default=True,
                    help="--weights PATH must fit the model key for key and shape for shape "
                         "(default); --no-strict-weights loads only the keys that fit")
@@ -184,7 +188,8 @@ def model_source(args: argparse.Namespace) -> ModelSource:
                             "name yourself is built without it")
     return ModelSource(spec=spec_from_args(args), seed=getattr(args, "seed", None) or 0,
                        weights_file=args.weights if is_weights_file(args.weights) else None,
-                       strict_weights=args.strict_weights)
+                       strict_weights=args.strict_weights,
+                       weights_key=getattr(args, "weights_key", None))
 
 
 def load_model(args: argparse.Namespace) -> Loaded:

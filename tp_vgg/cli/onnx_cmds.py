@@ -117,4 +117,4 @@ def exported_latency_table(lat) -> str:
     head = (f"latency on {lat.environment['device']} {lat.environment['onnxruntime']} "
             f"({lat.environment['threads']} threads); median of {c.repeats} runs after {c.warmup} "
             "warm-up")
-    return head + "\n" + table(["batch", "median ms", "IQR ms", "images/s"], rows)
+    return head + "\n" + table(["batch N", "median ms per batch of N", "IQR ms", "images/s"], rows)

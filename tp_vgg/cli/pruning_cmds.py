@@ -8,13 +8,15 @@ import os
 from typing import Optional
 
 from tp_vgg.cli import common, latency_args, methods_cmds, train_cmds
-from tp_vgg.cli.common import add_model_args, json_object, load_model, ratio
-from tp_vgg.job import PruneJob, check_out_dir, run
+from tp_vgg.cli.common import (REQUIRE_ONE_OF, add_model_args, code_consent,
+                               json_object, load_model, ratio)
+from tp_vgg.job import PruneJob, check_out_dir, resume_run, run
 from tp_vgg.latency.layers import format_layer_times
 from tp_vgg.models import counting
 from tp_vgg.models.zoo import TIMM_INSTALL, TIMM_VGGS, list_models, timm_installed
 from tp_vgg.pruning import graph as pruning
 from tp_vgg.pruning.criteria import IMPORTANCES
+from tp_vgg.errors import UserError
 from tp_vgg.report import summary as report_json
 from tp_vgg.train import distributed
 
@@ -25,8 +27,15 @@ def register(sub, common) -> None:
 
     p = sub.add_parser("prune", parents=[common], help="remove channels, write DIR/pruned.pt and report.json")
     add_model_args(p)
+    p.set_defaults(**{REQUIRE_ONE_OF: ("model", "checkpoint", "resume")})
     add_prune_args(p)
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", metavar="DIR", help="output folder (required unless --resume)")
+    p.add_argument("--resume", metavar="DIR",
+                   help="finish the prune job interrupted in DIR (its --out): fine-tuning "
+                        "continues exactly from DIR/finetune/last.pt, then DIR/pruned.pt and "
+                        "report.json are written; the job's own settings are used (only --device, "
+                        "--progress, --threads, --amp, --channels-last, --compile may be given; "
+                        "--trust-model-code for a user model)")
     train_cmds.add_prune_finetune_args(p)  # --finetune-epochs N --data D [training flags]
     latency_args.add_prune_latency_args(p)  # --latency [B1,B2]
     methods_cmds.add_prune_method_args(p)  # --target-*, --iterative-steps, --unstructured, ...
@@ -100,12 +109,48 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# What `prune --resume DIR` may change: where and how it runs, not what it does.
+RESUME_RUNTIME = ("device", "amp", "channels_last", "compile", "progress")
+RESUME_ALLOWED = RESUME_RUNTIME + ("resume", "threads", "debug", "trust_model_code",
+                                   "allow_changed_model_code", "command", "func", REQUIRE_ONE_OF,
+                                   "strict_weights")
+
+
+def _refuse_with_resume(args: argparse.Namespace) -> None:
+    defaults = {"seed": 0, "importance": "l1", "global_pruning": False}
+    for name, value in vars(args).items():
+        if name in RESUME_ALLOWED or value in (None, False) or defaults.get(name, object()) == value:
+            continue
+        raise UserError(f"--{name.replace('_', '-')} cannot be given with --resume: the prune "
+                        "job continues with the settings it was started with (only "
+                        + ", ".join("--" + f.replace("_", "-") for f in RESUME_RUNTIME + ("threads",))
+                        + " may be given)")
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
+    if args.resume:
+        return cmd_prune_resume(args)
+    if not args.out:
+        raise UserError("--out DIR is required (or --resume DIR to finish an interrupted job)")
     job = prune_job(args)
     ctx = distributed.from_env(os.environ)  # torchrun: every rank prunes, fine-tunes its shard
     ctx = distributed.init(ctx, ctx.device(args.device))
     try:
         run(job, args.out, log=common.log, dist=ctx)
+    finally:
+        distributed.shutdown(ctx)
+    return 0
+
+
+def cmd_prune_resume(args: argparse.Namespace) -> int:
+    """`tp-vgg prune --resume DIR`: finish an interrupted prune job."""
+    _refuse_with_resume(args)
+    runtime = {k: getattr(args, k) for k in RESUME_RUNTIME if getattr(args, k, None) is not None}
+    ctx = distributed.from_env(os.environ)
+    ctx = distributed.init(ctx, ctx.device(runtime.get("device")))
+    try:
+        resume_run(args.resume, log=common.log, dist=ctx, runtime=runtime or None,
+                   **code_consent(args))
     finally:
         distributed.shutdown(ctx)
     return 0

@@ -102,6 +102,20 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
               "this machine's memory per process, or when image sizes differ)")
     _add(g, "--workers", type=nonneg_int, metavar="N",
          help="--data-loader stream: loader processes per rank (default: the cores less one)")
+    _add(g, "--mean", type=_per_channel, metavar="M1,M2,M3",
+         help="the per-channel mean your model was trained with, in [0, 1] units (with --std), "
+              "e.g. 0.5,0.5,0.5; default: the checkpoint's or the weights', else the data's")
+    _add(g, "--std", type=_per_channel, metavar="S1,S2,S3",
+         help="the per-channel std your model was trained with (with --mean), each > 0")
+    _add(g, "--allow-class-mismatch", action="store_true", default=None,
+         help="go on (with a notice) when the data's class names differ from those the "
+              "checkpoint or ONNX file records (the same classes under other names)")
+
+
+_per_channel = comma_list(float, lambda v: True,
+                          "{text} is not a comma-separated list of numbers, e.g. 0.5,0.5,0.5",
+                          "{text} holds no numbers; accepted: one number per channel, e.g. "
+                          "0.5,0.5,0.5")
 
 
 _milestones = comma_list(int, lambda ms: all(m >= 1 for m in ms),
@@ -201,7 +215,9 @@ def data_config(args: argparse.Namespace) -> DataConfig:
     DATASETS.get(args.data)
     cfg = DataConfig(name=args.data, data_dir=args.data_dir, download=bool(args.download),
                      kwargs=args.data_kwargs or {}, loader=getattr(args, "data_loader", None) or "auto",
-                     workers=getattr(args, "workers", None))
+                     workers=getattr(args, "workers", None), mean=getattr(args, "mean", None),
+                     std=getattr(args, "std", None),
+                     allow_class_mismatch=bool(getattr(args, "allow_class_mismatch", None)))
     cfg.validate()
     return cfg
 
@@ -279,7 +295,9 @@ def _resume(args: argparse.Namespace, ctx: distributed.DistContext, command: str
             f"{epochs} epochs: the LR schedule is re-planned for {epochs} epochs from epoch {done} "
             "(metrics.jsonl: planned_epochs)")
     else:
-        log(f"resuming {args.resume} after epoch {done}/{point.config.epochs}")
+        step = int(point.checkpoint.train_state.get("step") or 0)  # stopped by a signal
+        log(f"resuming {args.resume} after epoch {done}/{point.config.epochs}"
+            + (f" and step {step} of epoch {done + 1}" if step else ""))
     return _run(ctx, lambda: _summary(
         train.resume(point, data, out, runtime=runtime, dist=ctx, log=log, epochs=epochs), log))
 

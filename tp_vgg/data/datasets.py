@@ -8,6 +8,7 @@ Datasets are entries of the ``DATASETS`` registry: ``loader(DataConfig) -> Image
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -15,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from tp_vgg.data.declared import Declared, check_channels, declared_normalization
 from tp_vgg.data.preprocessing import Preprocessing, input_hw, size_value
 from tp_vgg.errors import UserError
 from tp_vgg.registry import Registry
@@ -25,7 +27,13 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
 @dataclass
 class DataConfig:
     """Which dataset and where. ``kwargs`` are dataset options (``--data-kwargs``), e.g. for
-    ``fake``: ``train_size``, ``test_size``, ``num_classes``, ``image_size``, ``channels``."""
+    ``fake``: ``train_size``, ``test_size``, ``num_classes``, ``image_size``, ``channels``; for
+    every dataset ``mean`` and ``std`` (as the ``mean``/``std`` fields).
+
+    ``mean``/``std`` (``--mean``/``--std``): the normalization the model was trained with, one
+    value per channel, used instead of the checkpoint's or the data's statistics.
+    ``allow_class_mismatch`` (``--allow-class-mismatch``): go on (with a notice) when the data's
+    class names differ from those the model records."""
 
     name: str = "digits"
     data_dir: Optional[str] = None
@@ -33,6 +41,13 @@ class DataConfig:
     kwargs: Dict[str, Any] = field(default_factory=dict)
     loader: str = "auto"            # imagefolder: memory | stream | auto (see LOADERS)
     workers: Optional[int] = None   # stream: loader processes per rank (None: the cores less one)
+    mean: Optional[List[float]] = None
+    std: Optional[List[float]] = None
+    allow_class_mismatch: bool = False
+
+    def normalization(self) -> Tuple[Optional[List[float]], Optional[List[float]]]:
+        """The declared mean/std (from the fields and/or ``kwargs``), checked."""
+        return declared_normalization(self.mean, self.std, self.kwargs or {})
 
     def validate(self) -> None:
         if self.loader not in LOADERS:
@@ -41,6 +56,7 @@ class DataConfig:
         if self.workers is not None and (isinstance(self.workers, bool)
                                          or not isinstance(self.workers, int) or self.workers < 0):
             raise UserError(f"--workers must be an integer >= 0, got {self.workers!r}")
+        self.normalization()
 
 
 LOADERS = ("auto", "memory", "stream")
@@ -62,6 +78,7 @@ class ImageData:
     flip: bool = True          # horizontal flip is a valid augmentation (not for digits)
     pad: int = 4               # random-crop padding
     test_split: str = "test"   # the folder or split the test images came from
+    declared: Optional[Declared] = field(default=None, repr=False, compare=False)  # load_data's
 
     streaming = False
 
@@ -137,8 +154,14 @@ def load_data(cfg: DataConfig, log: Optional[Callable[[str], None]] = None) -> A
     if cfg.loader == "stream" and cfg.name != "imagefolder":
         raise UserError(f"--data-loader stream reads image folders (--data imagefolder); "
                         f"{cfg.name!r} is held in memory")
+    mean, std = cfg.normalization()
     loader = DATASETS.get(cfg.name)
-    data = loader(cfg)
+    options = {k: v for k, v in (cfg.kwargs or {}).items() if k not in ("mean", "std")}
+    data = loader(cfg if options == (cfg.kwargs or {}) else
+                  dataclasses.replace(cfg, kwargs=options))
+    declared = Declared(mean, std, bool(cfg.allow_class_mismatch), log)
+    check_channels(declared, data.name, data.in_channels)
+    data.declared = declared
     if log is not None and getattr(data, "reason", ""):
         log(data.reason)
     return data
@@ -148,7 +171,7 @@ def _options(cfg: DataConfig, accepted: Dict[str, Any]) -> Dict[str, Any]:
     unknown = sorted(set(cfg.kwargs) - set(accepted))
     if unknown:
         raise UserError(f"--data-kwargs {unknown[0]!r} is not an option of dataset {cfg.name!r}; "
-                        f"accepted: {', '.join(accepted) or 'none'}")
+                        f"accepted: {', '.join(list(accepted) + ['mean', 'std'])}")
     return {**accepted, **cfg.kwargs}
 
 
@@ -269,6 +292,11 @@ def _list_images(folder: str, classes: Optional[List[str]]) -> Tuple[List[str], 
         if not os.path.isdir(d):
             continue
         names = sorted(n for n in os.listdir(d) if n.lower().endswith(IMAGE_EXTENSIONS))
+        if not names:
+            # every folder of train/ is a class: an empty one would be a class the model must
+            # output but can never learn (and would count towards --num-classes)
+            raise UserError(f"class folder {d!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                            "add its images, or remove the folder if it is not a class")
         files += [os.path.join(d, n) for n in names]
         labels += [idx] * len(names)
     if not files:

@@ -173,6 +173,7 @@ class StreamData:
     workers: Optional[int] = None
     reason: str = ""                     # why the stream path was chosen (said on the terminal)
     _stats: Optional[Tuple[List[float], List[float]]] = field(default=None, repr=False)
+    declared: Any = field(default=None, repr=False, compare=False)  # load_data's Declared
 
     streaming = True
     pad = 0

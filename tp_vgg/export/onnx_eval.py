@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from tp_vgg.data.batches import BatchTransform
 from tp_vgg.data.datasets import ImageData
+from tp_vgg.data.declared import check_class_names, choose_normalization, recorded_class_names
 from tp_vgg.data.preprocessing import input_hw, size_value
 from tp_vgg.errors import UserError
 from tp_vgg.export.exporters import METADATA_KEY
@@ -168,7 +169,8 @@ def evaluate_onnx(model: OnnxModel, data: ImageData, split: str = "test",
     if info.num_outputs != data.num_classes:
         raise UserError(f"the model has {info.num_outputs} outputs but {data.name} has "
                         f"{data.num_classes} classes; use a model trained on these classes")
-    mean, std = info.mean_std or data.stats()
+    check_class_names(data, recorded_class_names(info.metadata.get("preprocessing")), "ONNX file")
+    mean, std, _ = choose_normalization(data, info.mean_std, "onnx")
     batches = data.batches(split, batch_size, BatchTransform(mean, std, info.input_size), "cpu")
     return train.evaluate(model, batches)
 

@@ -14,6 +14,10 @@ Figures::
     MAC ratio  = MACs of the original / MACs of the pruned model (fvcore, batch 1)
     efficiency = speed-up / MAC ratio     (1.0: every MAC removed saved its share of time)
 
+Each speed-up is computed from the original's timing in the same session, which is what every
+report shows beside it; :func:`compare_each` (`tp-vgg sweep --latency`) times the original once
+with all the pruned models, so that all their speed-ups share one baseline.
+
 Models are measured in a deployment form (:func:`prepare`): a copy in eval mode on the device
 and dtype asked for, channels-last and with BatchNorm folded into the convs when asked (the CLI
 asks for both by default).
@@ -36,9 +40,9 @@ from tp_vgg.device import resolve_device, set_threads
 from tp_vgg.errors import UserError, naming_fields, parse_list
 from tp_vgg.export.onnx_eval import OnnxModel, onnxruntime_version
 from tp_vgg.latency import runtimes
-from tp_vgg.models.counting import count
+from tp_vgg.models.counting import count, human
 from tp_vgg.models.zoo import ModelSpec
-from tp_vgg.report.summary import table
+from tp_vgg.report.summary import format_ms, table
 
 DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16,
                                   "bf16": torch.bfloat16}
@@ -172,11 +176,14 @@ class LatencyReport:
     comparisons: List[Comparison] = field(default_factory=list)
     macs: Dict[str, int] = field(default_factory=dict)
     environment: Dict[str, object] = field(default_factory=dict)
+    # what else ran in the session, when more than these models did (compare_each)
+    session: Optional[str] = None
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "units": "milliseconds per forward pass of a whole batch; median of interleaved runs "
-                     "after warm-up; efficiency = speed-up / MAC ratio",
+                     "after warm-up; speed-up = original median / pruned median, both shown; "
+                     "efficiency = speed-up / MAC ratio",
             "config": dataclasses.asdict(self.config),
             "environment": self.environment,
             "macs": self.macs,
@@ -184,6 +191,9 @@ class LatencyReport:
                         for b, d in self.timings.items()},
             "comparisons": [dataclasses.asdict(c) for c in self.comparisons],
         }
+        if self.session:
+            out["session"] = self.session
+        return out
 
 
 def environment(device: torch.device, runtime: str = "torch") -> Dict[str, object]:
@@ -325,16 +335,35 @@ def measure(models: Dict[str, nn.Module], spec: ModelSpec, cfg: LatencyConfig,
 def compare(original: nn.Module, pruned: nn.Module, spec: ModelSpec, cfg: LatencyConfig,
             macs_original: int, macs_pruned: int) -> LatencyReport:
     """Latency of ``original`` and ``pruned`` (interleaved), speed-up, MAC ratio, efficiency."""
+    return compare_each(original, {"pruned": pruned}, spec, cfg, macs_original,
+                        {"pruned": macs_pruned})["pruned"]
+
+
+def compare_each(original: nn.Module, pruned: Dict[str, nn.Module], spec: ModelSpec,
+                 cfg: LatencyConfig, macs_original: int, macs_pruned: Dict[str, int],
+                 session: Optional[str] = None) -> Dict[str, LatencyReport]:
+    """Every model of ``pruned`` timed against ``original`` in one interleaved session: the
+    original is measured once, and each report (by the name in ``pruned``) holds that one
+    timing as its "original", so that every speed-up is computed from the same baseline.
+    ``session`` says in each report what else was timed with it (several pruned models)."""
+    if "original" in pruned:
+        raise ValueError("compare_each: 'original' names the baseline; name the pruned models "
+                         "otherwise")
     cfg.validate()
     cfg = fit_layout(original, spec, cfg)  # what is reported is what was timed
-    timings = measure({"original": original, "pruned": pruned}, spec, cfg, fitted=True)
-    mac_ratio = macs_original / max(macs_pruned, 1)
-    comps = [Comparison.of(b, t["original"], t["pruned"], mac_ratio) for b, t in timings.items()]
+    timings = measure({"original": original, **pruned}, spec, cfg, fitted=True)
     env = environment(resolve_device(cfg.device, DEVICES), cfg.runtime)
     if cfg.threads is not None:
         env["threads"] = cfg.threads
-    return LatencyReport(cfg, timings, comps, {"original": int(macs_original),
-                                               "pruned": int(macs_pruned)}, env)
+    out: Dict[str, LatencyReport] = {}
+    for name in pruned:
+        pair = {b: {"original": t["original"], "pruned": t[name]} for b, t in timings.items()}
+        mac_ratio = macs_original / max(macs_pruned[name], 1)
+        comps = [Comparison.of(b, t["original"], t["pruned"], mac_ratio) for b, t in pair.items()]
+        out[name] = LatencyReport(cfg, pair, comps, {"original": int(macs_original),
+                                                     "pruned": int(macs_pruned[name])},
+                                  dict(env), session if len(pruned) > 1 else None)
+    return out
 
 
 def single(model: nn.Module, spec: ModelSpec, cfg: LatencyConfig, macs: int) -> LatencyReport:
@@ -357,23 +386,57 @@ def profile(model: nn.Module, spec: ModelSpec, cfg: LatencyConfig, macs: int,
     return compare(unpruned, model, spec, cfg, count(unpruned, spec).macs, macs)
 
 
-def format_latency_table(rep: LatencyReport) -> str:
+def latency_head(rep: LatencyReport) -> str:
+    """Where and how a report was measured, in one line."""
     c = rep.config
-    head = (f"latency in {c.runtime} {rep.environment.get('runtime_version', '')} on "
+    return (f"latency in {c.runtime} {rep.environment.get('runtime_version', '')} on "
             f"{rep.environment.get('device')} ({rep.environment.get('threads')} threads), "
             f"{c.dtype}{', channels-last' if c.channels_last else ''}"
             f"{', BN folded' if c.fuse_bn else ''}; median of {c.repeats} interleaved runs "
             f"after {c.warmup} warm-up")
+
+
+def format_latency_table(rep: LatencyReport) -> str:
+    """The printed table: per batch size N, the original's and the pruned model's median ms per
+    batch of N and the speed-up computed from exactly those two (:func:`format_ms` shows enough
+    digits for the ratio to be checked)."""
+    head = latency_head(rep)
     if rep.comparisons:
-        rows = [[str(k.batch_size), f"{k.original.median_ms:.2f}", f"{k.pruned.median_ms:.2f}",
+        rows = [[str(k.batch_size), format_ms(k.original.median_ms), format_ms(k.pruned.median_ms),
                  f"{k.speedup:.2f}x", f"{k.mac_ratio:.2f}x", f"{k.efficiency:.2f}"]
                 for k in rep.comparisons]
-        text = table(["batch", "original ms", "pruned ms", "speed-up", "MAC ratio", "efficiency"],
-                     rows)
-        return head + "\n" + text + "\n(efficiency = speed-up / MAC ratio)"
-    rows = [[str(b), f"{t['model'].median_ms:.2f}", f"{t['model'].p25_ms:.2f}-{t['model'].p75_ms:.2f}",
+        text = table(["batch N", "original ms per batch of N", "pruned ms per batch of N",
+                      "speed-up", "MAC ratio", "efficiency"], rows)
+        return (head + "\n" + text + "\n(speed-up = original ms / pruned ms; efficiency = "
+                "speed-up / MAC ratio; MACs: fvcore's 'flop' = one multiply-add)")
+    rows = [[str(b), format_ms(t["model"].median_ms),
+             f"{format_ms(t['model'].p25_ms)}-{format_ms(t['model'].p75_ms)}",
              f"{b * 1e3 / t['model'].median_ms:.1f}"] for b, t in rep.timings.items()]
-    return head + "\n" + table(["batch", "median ms", "IQR ms", "images/s"], rows)
+    return head + "\n" + table(["batch N", "median ms per batch of N", "IQR ms", "images/s"],
+                                rows)
+
+
+def format_session_table(reports: Dict[str, LatencyReport], labels: Dict[str, str]) -> str:
+    """One session of :func:`compare_each` (a sweep): the original once, then each pruned model
+    (``labels``: report name -> row label) with its median ms per batch of N and its speed-up
+    over the original's ms in the first row."""
+    first = next(iter(reports.values()))
+    sizes = [k.batch_size for k in first.comparisons]
+    header = ["model", "MACs"]
+    for b in sizes:
+        header += [f"ms per batch of {b}", f"speed-up b{b}"]
+    rows = [["original", human(first.macs["original"])]]
+    for k in first.comparisons:
+        rows[0] += [format_ms(k.original.median_ms), "1.00x"]
+    for name, r in reports.items():
+        row = [labels.get(name, name), human(r.macs["pruned"])]
+        for k in r.comparisons:
+            row += [format_ms(k.pruned.median_ms), f"{k.speedup:.2f}x"]
+        rows.append(row)
+    return (latency_head(first) + "; the original timed once, with every pruned model\n"
+            + table(header, rows)
+            + "\n(speed-up = the original's ms / the model's ms, both shown; MACs: fvcore's "
+              "'flop' = one multiply-add)")
 
 
 # --------------------------------------------------------------------------------------------

@@ -189,19 +189,69 @@ def weights_preprocessing(spec: ModelSpec) -> Optional[Dict[str, Any]]:
             "resize_size": size_value(t.resize_size), "weights": str(w)}
 
 
+def cached_weights_file(name: str, weights: str) -> Tuple[Any, str]:
+    """(the torchvision weights enum member, the file torch hub would cache it as):
+    ``$TORCH_HOME/hub/checkpoints/<file>`` (``torch.hub.get_dir()``). Nothing is read."""
+    w = torchvision.models.get_model_weights(name).verify(weights)
+    from urllib.parse import urlparse
+
+    filename = os.path.basename(urlparse(w.url).path)
+    return w, os.path.abspath(os.path.join(torch.hub.get_dir(), "checkpoints", filename))
+
+
+def _load_cached_weights(name: str, weights: str) -> Tuple[Any, Dict[str, torch.Tensor]]:
+    """torchvision's ``weights`` for ``name``, read from the torch hub cache only (never
+    downloaded) with ``weights_only=True``; a file not there is a UserError naming its path."""
+    w, path = cached_weights_file(name, weights)
+    if not os.path.isfile(path):
+        raise UserError(f"torchvision weights {w} for {name} are not in the torch hub cache: "
+                        f"expected the file {path} ("
+                        + (f"TORCH_HOME={os.environ['TORCH_HOME']!r}" if os.environ.get("TORCH_HOME")
+                           else "TORCH_HOME is not set") + "); "
+                        + 
+                        f"tp-vgg never downloads: copy the file there (it is {w.url}), or set "
+                        "TORCH_HOME to the folder whose hub/checkpoints/ holds it")
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- a truncated or foreign file fails anywhere
+        raise UserError(f"cannot read torchvision weights {w} from {path}: {type(e).__name__}: "
+                        f"{str(e)[:150]}; delete the file and copy it again (it is {w.url})") from e
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"{path} holds no state_dict; delete it and copy {w.url} there again")
+    return w, dict(sd)
+
+
 def _torchvision_builder(name: str) -> Callable[[ModelSpec], nn.Module]:
     def build(spec: ModelSpec) -> nn.Module:
         kwargs = dict(spec.kwargs)  # checked against TORCHVISION_KWARGS by check_spec
         if spec.num_classes is not None:
             kwargs["num_classes"] = spec.num_classes
+        sd = None
+        if spec.weights is not None:  # from the cache, never downloaded (torchvision would)
+            w, sd = _load_cached_weights(name, spec.weights)
+            classes = len(w.meta["categories"])
+            if kwargs.setdefault("num_classes", classes) != classes:
+                raise UserError(f"torchvision weights {w} have {classes} classes; --num-classes "
+                                f"{kwargs['num_classes']} does not fit them: leave --num-classes "
+                                "out (then fine-tune a new head with your own script), or give "
+                                "no --weights")
+            kwargs.setdefault("init_weights", False)  # as torchvision does with weights
         try:
-            return torchvision.models.get_model(name, weights=spec.weights, **kwargs)
+            model = torchvision.models.get_model(name, weights=None, **kwargs)
         except (ValueError, TypeError, KeyError) as e:
             raise UserError(f"torchvision could not build {name} with weights={spec.weights!r} "
                             f"and {kwargs}: {e}") from e
-        except (OSError, RuntimeError) as e:  # weights not in the cache and no network
-            raise UserError(f"could not load torchvision weights {spec.weights!r} for {name}: {e}; "
-                            "weights must already be in torchvision's cache ($TORCH_HOME)") from e
+        if sd is not None:
+            try:
+                model.load_state_dict(sd)
+            except RuntimeError as e:
+                raise UserError(f"the cached torchvision weights {spec.weights!r} do not fit "
+                                f"{name}: {str(e).splitlines()[0][:200]}") from e
+        return model
     return build
 
 
@@ -365,7 +415,10 @@ TIMM_VGGS = [n for n in MODELS.names() if n.startswith(TIMM_PREFIX)]
 
 
 def zoo_entry(name: str) -> ZooEntry:
-    """The registry entry of a zoo name; a ``timm:`` name must be one of :data:`TIMM_VGGS`."""
+    """The registry entry of a zoo name; a ``timm:`` name must be one of :data:`TIMM_VGGS`; a
+    file named without ``:factory`` is told to add it (the callables it defines are listed)."""
+    if name not in MODELS and _looks_like_file(name):
+        raise UserError(_no_factory_message(name, name))
     if name not in MODELS and str(name).startswith(TIMM_PREFIX):
         raise UserError(f"--model {name!r} is not one of timm's VGGs, the only timm models tp-vgg "
                         f"builds; accepted: {', '.join(TIMM_VGGS)}")
@@ -529,6 +582,8 @@ class FactoryRef:
     @classmethod
     def parse(cls, target: str) -> "FactoryRef":
         where, _, attr = str(target).rpartition(":")
+        if where and not attr and _looks_like_file(where):
+            raise UserError(_no_factory_message(where, target))
         if not where or not attr:
             raise UserError(f"bad model {target!r}; accepted: a zoo name ({', '.join(MODELS.names())}) "
                             "or package.module:factory or path/to/file.py:factory")
@@ -538,6 +593,52 @@ class FactoryRef:
     def source(self) -> str:
         """What building it would run: ``file '/abs/x.py'`` or ``module 'pkg.mod'``."""
         return f"file {self.file!r}" if self.file else f"module {self.where!r}"
+
+
+def _looks_like_file(name: str) -> bool:
+    return ":" not in str(name) and (str(name).endswith(".py") or "/" in str(name)
+                                     or os.sep in str(name))
+
+
+def defined_callables(path: str) -> Optional[List[str]]:
+    """The functions and classes (and ``name = lambda ...``) defined at the top level of the
+    Python file ``path``, read with ``ast`` -- the file is parsed, never imported or run; None
+    when it cannot be read or parsed. Public names first."""
+    import ast
+
+    try:
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read(), filename=path)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    names: List[str] = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Lambda):
+            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+    names = list(dict.fromkeys(names))
+    return [n for n in names if not n.startswith("_")] + [n for n in names if n.startswith("_")]
+
+
+def _callables_text(path: str) -> str:
+    names = defined_callables(path)
+    if names is None:
+        return "it cannot be parsed as Python"
+    if not names:
+        return "it defines no function or class at its top level"
+    return f"callables defined in it: {', '.join(names[:12])}" + (", ..." if len(names) > 12 else "")
+
+
+def _no_factory_message(where: str, given: str) -> str:
+    """``--model path/to/file.py`` with the ``:factory`` forgotten."""
+    if not os.path.isfile(where):
+        return (f"--model {given!r} names no zoo model, and model file {where!r} does not exist; "
+                "accepted: a zoo name (tp-vgg models) or path/to/file.py:factory")
+    names = defined_callables(where) or []
+    example = f"{where}:{names[0]}" if names else f"{where}:factory"
+    return (f"--model {given!r} names a file but not the callable that builds the model: add "
+            f":factory, e.g. --model {example}; {_callables_text(where)} (read, not run)")
 
 
 @functools.lru_cache(maxsize=1)
@@ -698,7 +799,8 @@ def _load_factory(target: str, code: Optional[ModelCode] = None,
     module = _exec_file(ref, code, allow_changed) if ref.file else _import_module(ref, code, allow_changed)
     factory = getattr(module, ref.attr, None)
     if factory is None or not callable(factory):
-        raise UserError(f"{ref.where!r} has no callable {ref.attr!r} (from --model {target!r})")
+        raise UserError(f"{ref.where!r} has no callable {ref.attr!r} (from --model {target!r})"
+                        + (f"; {_callables_text(ref.file)}" if ref.file else ""))
     return factory
 
 
@@ -716,6 +818,7 @@ def factory_kwargs(spec: ModelSpec) -> Dict[str, Any]:
 def _build_user(spec: ModelSpec, code: Optional[ModelCode], allow_changed: bool) -> nn.Module:
     factory = _load_factory(spec.name, code, allow_changed)
     kwargs = factory_kwargs(spec)
+    _check_required(spec, factory, kwargs)
     try:
         model = factory(**kwargs)
     except Exception as e:
@@ -724,6 +827,37 @@ def _build_user(spec: ModelSpec, code: Optional[ModelCode], allow_changed: bool)
     if not isinstance(model, nn.Module):
         raise UserError(f"factory {spec.name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+_ARG_FLAGS = {"num_classes": "--num-classes N", "width": "--width W"}
+
+
+def _check_required(spec: ModelSpec, factory: Callable[..., Any], kwargs: Dict[str, Any]) -> None:
+    """A factory's required arguments that ``kwargs`` do not give are named, with the flag that
+    gives them (``--model-kwargs '{"name": ...}'``), before it is called."""
+    import inspect
+    import json
+
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: its own error says it
+        return
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    missing = [p.name for p in params
+               if p.kind in kinds and p.default is inspect.Parameter.empty and p.name not in kwargs]
+    if not missing:
+        return
+    flags = [_ARG_FLAGS[m] for m in missing if m in _ARG_FLAGS]
+    rest = [m for m in missing if m not in _ARG_FLAGS]
+    if rest:
+        shown = json.dumps(dict(spec.kwargs, **{m: 0 for m in rest}))
+        for m in rest:  # a placeholder the user replaces
+            shown = shown.replace(f'"{m}": 0', f'"{m}": ...')
+        flags.append(f"--model-kwargs '{shown}'")
+    names = ", ".join(repr(m) for m in missing)
+    raise UserError(f"factory {spec.name!r} needs the argument{'s' if len(missing) > 1 else ''} "
+                    f"{names}, not given (called with {kwargs}); pass "
+                    + " and ".join(flags) + " with the value(s) your model needs")
 
 
 def build_model(spec: ModelSpec, code: Optional[ModelCode] = None,

@@ -21,11 +21,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch.nn as nn
 
 from tp_vgg.errors import UserError
-from tp_vgg.files import write_text, write_with
+from tp_vgg.files import write_text
 from tp_vgg.models.counting import count
 from tp_vgg.models.zoo import ModelSpec
 from tp_vgg.pruning import graph as pruning
 from tp_vgg.pruning.criteria import IMPORTANCES
+from tp_vgg.report import plots
 from tp_vgg.report.summary import table
 
 DEFAULT_RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 10))
@@ -138,33 +139,35 @@ def write_csv(path: str, res: Sensitivity) -> None:
 
 
 def plot(path: str, res: Sensitivity, budget: Optional[float] = None, title: str = "") -> None:
-    """One curve per layer: top-1 against the ratio of that layer's channels removed."""
-    import matplotlib
+    """One curve per layer: top-1 against the ratio of that layer's channels removed; the legend
+    beside the axes (headless, atomic: :mod:`tp_vgg.report.plots`)."""
+    from matplotlib import colormaps
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    cmap = plt.get_cmap("viridis")
+    fig = plots.new_figure(8.0, 4.6)
+    ax = fig.add_subplot()
+    cmap = colormaps["viridis"]
     n = max(len(res.layers) - 1, 1)
+    ys = [100 * res.baseline_top1]
     for i, layer in enumerate(res.layers):
         curve = res.curve(layer)
         if curve:
+            ys += [100 * r["top1"] for r in curve]
             ax.plot([r["ratio"] for r in curve], [100 * r["top1"] for r in curve], marker="o",
-                    markersize=3, color=cmap(i / n), label=layer)
-    ax.axhline(100 * res.baseline_top1, color="black", linestyle="--", linewidth=1,
+                    markersize=4, color=cmap(0.9 * i / n), label=layer)
+    ax.axhline(100 * res.baseline_top1, color="black", linestyle="--", linewidth=1.2,
                label="unpruned")
     if budget is not None:
-        ax.axhline(100 * res.baseline_top1 - budget, color="red", linestyle=":", linewidth=1,
-                   label=f"budget -{budget:g} pt")
-    ax.set_xlabel("fraction of the layer's filters removed (that layer alone, no retraining)")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title(title or f"sensitivity to pruning ({res.importance})")
-    ax.legend(fontsize=6, ncol=2 if len(res.layers) > 8 else 1, loc="lower left")
+        ax.axhline(100 * res.baseline_top1 - budget, color="red", linestyle=":", linewidth=1.5,
+                   label=f"budget: {budget:g} point{'' if budget == 1 else 's'} below")
+        ys.append(100 * res.baseline_top1 - budget)
+    ax.set_xticks(list(res.ratios))
+    ax.set_xticklabels([f"{r:g}" for r in res.ratios])
+    plots.style(ax, "fraction of the layer's filters removed (that layer alone, no retraining)",
+                 "top-1 (%)", title or f"sensitivity to pruning ({res.importance})")
+    plots.top1_limits(ax, ys)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    plots.legend_beside(ax, ncol=2 if len(res.layers) > 12 else 1)
+    plots.save_png(fig, path)
 
 
 def _pruned_copy(model: nn.Module, spec: ModelSpec, ratios: Dict[str, float],

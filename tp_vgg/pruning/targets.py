@@ -273,15 +273,16 @@ def solve(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, target: T
     coarse = walk(_Sizer(model, spec, example, base), 0.0, top, COARSE_STEP)
     if coarse is None:
         best = min((m for _, m in steps), default=macs_before)
-        how = "every layer" if not cfg.global_pruning else "the layers"
+        how = ("every layer keeps", "its") if not cfg.global_pruning else ("the layers keep",
+                                                                           "their")
         if emptied:
             raise UserError(
                 f"{target.describe()} ({human(goal)} MACs) cannot be reached with --round-to "
                 f"{cfg.round_to}: at most {macs_before / max(best, 1):.2f}x ({human(best)} MACs) "
                 f"before layer {emptied[0]!r} would keep 0 channels; lower --round-to or the target")
         raise UserError(
-            f"{target.describe()} ({human(goal)} MACs) cannot be reached while {how} keep at least "
-            f"{1 - max_ratio:.0%} of their channels: at most {macs_before / max(best, 1):.2f}x "
+            f"{target.describe()} ({human(goal)} MACs) cannot be reached while {how[0]} at least "
+            f"{1 - max_ratio:.0%} of {how[1]} channels: at most {macs_before / max(best, 1):.2f}x "
             f"({human(best)} MACs); raise --max-layer-ratio (now {max_ratio:g}) or lower the target")
     lo = max(0.0, round(coarse - COARSE_STEP, 6))
     sizer = _Sizer(model, spec, example, base)

@@ -23,7 +23,7 @@ from tp_vgg.errors import UserError
 from tp_vgg.files import ensure_dir, write_text
 from tp_vgg.models.counting import human
 from tp_vgg.report import plots
-from tp_vgg.report.summary import MAC_NOTE
+from tp_vgg.report.summary import MAC_NOTE, format_ms, plural
 
 SWEEP_FILE = "sweep.json"
 REPORT_FILE = "report.json"
@@ -132,9 +132,9 @@ def latency_points(rep: Dict[str, Any], label_pruned: Any = "pruned",
 def latency_section(lat: Dict[str, Any]) -> str:
     cfg = lat.get("config", {})
     env = lat.get("environment", {})
-    rows = [[c["batch_size"], f"{c['original']['median_ms']:.2f}", f"{c['pruned']['median_ms']:.2f}",
-             _x(c["speedup"]), _x(c["mac_ratio"]), f"{c['efficiency']:.2f}"]
-            for c in lat.get("comparisons", [])]
+    rows = [[c["batch_size"], format_ms(c["original"]["median_ms"]),
+             format_ms(c["pruned"]["median_ms"]), _x(c["speedup"]), _x(c["mac_ratio"]),
+             f"{c['efficiency']:.2f}"] for c in lat.get("comparisons", [])]
     where = (f"{env.get('device', '?')}"
              + (f" ({env['gpu']})" if env.get("gpu") else "")
              + f", {env.get('threads', '?')} threads, {cfg.get('dtype', 'fp32')}"
@@ -142,19 +142,24 @@ def latency_section(lat: Dict[str, Any]) -> str:
              + (", BN folded" if cfg.get("fuse_bn") else "")
              + f"; median of {cfg.get('repeats', '?')} interleaved runs after "
                f"{cfg.get('warmup', '?')} warm-up, torch {env.get('torch', '?')}")
-    return ("## Latency\n\n" + where + "\n\n"
-            + _md_table(["batch", "original ms", "pruned ms", "speed-up", "MAC ratio",
-                         "efficiency"], rows)
-            + "\n\nEfficiency = measured speed-up / MAC ratio (1.0: latency fell as much as MACs).\n")
+    return ("## Latency\n\n" + where
+            + (f"; {lat['session']}" if lat.get("session") else "") + ".\n\n"
+            + _md_table(["batch N", "original ms per batch of N", "pruned ms per batch of N",
+                         "speed-up", "MAC ratio", "efficiency"], rows)
+            + "\n\nSpeed-up = original ms / pruned ms, as shown; efficiency = speed-up / MAC "
+              "ratio (1.0: latency fell as much as MACs).\n")
 
 
-def _training_section(records: List[Dict[str, Any]], plotter: _Plots, title: str) -> str:
+def _training_section(records: List[Dict[str, Any]], plotter: _Plots, title: str,
+                      start_top1: Optional[float] = None) -> str:
+    """The epoch table and curve; ``start_top1``: the test top-1 before the first epoch (a
+    fine-tuning run: the pruned model's), drawn at epoch 0."""
     if not records:
         return ""
     rows = [[r.get("epoch"), f"{r['lr']:.4g}" if r.get("lr") is not None else "",
              f"{r['train_loss']:.4f}" if r.get("train_loss") is not None else "",
              _pct(r.get("test_top1")), _pct(r.get("test_top5"))] for r in records]
-    img = plotter.save(plots.training_figure(records, title), "training.png")
+    img = plotter.save(plots.training_figure(records, title, start_top1), "training.png")
     return (f"## {title}\n\n" + _md_table(["epoch", "lr", "train loss", "test top-1", "test top-5"],
                                           rows) + "\n\n" + img + "\n")
 
@@ -199,7 +204,8 @@ def run_markdown(run_dir: str, rep: Dict[str, Any], records: List[Dict[str, Any]
     if extra:
         parts.append(extra)
     if records:
-        parts.append(_training_section(records, plotter, "Fine-tuning"))
+        start = acc.get("recalibrated", acc.get("pruned"))  # what fine-tuning started from
+        parts.append(_training_section(records, plotter, "Fine-tuning", start))
     parts.append(f"---\n{MAC_NOTE}; counted at batch 1 in eval mode.\n")
     return "\n".join(parts)
 
@@ -253,6 +259,17 @@ def sweep_rows(sweep_dir: str, sweep: Dict[str, Any]) -> List[Dict[str, Any]]:
     return rows
 
 
+def _shared_baselines(done: List[Dict[str, Any]], batch_sizes: List[int]
+                      ) -> Dict[int, Optional[float]]:
+    """Per batch size, the original's ms when every run's speed-up was computed from the same
+    one (a sweep that timed the original once), else None: then each row shows its own."""
+    out: Dict[int, Optional[float]] = {}
+    for bs in batch_sizes:
+        ms = {c["original"]["median_ms"] for c in (_comparison(r["report"], bs) for r in done) if c}
+        out[bs] = ms.pop() if len(ms) == 1 else None
+    return out
+
+
 def sweep_markdown(sweep_dir: str, sweep: Dict[str, Any], plotter: _Plots) -> str:
     rows = sweep_rows(sweep_dir, sweep)
     done = [r for r in rows if r["report"]]
@@ -264,32 +281,37 @@ def sweep_markdown(sweep_dir: str, sweep: Dict[str, Any], plotter: _Plots) -> st
              f"its own report.json (`tp-vgg report SWEEP/ratio_0.50`).\n"]
     batch_sizes = sorted({c["batch_size"] for r in done
                           for c in (r["report"].get("latency") or {}).get("comparisons", [])})
-    header = ["ratio", "MACs", "params", "MAC reduction", "top-1 pruned", "top-1 fine-tuned"]
+    shared = _shared_baselines(done, batch_sizes)
+    epochs = sweep.get("finetune_epochs")
+    tuned = f"top-1 fine-tuned ({plural(epochs, 'epoch')})" if epochs else "top-1 fine-tuned"
+    header = ["ratio", "MACs", "params", "MAC reduction", "top-1 pruned", tuned]
     scratch = any("scratch" in (r["report"].get("accuracy") or {}) for r in done)
     if scratch:  # sweep --scratch: the pruned architecture trained from random init
         header.append("top-1 scratch")
     for bs in batch_sizes:
-        header += [f"ms b{bs}", f"speed-up b{bs}", f"efficiency b{bs}"]
-    base_acc = _pct((first.get("accuracy") or {}).get("before"))
-    base_ms = []
-    for bs in batch_sizes:  # the original, as measured in the first run with this batch size
-        c = next((c for c in (_comparison(r["report"], bs) for r in done) if c), None)
-        base_ms += [f"{c['original']['median_ms']:.2f}" if c else "", "1.00x", ""]
-    table = [["0 (original)", human(first["before"]["macs"]), human(first["before"]["params"]),
-              "1.00x", base_acc, base_acc] + ([""] if scratch else []) + base_ms]
-    acc_pts, lat_pts = [], []
+        if shared[bs] is None:  # runs that each timed their own original: shown per row
+            header.append(f"original ms per batch of {bs}")
+        header += [f"ms per batch of {bs}", f"speed-up b{bs}", f"efficiency b{bs}"]
     base_acc = (first.get("accuracy") or {}).get("before")
-    if base_acc is not None:
-        acc_pts.append({"macs": first["before"]["macs"], "top1": base_acc, "series": "fine-tuned",
+    base_ms = []
+    for bs in batch_sizes:
+        if shared[bs] is None:
+            base_ms += ["(per row)", "", "", ""]
+        else:
+            base_ms += [format_ms(shared[bs]), "1.00x", ""]
+    table = [["0 (original)", human(first["before"]["macs"]), human(first["before"]["params"]),
+              "1.00x", _pct(base_acc), "(not fine-tuned)" if base_acc is not None else ""]
+             + ([""] if scratch else []) + base_ms]
+    acc_pts, lat_pts = [], []
+    if base_acc is not None:  # a point of its own: the original was neither pruned nor tuned
+        acc_pts.append({"macs": first["before"]["macs"], "top1": base_acc, "series": "original",
                         "label": "0"})
-        acc_pts.append({"macs": first["before"]["macs"], "top1": base_acc, "series": "pruned",
-                        "label": "0"})
-    seen = set()  # the original, measured in the first run with this runtime and batch size
+    seen = set()  # the original once per series when it was timed once, else every run's
     for r in done:
         for pt in latency_points(r["report"], label_pruned=str(r["ratio"])):
             if pt["label"] != "original":
                 lat_pts.append(pt)
-            elif pt["series"] not in seen:
+            elif shared.get(pt["batch_size"]) is None or pt["series"] not in seen:
                 seen.add(pt["series"])
                 lat_pts.append(dict(pt, label="0"))
     for r in rows:
@@ -304,18 +326,26 @@ def sweep_markdown(sweep_dir: str, sweep: Dict[str, Any], plotter: _Plots) -> st
             line.append(_pct(acc.get("scratch")))
         for bs in batch_sizes:
             c = _comparison(rep, bs)
-            line += ([f"{c['pruned']['median_ms']:.2f}", _x(c["speedup"]), f"{c['efficiency']:.2f}"]
-                     if c else ["", "", ""])
+            if shared[bs] is None:
+                line.append(format_ms(c["original"]["median_ms"]) if c else "")
+            line += ([format_ms(c["pruned"]["median_ms"]), _x(c["speedup"]),
+                      f"{c['efficiency']:.2f}"] if c else ["", "", ""])
         table.append(line)
-        for key, series in (("pruned", "pruned"), ("finetuned", "fine-tuned"),
-                            ("scratch", "scratch")):
+        for key, series in (("pruned", "pruned, not fine-tuned"),
+                            ("finetuned", tuned[len("top-1 "):]), ("scratch", "scratch")):
             if acc.get(key) is not None:
                 acc_pts.append({"macs": rep["after"]["macs"], "top1": acc[key], "series": series,
                                 "label": str(r["ratio"])})
     parts.append("## Trade-off\n\n" + _md_table(header, table) + "\n")
     if lat_pts:
-        parts.append("Latency: each run measured its pruned model against the original, "
-                     "interleaved in one process; efficiency = speed-up / MAC ratio.\n")
+        one = all(v is not None for v in shared.values())
+        parts.append(
+            ("Latency: the original was timed once, interleaved with every ratio's pruned model in "
+             "one session; " if one else
+             "Latency: each run timed its pruned model against its own measurement of the "
+             "original (shown in its row); ")
+            + "speed-up = the original's ms / the model's ms, as shown; efficiency = speed-up / "
+              "MAC ratio.\n")
         parts.append(plotter.save(plots.latency_vs_macs_figure(lat_pts), "latency_vs_macs.png") + "\n")
     if len(acc_pts) > 1:
         parts.append(plotter.save(plots.accuracy_vs_macs_figure(acc_pts), "accuracy_vs_macs.png")

@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Dict, List, Optional
 
 from tp_vgg.models.counting import Counts, human
 from tp_vgg.models.zoo import ModelSpec
 
 MAC_NOTE = "MACs: multiply-adds of conv and linear layers; fvcore's 'flop' = one multiply-add"
+
+
+def format_ms(ms: Optional[float]) -> str:
+    """A latency in ms to 3 significant digits, at least 2 decimals (0.0123, 0.987, 12.35,
+    1234.50): enough that a speed-up printed beside two latencies is their ratio within
+    rounding."""
+    if ms is None or not math.isfinite(ms):
+        return ""
+    if ms <= 0:
+        return f"{ms:.2f}"
+    return f"{ms:.{max(2, 2 - math.floor(math.log10(ms)))}f}"
+
+
+def plural(n: int, noun: str) -> str:
+    """1 -> '1 epoch', 2 -> '2 epochs'."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def counts_summary(c: Counts) -> Dict[str, Any]:

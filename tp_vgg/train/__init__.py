@@ -4,7 +4,8 @@
 * ``loop`` -- :func:`fit`, the epoch loop (``last.pt`` every epoch, resume);
 * ``steps`` -- one training epoch and the distillation loss;
 * ``evaluation`` -- evaluation and BatchNorm recalibration;
-* ``progress``, ``rng``, ``distributed`` -- progress bars, seeding, torchrun/DDP.
+* ``progress``, ``rng``, ``distributed`` -- progress bars, seeding, torchrun/DDP;
+* ``interrupt`` -- Ctrl-C and SIGTERM: stop at the next step, resumably.
 
 May import: checkpoint, pruning, models, data, errors, registry, files, device.
 Imported by: export, job, cli.

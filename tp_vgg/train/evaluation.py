@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from tp_vgg.data.batches import Batches, BatchTransform
 from tp_vgg.data.datasets import ImageData
+from tp_vgg.data.declared import check_class_names, choose_normalization, recorded_class_names
 from tp_vgg.data.preprocessing import Preprocessing
 from tp_vgg.device import resolve_device
 from tp_vgg.errors import UserError
@@ -174,12 +175,21 @@ def recalibrate_on(model: nn.Module, spec: ModelSpec, data: ImageData, preproces
 
 def resolve_preprocessing(data: ImageData, spec: ModelSpec,
                           stored: Optional[PreprocessingLike] = None) -> Preprocessing:
-    """The preprocessing to use: ``stored`` (a checkpoint's) where it has mean/std, else the
-    data's statistics; input size and channels from the model."""
-    pre = data.preprocessing()
+    """The preprocessing to use: the mean/std the user declared (``--mean``/``--std``, carried by
+    ``data.declared``), else ``stored`` (a checkpoint's, or torchvision weights') where it has
+    mean/std, else the data's statistics -- where they came from is said once and recorded in
+    ``extra["normalization"]``; input size and channels from the model. Data whose class names
+    differ from those ``stored`` records are refused unless ``--allow-class-mismatch``."""
     stored = Preprocessing.of(stored)
-    if stored.normalized:
-        pre.mean, pre.std = list(stored.mean), list(stored.std)
+    check_class_names(data, recorded_class_names(stored), "checkpoint")
+    pre = data.preprocessing()
+    from_weights = "weights" in stored.extra and "dataset" not in stored.extra
+    mean, std, source = choose_normalization(
+        data, (stored.mean, stored.std) if stored.normalized else None,
+        "weights" if from_weights else "checkpoint",
+        str(stored.extra["weights"]) if from_weights else "")
+    pre.mean, pre.std = mean, std
+    pre.extra["normalization"] = source
     s = spec.resolved()
     pre.input_size, pre.in_channels = s.input_size, s.in_channels
     if len(pre.mean) != data.in_channels:

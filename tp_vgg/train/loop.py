@@ -8,6 +8,11 @@ and :mod:`tp_vgg.train.rng`.
   :func:`resume` continues a run exactly from its ``last.pt``; :func:`finetune` trains a
   (pruned) checkpoint's architecture and weights.
 
+On SIGINT/SIGTERM (:mod:`tp_vgg.train.interrupt`) the run stops after the current step, writes
+``last.pt`` at that step (``train_state["step"]``: steps done in the epoch after
+``train_state["epoch"]``) and raises :class:`~tp_vgg.train.interrupt.Interrupted`;
+:func:`resume` continues it from that step, exactly.
+
 Every epoch's randomness is a function of ``(seed, epoch, rank)``: the data order and augmentation
 (:class:`tp_vgg.data.batches.Batches`) and the global RNGs (re-seeded at each epoch start; dropout), so a run
 resumed from the end of epoch ``e`` -- also after a SIGKILL mid-epoch ``e + 1`` -- repeats exactly
@@ -19,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
@@ -33,6 +39,7 @@ from tp_vgg.files import ensure_dir, write_json, write_text
 from tp_vgg.models.zoo import ModelSpec
 from tp_vgg.train.config import OPTIMIZERS, TrainConfig, lr_lambda, make_amp
 from tp_vgg.train.distributed import DistContext
+from tp_vgg.train import interrupt
 from tp_vgg.train.evaluation import (EvalResult, PreprocessingLike, check_model_fits, evaluate,
                                      resolve_preprocessing)
 from tp_vgg.train.progress import PROGRESS, Progress
@@ -89,7 +96,12 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
 
     With ``out_dir``, rank 0 writes ``last.pt`` each epoch (with the training state for
     :func:`resume`), ``best.pt`` on a better test top-1, ``metrics.jsonl`` and ``config.json``.
-    ``resume_state`` is a ``last.pt``'s ``train_state``: training continues after its epoch.
+    ``resume_state`` is a ``last.pt``'s ``train_state``: training continues after its epoch
+    (and, for a run stopped by a signal, after its ``step`` within the next epoch).
+
+    A SIGINT/SIGTERM stops the run after the current step (:mod:`tp_vgg.train.interrupt`): with
+    ``out_dir``, ``last.pt`` is written at that step; then
+    :class:`~tp_vgg.train.interrupt.Interrupted` is raised (``kept``: that last.pt).
 
     ``cfg.distill`` trains against ``teacher`` (:func:`distill_loss`); the teacher is moved to the
     device, frozen, kept in eval mode, never wrapped in DDP or compiled, and saved once as
@@ -126,8 +138,12 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, len(train_b)))
 
     start_epoch, best, records = 0, -1.0, []
+    start_step, partial, step_rng = 0, None, None
     if resume_state is not None:
         start_epoch = int(resume_state["epoch"])
+        start_step = int(resume_state.get("step") or 0)  # stopped by a signal mid-epoch
+        if start_step:
+            partial, step_rng = resume_state.get("partial"), resume_state.get("rng")
         best = float(resume_state.get("best_top1", -1.0))
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
@@ -171,6 +187,7 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
                          model=raw, out_dir=None)
     writes = out_dir is not None and dist.is_main
     resolved = {"command": command, "resumed_after_epoch": start_epoch or None,
+                **({"resumed_at_step": start_step} if start_step else {}),
                 "train": cfg.to_dict(),
                 "runtime": {"device": str(device), "amp": amp_mode, "world_size": dist.world_size,
                             "backend": dist.backend, "threads": torch.get_num_threads(),
@@ -185,48 +202,85 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
                          teacher.history, pre, {"role": "distillation teacher"})
     progress = Progress() if quiet else PROGRESS.get(cfg.progress)()
     final: Optional[EvalResult] = None
-    for epoch in range(start_epoch, cfg.epochs):
-        seed_everything(epoch_seed(cfg.seed, epoch, dist.rank))
-        train_b.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(engine, train_b, epoch, progress, cfg.epochs)
-        # The unwrapped model: DDP's forward would join collectives, and ranks may hold unequal
-        # numbers of test batches; BN buffers are made rank 0's first.
-        dist.broadcast_buffers(raw)
-        final = evaluate(raw, test_b, spec.output_key, autocast, dist)
-        improved = final.top1 > best
-        best = max(best, final.top1)
-        rec = {"epoch": epoch + 1, "lr": lr, "train_loss": stats.loss, "train_top1": stats.top1,
-               "test_loss": final.loss, "test_top1": final.top1, "test_top5": final.top5,
-               "images_per_s": stats.images_per_s * dist.world_size, "epoch_s": stats.seconds,
-               "best_top1": best, "planned_epochs": cfg.epochs}
+    data_dict = dataclasses.asdict(data_cfg) if data_cfg else {"name": data.name}
+
+    def train_state(epoch: int, **more: Any) -> Dict[str, Any]:
+        """What last.pt holds for :func:`resume` after ``epoch`` whole epochs (``more``: the
+        step reached in the next one, when a signal stopped it)."""
+        state = {"epoch": epoch, "best_top1": best, "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(),
+                 "scaler": scaler.state_dict() if scaler is not None else {},
+                 "rng": rng_state(), "config": cfg.to_dict(), "data": data_dict,
+                 "command": command, **more}
         if cfg.distill:
-            rec["teacher_s"] = stats.teacher_seconds
-        if device.type == "cuda":
-            rec["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        records.append(rec)
-        if writes:
-            meta_e = dict(meta or {}, epoch=epoch + 1, test_top1=final.top1, test_top5=final.top5,
-                          test_loss=final.loss, dataset=data.name, train=cfg.to_dict())
-            state = {"epoch": epoch + 1, "best_top1": best, "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(),
-                     "scaler": scaler.state_dict() if scaler is not None else {},
-                     "rng": rng_state(), "config": cfg.to_dict(),
-                     "data": dataclasses.asdict(data_cfg) if data_cfg else {"name": data.name},
-                     "command": command}
+            state["teacher"] = TEACHER_FILE
+        return state
+
+    def stopped(kept: Optional[str], where: str) -> interrupt.Interrupted:
+        resume_cmd = "train" if command == "train" else "finetune"
+        return interrupt.Interrupted(
+            interrupt.requested() or signal.SIGINT, kept, where,
+            interrupt.Resume(resume_cmd, kept, spec.is_user_factory) if kept else None)
+
+    interrupt.check()  # a signal before training (e.g. one that a library swallowed)
+    last_path = os.path.join(out_dir, "last.pt") if writes else None
+    with interrupt.deferred():  # a signal stops the run after the current step
+        for epoch in range(start_epoch, cfg.epochs):
+            seed_everything(epoch_seed(cfg.seed, epoch, dist.rank))
+            train_b.set_epoch(epoch)
+            lr = optimizer.param_groups[0]["lr"]
+            skip = start_step if epoch == start_epoch else 0
+            stats = train_one_epoch(engine, train_b, epoch, progress, cfg.epochs, skip=skip,
+                                    partial=partial if skip else None,
+                                    rng=step_rng if skip else None)
+            if stats.stopped_at is not None:  # SIGINT/SIGTERM: last.pt at this step
+                where = f"epoch {epoch + 1}/{cfg.epochs}, step {stats.stopped_at}/{len(train_b)}"
+                if writes:
+                    meta_s = dict(meta or {}, epoch=epoch, step=stats.stopped_at,
+                                  dataset=data.name, train=cfg.to_dict())
+                    if final is not None:
+                        meta_s.update(test_top1=final.top1, test_top5=final.top5,
+                                      test_loss=final.loss)
+                    ckpt_io.save(last_path, raw, spec, history, pre, meta_s, train_state(
+                        epoch, step=stats.stopped_at, steps_per_epoch=len(train_b),
+                        partial=stats.partial, lr=lr))
+                say(f"stopped at {where} ({interrupt.signal_name(interrupt.requested() or signal.SIGINT)})"
+                    + (f"; wrote {last_path}" if writes else ""))
+                raise stopped(last_path, where)
+            # The unwrapped model: DDP's forward would join collectives, and ranks may hold
+            # unequal numbers of test batches; BN buffers are made rank 0's first.
+            dist.broadcast_buffers(raw)
+            final = evaluate(raw, test_b, spec.output_key, autocast, dist)
+            improved = final.top1 > best
+            best = max(best, final.top1)
+            rec = {"epoch": epoch + 1, "lr": lr, "train_loss": stats.loss,
+                   "train_top1": stats.top1, "test_loss": final.loss, "test_top1": final.top1,
+                   "test_top5": final.top5, "images_per_s": stats.images_per_s * dist.world_size,
+                   "epoch_s": stats.seconds, "best_top1": best, "planned_epochs": cfg.epochs}
             if cfg.distill:
-                state["teacher"] = TEACHER_FILE
-            ckpt_io.save(os.path.join(out_dir, "last.pt"), raw, spec, history, pre, meta_e, state)
-            if improved:
-                ckpt_io.save(os.path.join(out_dir, "best.pt"), raw, spec, history, pre, meta_e)
-            write_text(os.path.join(out_dir, "metrics.jsonl"),
-                       "".join(json.dumps(r) + "\n" for r in records))
-        say(f"epoch {epoch + 1}/{cfg.epochs}  lr {lr:.4g}  train loss {stats.loss:.4f} "
-            f"top-1 {100 * stats.top1:.2f}%  test loss {final.loss:.4f} top-1 {100 * final.top1:.2f}% "
-            f"top-5 {100 * final.top5:.2f}%  {stats.images_per_s * dist.world_size:.0f} img/s  "
-            f"{stats.seconds:.1f}s" + (f" (teacher {stats.teacher_seconds:.1f}s)" if cfg.distill else ""))
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, raw)
+                rec["teacher_s"] = stats.teacher_seconds
+            if device.type == "cuda":
+                rec["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            records.append(rec)
+            if writes:
+                meta_e = dict(meta or {}, epoch=epoch + 1, test_top1=final.top1,
+                              test_top5=final.top5, test_loss=final.loss, dataset=data.name,
+                              train=cfg.to_dict())
+                ckpt_io.save(last_path, raw, spec, history, pre, meta_e, train_state(epoch + 1))
+                if improved:
+                    ckpt_io.save(os.path.join(out_dir, "best.pt"), raw, spec, history, pre, meta_e)
+                write_text(os.path.join(out_dir, "metrics.jsonl"),
+                           "".join(json.dumps(r) + "\n" for r in records))
+            say(f"epoch {epoch + 1}/{cfg.epochs}  lr {lr:.4g}  train loss {stats.loss:.4f} "
+                f"top-1 {100 * stats.top1:.2f}%  test loss {final.loss:.4f} top-1 "
+                f"{100 * final.top1:.2f}% top-5 {100 * final.top5:.2f}%  "
+                f"{stats.images_per_s * dist.world_size:.0f} img/s  {stats.seconds:.1f}s"
+                + (f" (teacher {stats.teacher_seconds:.1f}s)" if cfg.distill else ""))
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, raw)
+            if interrupt.requested() is not None and epoch + 1 < cfg.epochs:
+                # the signal came in the epoch's last step or its evaluation: last.pt is whole
+                raise stopped(last_path, f"the end of epoch {epoch + 1}/{cfg.epochs}")
     if regularizer is not None:
         from tp_vgg.pruning import sparsity
 
@@ -327,7 +381,8 @@ def resume(point: ResumePoint, data: ImageData, out_dir: Optional[str] = None,
         cfg = dataclasses.replace(cfg, **runtime)
     model = ck.build()
     meta = {k: v for k, v in ck.meta.items()
-            if k not in ("epoch", "test_top1", "test_top5", "test_loss", "dataset", "train")}
+            if k not in ("epoch", "step", "test_top1", "test_top5", "test_loss", "dataset",
+                         "train")}
     if cfg.distill and "teacher" not in kwargs:
         kwargs["teacher"] = read_teacher(ck)
     return fit(model, ck.spec, data, cfg, out_dir or os.path.dirname(os.path.abspath(ck.path)),

@@ -1,5 +1,6 @@
 """One training epoch: :class:`Engine` (what a step needs), :func:`train_one_epoch` (AMP via an
-injected autocast context, optional GradScaler, per-step LR schedule, NaN/inf guard) and the
+injected autocast context, optional GradScaler, per-step LR schedule, NaN/inf guard, a stop after
+the current step on SIGINT/SIGTERM, and the continuation of an epoch stopped so) and the
 distillation loss."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -17,7 +18,9 @@ from tp_vgg.data.batches import Batches
 from tp_vgg.errors import UserError
 from tp_vgg.models.zoo import select_logits
 from tp_vgg.train.distributed import DistContext
+from tp_vgg.train import interrupt
 from tp_vgg.train.progress import Progress
+from tp_vgg.train.rng import set_rng_state
 
 
 class TrainingDiverged(UserError):
@@ -129,6 +132,10 @@ class EpochStats:
     images: int
     seconds: float
     teacher_seconds: float = 0.0   # of ``seconds``, in the teacher's forward (distillation)
+    # set when a signal stopped the epoch after step ``stopped_at`` (< the epoch's steps):
+    # ``partial`` holds the running sums to continue it (:func:`train_one_epoch`'s ``partial``)
+    stopped_at: Optional[int] = None
+    partial: Optional[Dict[str, float]] = None
 
     @property
     def images_per_s(self) -> float:
@@ -136,8 +143,17 @@ class EpochStats:
 
 
 def train_one_epoch(engine: Engine, batches: Batches, epoch: int = 0,
-                    progress: Optional[Progress] = None, epochs: Optional[int] = None) -> EpochStats:
-    """One pass over ``batches``; loss and top-1 averaged over the samples of all ranks."""
+                    progress: Optional[Progress] = None, epochs: Optional[int] = None, *,
+                    skip: int = 0, partial: Optional[Dict[str, float]] = None,
+                    rng: Optional[Dict[str, Any]] = None) -> EpochStats:
+    """One pass over ``batches``; loss and top-1 averaged over the samples of all ranks.
+
+    After each step but the last, a SIGINT/SIGTERM received (:func:`tp_vgg.train.interrupt.requested`;
+    under torchrun agreed by all ranks every ``check_every`` steps) ends the epoch early: the
+    result has ``stopped_at`` (the steps done) and ``partial`` (the running sums, this rank's).
+    ``skip``, ``partial`` and ``rng`` continue such an epoch exactly: the first ``skip`` batches
+    are drawn (the same order and augmentation) but not trained on, then the global RNGs are
+    set to ``rng`` (their state when the epoch stopped) and the sums start from ``partial``."""
     model, opt, scaler = engine.model, engine.optimizer, engine.scaler
     progress = progress or Progress()
     model.train()
@@ -150,8 +166,21 @@ def train_one_epoch(engine: Engine, batches: Batches, epoch: int = 0,
     clock = None
     if isinstance(engine.teacher, TimedTeacher):
         clock = engine.teacher.clock = _TeacherClock(dev)
-    t0 = time.perf_counter()
-    for step, (x, y) in enumerate(batches, 1):
+    n_steps = len(batches)
+    it = iter(batches)
+    if skip:
+        for _ in range(skip):  # the same batches in the same order; not trained on
+            next(it)
+        if rng:
+            set_rng_state(rng)
+        part = partial or {}
+        loss_sum += float(part.get("loss_sum", 0.0))
+        correct += int(part.get("correct", 0))
+        seen = int(part.get("seen", 0))
+        last_checked = skip
+        progress.update(skip)
+    t0 = time.perf_counter() - float((partial or {}).get("seconds", 0.0) if skip else 0.0)
+    for step, (x, y) in enumerate(it, skip + 1):
         with engine.autocast():
             loss, logits = engine.loss(x, y)
         opt.zero_grad(set_to_none=True)
@@ -187,6 +216,15 @@ def train_one_epoch(engine: Engine, batches: Batches, epoch: int = 0,
             progress.update(done, loss=f"{loss_sum.item() / seen:.4f}",
                             acc=f"{100 * correct.item() / seen:.1f}%",
                             img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        if step < n_steps and _stop_requested(engine, step, dev):
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            progress.close()
+            part = {"loss_sum": loss_sum.item(), "correct": int(correct.item()), "seen": seen,
+                    "seconds": time.perf_counter() - t0}
+            return EpochStats(loss=part["loss_sum"] / max(seen, 1),
+                              top1=part["correct"] / max(seen, 1), images=seen,
+                              seconds=part["seconds"], stopped_at=step, partial=part)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
@@ -197,6 +235,19 @@ def train_one_epoch(engine: Engine, batches: Batches, epoch: int = 0,
     return EpochStats(loss=totals[0].item() / n_all, top1=totals[1].item() / n_all,
                       images=int(totals[2].item()), seconds=seconds,
                       teacher_seconds=clock.total() if clock is not None else 0.0)
+
+
+def _stop_requested(engine: Engine, step: int, device: torch.device) -> bool:
+    """Whether to stop after ``step``: a signal was received (one process), or by any rank
+    (torchrun: asked every ``check_every`` steps, so that all ranks stop at the same step)."""
+    if not engine.dist.enabled:
+        return interrupt.requested() is not None
+    if step % engine.check_every:
+        return False
+    flag = torch.tensor([1 if interrupt.requested() is not None else 0], dtype=torch.int64,
+                        device=device)
+    engine.dist.all_reduce_max(flag)
+    return bool(flag.item())
 
 
 def _check_finite(engine: Engine, loss_sum: torch.Tensor, epoch: int, step: int) -> None:
