@@ -101,8 +101,17 @@ def _traceable(model: nn.Module):
             p.requires_grad_(False)
 
 
-def _trace_failed(e: Exception, what: str, layer: str = "NAME") -> UserError:
+def _trace_failed(e: Exception, what: str, layer: str = "NAME",
+                  model: Optional[nn.Module] = None) -> UserError:
     """A failure inside torch-pruning while tracing or pruning, said in one line."""
+    grus = [n for n, m in (model.named_modules() if model is not None else ())
+            if isinstance(m, nn.GRU)]
+    if grus:  # measured: torch-pruning 1.6.1 fails to trace a GRU's tuple output
+        return UserError(
+            f"torch-pruning 1.6.1 cannot trace the nn.GRU {grus[0]!r} ({type(e).__name__} in its "
+            "index mapping), and no flag works around it; nn.LSTM and nn.RNN heads are kept "
+            "whole automatically, so use one of those, or prune the convolutional part as its "
+            "own model")
     import json
 
     from tp_vgg.pruning.checks import _first_line, _user_frame
@@ -126,7 +135,7 @@ def build_graph(model: nn.Module, spec: ModelSpec, example: torch.Tensor) -> tp.
         except UserError:
             raise
         except Exception as e:
-            raise _trace_failed(e, "trace the model") from e
+            raise _trace_failed(e, "trace the model", model=model) from e
 
 
 def _graph_output_layers(graph: tp.DependencyGraph) -> List[nn.Module]:
@@ -314,6 +323,10 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
             if not protected:
                 raise UserError(checks.no_output_layer_message(model, bare, pruner.DG))
             pruner.ignored_layers = [s for m in protected for s in m.modules()]
+        whole = _recurrent_and_feeders(model, pruner.DG, protected)
+        if whole:  # kept whole, automatically: their outputs are not ranked or pruned
+            pruner.ignored_layers = list(pruner.ignored_layers) + [
+                s for m in whole for s in m.modules()]
         untraced = checks.untraced_layers(pruner.DG, model)
         if untraced:
             prunable = [m for m in model.modules() if isinstance(m, PRUNABLE)
@@ -323,6 +336,8 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
                                 "keep forward differentiable for the layers to prune")
         _check_kept_channels(model, cfg, ratios, protected, channel_groups(pruner))
         notes = _criterion_hook(pruner, "check", model, gradients) or []
+        if whole:
+            notes = list(notes) + [_recurrent_note(model, whole)]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             ranked = False
@@ -335,7 +350,7 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
                 fixed = {s for m in ratios for s in m.modules()}  # a block's layers too
                 ratios = {**_global_allocation(pruner, cfg, fixed, max_ratio), **ratios}
                 pruner = _make_pruner(model, spec, dataclasses.replace(cfg, global_pruning=False),
-                                      example, ratios, protected, 1.0)
+                                      example, ratios, protected + whole, 1.0)
             coupled = lambda: checks.coupled_bare_parameters(pruner.DG, model)  # noqa: E731
             for step in range(cfg.iterative_steps):
                 if not ranked:
@@ -364,6 +379,42 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
     return PruneResult(history=history, channels_before=before,
                        channels_after=out_channels(model),
                        output_layers=[names[m] for m in protected], notes=list(notes))
+
+
+def _recurrent_and_feeders(model: nn.Module, graph: tp.DependencyGraph,
+                           protected: List[nn.Module]) -> List[nn.Module]:
+    """Recurrent layers (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) and the layers whose output channels
+    feed them. torch-pruning 1.6.1 cannot prune a recurrent layer's input features or hidden size
+    exactly (its LSTM pruner fails on bidirectional and stacked layers, and has no GRU/RNN pruner),
+    so these are kept whole and everything before them is pruned."""
+    rnns = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
+    if not rnns:
+        return []
+    feeders = []
+    for m in model.modules():
+        if isinstance(m, PRUNABLE) and m in graph.module2node and m not in protected:
+            try:
+                group = graph.get_pruning_group(
+                    m, graph.get_pruner_of_module(m).prune_out_channels, [0])
+            except Exception:
+                continue
+            if any(isinstance(dep.target.module, nn.RNNBase) for dep, _ in group):
+                feeders.append(m)
+    return rnns + feeders
+
+
+def _recurrent_note(model: nn.Module, whole: List[nn.Module]) -> str:
+    names = {m: n for n, m in model.named_modules()}
+    rnns = [f"{names[m]!r} ({type(m).__name__}{', bidirectional' if m.bidirectional else ''})"
+            for m in whole if isinstance(m, nn.RNNBase)]
+    feeders = [repr(names[m]) for m in whole if not isinstance(m, nn.RNNBase)]
+    fed = ""
+    if feeders:
+        one = len(feeders) == 1
+        fed = (f", and {', '.join(feeders)}, which feed{'s' if one else ''} it, "
+               f"keep{'s its' if one else ' their'} output channels")
+    return (f"recurrent layer {', '.join(rnns)} kept whole{fed}: torch-pruning cannot prune a "
+            "recurrent layer's inputs or hidden size exactly; every layer before is pruned")
 
 
 def _criterion_hook(pruner: tp.pruner.BasePruner, hook: str, model: nn.Module, gradients):
@@ -409,7 +460,7 @@ def _make_pruner(model, spec, cfg, example, ratios, protected, max_ratio) -> tp.
         except UserError:
             raise
         except Exception as e:
-            raise _trace_failed(e, "trace the model") from e
+            raise _trace_failed(e, "trace the model", model=model) from e
 
 
 # --------------------------------------------------------------------------------------------
