@@ -53,6 +53,7 @@ ZOO = {
     "vggish_nhwc": {"in_channels": 1, "input_size": [96, 64]},  # the published NHWC flatten
     "vgg_permute_flatten": {},
     "vgg_permute_nn_flatten": {},
+    "vgg_multiscale": {},  # pooled maps of four depths concatenated, a bare per-channel scale
 }
 # Criteria that need something a model may lack: the criterion must refuse it with a UserError.
 NEEDS = {"bn-scale": ("BatchNorm", lambda m: any(

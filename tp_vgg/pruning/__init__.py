@@ -3,6 +3,8 @@
 * ``graph`` -- :class:`PruneConfig`, :func:`prune` and :func:`replay` (the DependencyGraph,
   protected layers, torch-pruning fixes);
 * ``criteria`` -- the ``IMPORTANCES`` registry (l1, l2, fpgm, taylor, lamp, bn-scale, random);
+* ``mapping`` -- torch-pruning's index mappings through flattens and concatenations, corrected
+  from the traced shapes;
 * ``checks`` -- patterns torch-pruning cannot follow, detected and explained;
 * ``targets`` -- a MAC or speed-up target solved for a ratio (uniform or global);
 * ``iterative`` -- several pruning steps; ``unstructured`` -- weight-level magnitude pruning;

@@ -25,10 +25,11 @@ import torch_pruning as tp
 
 from tp_vgg.errors import UserError
 from tp_vgg.models.zoo import ModelSpec, keep_mode, select_logits
-from tp_vgg.pruning import checks
+from tp_vgg.pruning import checks, mapping
 from tp_vgg.pruning.criteria import IMPORTANCES
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
+mapping.install()  # flatten strides and concat offsets from the traced shapes
 
 @dataclass
 class PruneConfig:
