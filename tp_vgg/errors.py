@@ -3,7 +3,8 @@
 A :class:`UserError` carries one line that names the bad value and what is accepted. The CLI
 prints it and exits with code 2; library callers catch it like any exception.
 :func:`parse_list` reads a comma-separated list of values, naming the first bad one;
-:func:`naming_fields` makes a config's checks name its field beside the flag.
+:func:`naming_fields` makes a config's checks name its field beside the flag;
+:func:`first_line` is an exception's message cut to one line.
 """
 
 import contextlib
@@ -16,6 +17,12 @@ class UserError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of ``e``'s message (at most ``limit`` characters), or its type's name."""
+    text = str(e).strip().splitlines()
+    return text[0][:limit] if text else type(e).__name__
 
 
 def parse_list(text: str, convert: Callable[[str], Any], ok: Callable[[Any], bool], what: str,

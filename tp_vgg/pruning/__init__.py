@@ -6,6 +6,8 @@
 * ``mapping`` -- torch-pruning's index mappings through flattens and concatenations, corrected
   from the traced shapes;
 * ``checks`` -- patterns torch-pruning cannot follow, detected and explained;
+* ``diagnosis`` -- the tensor ops of a forward pass recorded, and each cause of a failure
+  confirmed against them before it is named;
 * ``targets`` -- a MAC or speed-up target solved for a ratio (uniform or global);
 * ``iterative`` -- several pruning steps; ``unstructured`` -- weight-level magnitude pruning;
 * ``sparsity`` -- training regularizers that prepare a model for pruning;

@@ -33,9 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import re
-import traceback
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -43,15 +40,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
-from tp_vgg.errors import UserError
+from tp_vgg.errors import UserError, first_line
 from tp_vgg.models.zoo import ModelSpec, keep_mode, select_logits
+from tp_vgg.pruning import diagnosis
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
 _MIXING = (nn.LayerNorm, nn.LocalResponseNorm, nn.CrossMapLRN2d)  # normalize across channels
 _LAYERS = (nn.Conv2d, nn.Linear) + _NORMS + _MIXING
-_LIBRARY_DIRS = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (torch, tp))
-_OURS = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_STDLIB = os.path.dirname(os.path.abspath(os.__file__)) + os.sep
 _FLATTEN_HINT = ("a size written as a number in view/reshape does not follow pruning: flatten "
                  "with torch.flatten(x, 1), x.view(x.size(0), -1) or nn.Flatten()")
 
@@ -116,6 +111,26 @@ def coupled_bare_parameters(graph: tp.DependencyGraph, model: nn.Module) -> Dict
         if params:
             out[lname] = params
     return out
+
+
+def feeders(graph: tp.DependencyGraph, model: nn.Module) -> Callable[[nn.Module], List[str]]:
+    """``f(layer)``: the Conv2d/Linear layers whose output channels torch-pruning removes from
+    ``layer``'s inputs (those to keep unpruned so that ``layer`` keeps its inputs)."""
+    def f(layer: nn.Module) -> List[str]:
+        out = []
+        for name, m in model.named_modules():
+            if not isinstance(m, (nn.Conv2d, nn.Linear)) or m is layer or m not in graph.module2node:
+                continue
+            try:
+                group = graph.get_pruning_group(m, graph.get_pruner_of_module(m).prune_out_channels,
+                                                [0])
+            except Exception:
+                continue
+            if any(dep.target.module is layer and dep.handler in (
+                    tp.prune_linear_in_channels, tp.prune_conv_in_channels) for dep, _ in group):
+                out.append(name)
+        return out
+    return f
 
 
 def _shape(s) -> str:
@@ -238,6 +253,7 @@ class MaskedOriginal:
         self.model, self.graph, self.spec, self.example = model, graph, spec, example
         self.logits: Optional[torch.Tensor] = None
         self.layers: Dict[str, torch.Tensor] = {}
+        self.log: Optional[diagnosis.OpLog] = None  # the tensor ops of that pass
 
     def take(self, groups) -> None:
         removed = RemovedChannels(self.model, self.graph)
@@ -248,7 +264,8 @@ class MaskedOriginal:
             self.model.eval()
             try:
                 with removed.zeroed(self.model):
-                    logits, self.layers, _ = _record(self.model, self.example, self.spec)
+                    logits, self.layers, _, self.log = _record(self.model, self.example,
+                                                               self.spec)
             except Exception:
                 return
         self.logits = logits
@@ -279,14 +296,18 @@ def check_pruned(model: nn.Module, spec: ModelSpec, example: torch.Tensor,
                  masked: Optional[MaskedOriginal] = None,
                  expect_shape: Optional[torch.Size] = None,
                  bare: Optional[Dict[str, Tuple[tuple, int]]] = None,
-                 coupled: Optional[Callable[[], Dict[str, List[str]]]] = None) -> None:
+                 coupled: Optional[Callable[[], Dict[str, List[str]]]] = None,
+                 feeders: Optional[Callable[[nn.Module], List[str]]] = None) -> None:
     """Raise a :class:`UserError` when the pruned ``model`` cannot run, changed its logits' shape
     or (given ``masked``, taken before the step on ``example``) computes something other than the
-    original with the removed channels zeroed. Eval mode, no grad; the caller keeps the modes."""
+    original with the removed channels zeroed. Each cause named is first confirmed
+    (:mod:`tp_vgg.pruning.diagnosis`); ``feeders(layer)`` names the layers whose channels reach
+    ``layer``'s inputs. Eval mode, no grad; the caller keeps the modes."""
     bare = bare or {}
     model.eval()
     with torch.no_grad():
-        got = _forward_or_explain(model, spec, example, bare, coupled)
+        got = _forward_or_explain(model, spec, example, bare, coupled,
+                                  masked.log if masked is not None else None, feeders)
     want = masked.logits if masked is not None else None
     if want is not None:
         expect_shape = want.shape
@@ -302,42 +323,49 @@ def check_pruned(model: nn.Module, spec: ModelSpec, example: torch.Tensor,
     diff = float((got.float() - want.float()).abs().max()) if want.numel() else 0.0
     if diff <= tol or not torch.isfinite(want).all():
         return
-    first, prev = _first_divergence(model, masked.layers, spec, example)
+    first, prev, op = _first_divergence(model, masked.layers, spec, example)
     where = ""
     if first is not None:
         where = (f"; the first layer whose output differs is {first!r} "
                  f"({type(model.get_submodule(first)).__name__})"
                  + (f", right after {prev!r}" if prev else ""))
-    keep = f" with --layer-ratios '{json.dumps({prev: 0})}'" if prev else " with --layer-ratios"
-    params = f" (parameters outside modules: {', '.join(bare)})" if bare else ""
+    keep = f" with --layer-ratios '{json.dumps({prev: 0})}'" if prev else ""
     head = ("after pruning, the model no longer computes what the original computes with the "
             f"removed channels zeroed (largest logit difference {diff:.3g}, tolerance {tol:.3g})"
             f"{where}")
     layer = model.get_submodule(first) if first is not None else None
-    if isinstance(layer, nn.GroupNorm):  # not from torch-pruning's grouping: e.g. a history
+    if isinstance(layer, nn.GroupNorm) and keep:  # not from torch-pruning's grouping: a history
         raise UserError(
             f"{head}: its {layer.num_groups} groups did not each lose the same number of "
             f"channels, so the kept channels are grouped differently; keep the layer before it "
             f"unpruned{keep}")
-    if isinstance(layer, _MIXING):
+    if isinstance(layer, _MIXING) and keep:
         raise UserError(
             f"{head}: {type(layer).__name__} normalizes across channels, so removing channels "
             "changes what the kept ones compute (nn.GroupNorm is pruned group by group "
             f"instead); keep the layer before it unpruned{keep}")
+    if op is not None and keep:
+        what = ("the indexing {} picks channels" if op.name == "__getitem__" else
+                f"the {op.name} {{}} reduces over the channel dimension, mixing the channels")
+        raise UserError(
+            f"{head}: {what.format(diagnosis.show_site(op.site))}, which torch-pruning cannot "
+            f"follow; rewrite that step or keep the layer before it unpruned{keep}")
+    params = f"; parameters used outside modules: {', '.join(bare)}" if bare else ""
     raise UserError(
-        f"{head}: forward uses the channels in a way torch-pruning cannot follow (a reduction or "
-        "index over the channel dimension such as x.mean(1) or x[:, k], a size written as a "
-        f"number{params}); rewrite that step or keep the layer before it unpruned{keep}")
+        f"{head}: none of the causes tp-vgg knows (a reduction or index over the channel "
+        f"dimension, a layer that normalizes across channels) is confirmed{params}")
 
 
 # --------------------------------------------------------------------------------------------
 
 def _forward_or_explain(model: nn.Module, spec: ModelSpec, example: torch.Tensor,
                         bare: Dict[str, Tuple[tuple, int]],
-                        coupled: Optional[Callable[[], Dict[str, List[str]]]]) -> torch.Tensor:
+                        coupled: Optional[Callable[[], Dict[str, List[str]]]],
+                        before: Optional[diagnosis.OpLog] = None,
+                        feeders: Optional[Callable[[nn.Module], List[str]]] = None
+                        ) -> torch.Tensor:
     names = {m: n for n, m in model.named_modules()}
     stack: List[nn.Module] = []
-    failed_in: List[Optional[nn.Module]] = [None]
     last_layer: List[Optional[str]] = [None]  # the last Conv/Linear that ran
 
     def enter(m, args):
@@ -353,107 +381,124 @@ def _forward_or_explain(model: nn.Module, spec: ModelSpec, example: torch.Tensor
     for m in model.modules():
         handles.append(m.register_forward_pre_hook(enter))
         handles.append(m.register_forward_hook(leave))
+    log = diagnosis.OpLog(diagnosis.bare_ids(model, list(bare)))
     try:
-        out = select_logits(model(example), spec.output_key)
+        with log:
+            out = select_logits(model(example), spec.output_key)
     except UserError:
         raise
     except Exception as e:
-        failed_in[0] = next((m for m in reversed(stack) if names.get(m)), None)
-        raise UserError(_forward_failure(e, failed_in[0] and names[failed_in[0]], failed_in[0],
-                                         model, bare, coupled, last_layer[0])) from e
+        failed_in = next((m for m in reversed(stack) if names.get(m)), None)
+        raise UserError(_forward_failure(e, failed_in and names[failed_in], failed_in, model,
+                                         bare, coupled, last_layer[0], log, before,
+                                         feeders)) from e
     finally:
         for h in handles:
             h.remove()
     return out
 
 
-def _user_frame(e: BaseException) -> Optional[traceback.FrameSummary]:
-    """The innermost frame of the user's code (not torch, torch-pruning, tp-vgg or stdlib)."""
-    def library(path: str) -> bool:
-        path = os.path.abspath(path)
-        return path.startswith(_LIBRARY_DIRS + (_OURS,)) or (
-            path.startswith(_STDLIB) and "-packages" + os.sep not in path)
-
-    frames = [f for f in traceback.extract_tb(e.__traceback__)
-              if not f.filename.startswith("<") and not library(f.filename)]
-    return frames[-1] if frames else None
+def _empty_layers(model: nn.Module) -> List[str]:
+    return [n for n, m in model.named_modules()
+            if (isinstance(m, nn.Conv2d) and (m.out_channels == 0 or m.in_channels == 0))
+            or (isinstance(m, nn.Linear) and (m.out_features == 0 or m.in_features == 0))]
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
+def _keep(layers: List[str]) -> str:
+    return f"--layer-ratios '{json.dumps({n: 0 for n in layers})}'"
 
 
 def _forward_failure(e: BaseException, module_name: Optional[str], module: Optional[nn.Module],
                      model: nn.Module, bare: Dict[str, Tuple[tuple, int]],
                      coupled: Optional[Callable[[], Dict[str, List[str]]]],
-                     last_layer: Optional[str] = None) -> str:
+                     last_layer: Optional[str], log: diagnosis.OpLog,
+                     before: Optional[diagnosis.OpLog],
+                     feeders: Optional[Callable[[nn.Module], List[str]]]) -> str:
+    """The line for a forward that fails after pruning: where, and the cause -- only once it is
+    confirmed against the recorded calls (:mod:`tp_vgg.pruning.diagnosis`)."""
+    failed = log.failed
     where = []
     if module_name:
         where.append(f"in module {module_name!r} ({type(module).__name__})")
-    frame = _user_frame(e)
-    if frame is not None:
-        path = frame.filename
-        try:
-            rel = os.path.relpath(path)
-            path = rel if not rel.startswith("..") else path
-        except ValueError:
-            pass
-        where.append(f"at {path}:{frame.lineno} `{(frame.line or '').strip()}`")
+    site = failed.site if failed is not None else None
+    if site is not None:
+        where.append(diagnosis.show_site(site))
     msg = f"after pruning, the model's forward fails {' '.join(where) or 'in forward'} " \
-          f"({type(e).__name__}: {_first_line(e)})"
+          f"({type(e).__name__}: {first_line(e)})"
+    op = f"{failed.name} " if failed is not None else ""
+
+    found = diagnosis.constant_size(failed, log, before)
+    if found is None and failed is not None and failed.name in ("linear", "matmul", "addmm",
+                                                                "mm"):
+        found = diagnosis.linear_input(log, before)
+    if found is not None and found.kind == "constant-size":
+        sizes = found.call.sizes() or ()
+        fix = (_FLATTEN_HINT.split(": ", 1)[1] if len(sizes) == 2 else
+               "write the sizes from x.size() (e.g. x.size(0), x.size(1)) or -1")
+        which = ("it" if found.call is failed else
+                 f"the {found.call.name} {diagnosis.show_site(found.call.site)}")
+        return f"{msg}: {which} {found.detail}: a size written as a number does not follow " \
+               f"pruning; {fix}"
+    if found is not None:  # a torch.cat or flatten torch-pruning mapped to the wrong columns
+        what = "torch.cat" if found.kind == "concat" else found.call.name
+        fed = (feeders(module) if feeders is not None and isinstance(module, nn.Linear)
+               else [])
+        keep = f"; keep the layers that feed it unpruned with {_keep(fed)}" if fed else ""
+        width = module.in_features if isinstance(module, nn.Linear) else "?"
+        return (f"{msg}: the {what} {diagnosis.show_site(found.call.site)} {found.detail}, but "
+                f"{module_name!r} keeps {width} inputs: torch-pruning mapped the removed "
+                f"channels through it to the wrong columns{keep}")
+
     cut = {n: (s, d, tuple(model.get_parameter(n).shape)) for n, (s, d) in bare.items()
            if tuple(model.get_parameter(n).shape) != s}
-    if cut:
-        name, (shape, dim, now) = next(iter(cut.items()))
-        feeders = [layer for layer, ps in (coupled() if coupled else {}).items() if name in ps]
-        keep = f"--layer-ratios '{json.dumps({f: 0 for f in feeders})}'" if feeders else "--layer-ratios"
+    used = [n for n in (failed.params if failed is not None else []) if n in cut]
+    if used:
+        name = used[0]
+        shape, dim, now = cut[name]
+        fed = [layer for layer, ps in (coupled() if coupled else {}).items() if name in ps]
+        keep = f", or keep the layers it is coupled to unpruned with {_keep(fed)}" if fed else ""
         return (f"{msg}: parameter {name!r} is used outside any module, so torch-pruning guessed "
                 f"its channel dimension and cut dimension {dim} ({_shape(shape)} -> {_shape(now)}); "
-                "make it a per-channel (1, C, 1, 1) parameter or part of a module, or keep the "
-                f"layers it is coupled to unpruned with {keep}")
-    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) >= 3:
+                f"make it a per-channel (1, C, 1, 1) parameter or part of a module{keep}")
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) >= 3 and last_layer:
         return (f"{msg}: nn.LayerNorm over (C, H, W) is pruned by torch-pruning along its last "
                 "dimension (the width), not the channels; write it as nn.GroupNorm(1, C) (the same "
                 "normalization, with per-channel affine terms), which prunes with the channels, "
-                "or keep the layer before it "
-                f"unpruned with --layer-ratios '{json.dumps({last_layer or 'NAME': 0})}'")
-    line = frame.line if frame is not None and frame.line else ""
-    text = str(e)
-    target = re.search(r"shape '\[(.*?)\]' is invalid for input of size", text)
-    if (target and target.group(1).count(",") == 1) or "shapes cannot be multiplied" in text:
-        return f"{msg}: {_FLATTEN_HINT}"
-    if target or re.search(r"\.(view|reshape)\(", line):
-        return (f"{msg}: a view/reshape with sizes that do not follow pruning (a number written "
-                "in, or a split of the channel dimension into groups); write sizes from x.size(), "
-                "or keep the layer before it unpruned with "
-                f"--layer-ratios '{json.dumps({last_layer or 'NAME': 0})}'")
-    return (f"{msg}: torch-pruning could not follow an operation there (it follows modules and "
-            "traced tensor ops, not sizes written as numbers, channel indexing or parameters used "
-            "outside modules); rewrite that step or keep the layer before it unpruned with "
-            f"--layer-ratios '{json.dumps({last_layer or 'NAME': 0})}'")
+                f"or keep the layer before it unpruned with {_keep([last_layer])}")
+    empty = _empty_layers(model)
+    if empty:
+        return (f"{msg}: torch-pruning removed all the channels of {', '.join(map(repr, empty))}, "
+                "more than the ratio asks: its index mapping went wrong there")
+    return (f"{msg}: none of the causes tp-vgg knows (a size written as a number in view/reshape, "
+            "a torch.cat or flatten mapped to the wrong columns, a parameter used outside "
+            f"modules, nn.LayerNorm over (C, H, W)) is confirmed; the {op}call that failed is "
+            "the one named here")
 
 
 def _record(model: nn.Module, example: torch.Tensor, spec: ModelSpec
-            ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], List[str]]:
-    """(logits, each conv/linear/normalization layer's first output, their execution order)."""
+            ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], List[str], diagnosis.OpLog]:
+    """(logits, each conv/linear/normalization layer's first output, their execution order,
+    the tensor ops recorded, with ``log.layers`` counting the layers run)."""
     outs: Dict[str, torch.Tensor] = {}
     order: List[str] = []
+    log = diagnosis.OpLog()
     handles = []
     for name, m in model.named_modules():
         if isinstance(m, _LAYERS):
             def hook(mod, args, out, name=name):
+                log.layers += 1
                 if isinstance(out, torch.Tensor) and name not in outs:
                     outs[name] = out.detach()
                     order.append(name)
+                    log.ends[name] = log.layers
             handles.append(m.register_forward_hook(hook))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), log:
             logits = select_logits(model(example), spec.output_key)
     finally:
         for h in handles:
             h.remove()
-    return logits, outs, order
+    return logits, outs, order, log
 
 
 def _channel_subsequence(p: torch.Tensor, z: torch.Tensor) -> bool:
@@ -475,17 +520,19 @@ def _channel_subsequence(p: torch.Tensor, z: torch.Tensor) -> bool:
 
 
 def _first_divergence(pruned: nn.Module, want: Dict[str, torch.Tensor], spec: ModelSpec,
-                      example: torch.Tensor) -> Tuple[Optional[str], Optional[str]]:
+                      example: torch.Tensor
+                      ) -> Tuple[Optional[str], Optional[str], Optional[diagnosis.Call]]:
     """(first layer whose output is not the masked original's (``want``, by layer) minus the
-    removed channels, the Conv/Linear before it), in execution order."""
+    removed channels, the Conv/Linear before it, the reduction or index over the channel
+    dimension recorded between the two), in execution order."""
     try:
-        _, got, order = _record(pruned, example, spec)
+        _, got, order, log = _record(pruned, example, spec)
     except Exception:
-        return None, None
-    prev = None
+        return None, None, None
+    prev, since = None, 0
     for name in order:
         if name in want and not _channel_subsequence(got[name], want[name]):
-            return name, prev
+            return name, prev, diagnosis.channel_ops(log, since, log.ends[name] - 1)
         if isinstance(pruned.get_submodule(name), (nn.Conv2d, nn.Linear)):
-            prev = name
-    return None, prev
+            prev, since = name, log.ends[name]
+    return None, prev, None

@@ -23,9 +23,9 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from tp_vgg.errors import UserError
+from tp_vgg.errors import UserError, first_line
 from tp_vgg.models.zoo import ModelSpec, keep_mode, select_logits
-from tp_vgg.pruning import checks, mapping
+from tp_vgg.pruning import checks, diagnosis, mapping
 from tp_vgg.pruning.criteria import IMPORTANCES
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
@@ -102,8 +102,7 @@ def _traceable(model: nn.Module):
             p.requires_grad_(False)
 
 
-def _trace_failed(e: Exception, what: str, layer: str = "NAME",
-                  model: Optional[nn.Module] = None) -> UserError:
+def _trace_failed(e: Exception, what: str, model: Optional[nn.Module] = None) -> UserError:
     """A failure inside torch-pruning while tracing or pruning, said in one line."""
     grus = [n for n, m in (model.named_modules() if model is not None else ())
             if isinstance(m, nn.GRU)]
@@ -113,18 +112,12 @@ def _trace_failed(e: Exception, what: str, layer: str = "NAME",
             "index mapping), and no flag works around it; nn.LSTM and nn.RNN heads are kept "
             "whole automatically, so use one of those, or prune the convolutional part as its "
             "own model")
-    import json
-
-    from tp_vgg.pruning.checks import _first_line, _user_frame
-
-    frame = _user_frame(e)
-    at = f" at {frame.filename}:{frame.lineno} `{(frame.line or '').strip()}`" if frame else ""
+    site = diagnosis.user_frame(e)
+    at = f" {diagnosis.show_site(site)}" if site else ""
     return UserError(
-        f"torch-pruning could not {what}{at} ({type(e).__name__}: {_first_line(e)}): the model "
+        f"torch-pruning could not {what}{at} ({type(e).__name__}: {first_line(e)}): the model "
         "uses an operation it cannot follow (e.g. torch.chunk/split or indexing over channels, "
-        "sizes written as numbers, parameters outside modules); rewrite it, or keep the layers "
-        f"around it unpruned with --layer-ratios '{json.dumps({layer: 0})}' (--debug shows the "
-        "traceback)")
+        "sizes written as numbers, parameters outside modules); --debug shows the traceback")
 
 
 def build_graph(model: nn.Module, spec: ModelSpec, example: torch.Tensor) -> tp.DependencyGraph:
@@ -360,7 +353,8 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
                 # the masked-equivalence check of every step, on the model itself (no copy)
                 masked = checks.MaskedOriginal(model, pruner.DG, spec, example)
                 _step(pruner, model, spec, example, masked.take)
-                checks.check_pruned(model, spec, example, masked, expect, bare, coupled)
+                checks.check_pruned(model, spec, example, masked, expect, bare, coupled,
+                                    checks.feeders(pruner.DG, model))
                 if between_steps is not None and step + 1 < cfg.iterative_steps:
                     between_steps(step, model)
         history = [[name, bool(is_out), [int(i) for i in idxs]]
@@ -593,7 +587,7 @@ def _step(pruner: tp.pruner.BasePruner, model: nn.Module, spec: ModelSpec, examp
             group.prune()
         except Exception as e:
             root = names.get(group[0].dep.target.module, "?")
-            raise _trace_failed(e, f"prune layer {root!r}", root) from e
+            raise _trace_failed(e, f"prune layer {root!r}") from e
 
 
 def _global_allocation(pruner: tp.pruner.BasePruner, cfg: PruneConfig, fixed: set,
