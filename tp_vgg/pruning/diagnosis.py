@@ -241,9 +241,9 @@ def linear_input(now: OpLog, before: Optional[OpLog]) -> Optional[Cause]:
     width = made.out[1] if made.out and len(made.out) > 1 else "?"
     if made.name in ("cat", "concat", "concatenate"):
         parts = " + ".join(str(s[1]) if len(s) > 1 else "?" for s in made.shapes)
-        return Cause("concat", made, f"it now gives {parts} = {width} columns")
+        return Cause("concat", made, f"now gives {parts} = {width} columns")
     if made.name in _RESHAPES:
-        return Cause("flatten", made, f"it now gives {width} columns")
+        return Cause("flatten", made, f"now gives {width} columns")
     return None
 
 

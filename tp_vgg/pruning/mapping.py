@@ -17,7 +17,10 @@ otherwise, sets
 
 * a ``torch.cat`` along dim 1 to offsets in the units of its inputs' dim 1 (columns for
   flattened maps, channels for feature maps -- where torch-pruning was right already);
-* a flatten's stride to *its own* output width over its input's channels.
+* a flatten's stride to *its own* output width over its input's channels;
+* a reshape that only adds or drops dimensions of size 1 (a per-channel ``nn.Parameter`` of
+  shape (C,) used as ``w.view(1, -1, 1, 1) * x``) to the identity: torch-pruning maps it like a
+  flatten and cuts one wrong entry of the parameter.
 
 Where the shapes are not recorded (another PyTorch), torch-pruning's mapping is left as it is;
 the masked-equivalence check (:mod:`tp_vgg.pruning.checks`) still refuses a wrong result.
@@ -61,7 +64,14 @@ def _flatten_stride(graph: tp.DependencyGraph, node) -> None:
     """A flatten's stride: its own output width over its input's channels (torch-pruning uses the
     width of the next layer that has one, which a concatenation in between makes larger)."""
     out = _shape(node)
-    if out is None or len(out) != 2:
+    if out is None:
+        return
+    ins = [_shape(n) for n in node.inputs]
+    if len(ins) == 1 and ins[0] is not None and ins[0] != out and (
+            [d for d in ins[0] if d != 1] == [d for d in out if d != 1]):
+        _set(node, None, None)  # only singleton dims added or dropped: (C,) -> (1, C, 1, 1)
+        return
+    if len(out) != 2:
         return
     width = out[1]
     channels = None
@@ -73,16 +83,22 @@ def _flatten_stride(graph: tp.DependencyGraph, node) -> None:
         return
     stride = width // channels  # 1: a (C, 1, 1) map flattened, one column per channel
 
-    def mapped(reverse: bool):
-        return _tp_mapping._FlattenIndexMapping(stride, reverse=reverse) if stride > 1 else None
+    if stride > 1:
+        _set(node, _tp_mapping._FlattenIndexMapping(stride, reverse=True),
+             _tp_mapping._FlattenIndexMapping(stride, reverse=False))
+    else:
+        _set(node, None, None)
 
+
+def _set(node, back, forth) -> None:
+    """The index mapping from ``node`` (a reshape) to its inputs and from them to it."""
     for n in node.inputs:
         for dep in node.dependencies:
             if dep.target == n:
-                dep.index_mapping[0] = mapped(True)
+                dep.index_mapping[0] = back
         for dep in n.dependencies:
             if dep.target == node:
-                dep.index_mapping[0] = mapped(False)
+                dep.index_mapping[0] = forth
 
 
 def update_index_mapping(graph: tp.DependencyGraph) -> None:
