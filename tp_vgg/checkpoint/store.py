@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 
 from tp_vgg.data.preprocessing import Preprocessing
-from tp_vgg.errors import UserError
+from tp_vgg.errors import UserError, first_line
 from tp_vgg.files import write_with
 from tp_vgg.models.zoo import (FactoryRef, ModelCode, ModelSpec, build_model, check_spec,
                                factory_kwargs)
@@ -163,7 +163,7 @@ def _torch_save(payload: Dict[str, Any], path: str) -> None:
         except OSError:
             free = -1
         raise OSError(errno.ENOSPC if 0 <= free < (1 << 20) else errno.EIO,
-                      f"torch.save failed ({_first_line(e)}); is the disk full? "
+                      f"torch.save failed ({first_line(e)}); is the disk full? "
                       f"({free} bytes free)") from e
 
 
@@ -199,10 +199,10 @@ def load_checkpoint(path: str, *, trust_model_code: bool = False,
                 "code -- use a tp-vgg checkpoint") from e
         op = re.search(r"Unsupported operand \d+", str(e))
         raise UserError(f"checkpoint {path!r} is corrupt, truncated or not a PyTorch file: "
-                        f"{op.group(0) if op else _first_line(e)}") from e
+                        f"{op.group(0) if op else first_line(e)}") from e
     except Exception as e:  # junk bytes fail anywhere in the unpickler (IndexError, KeyError, ...)
         raise UserError(f"checkpoint {path!r} is corrupt, truncated or not a PyTorch file: "
-                        f"{_first_line(e)}") from e
+                        f"{first_line(e)}") from e
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         what = "a plain state_dict" if isinstance(obj, dict) and obj and all(
             isinstance(v, torch.Tensor) for v in obj.values()) else f"a {type(obj).__name__}"
@@ -275,11 +275,6 @@ def _own_factory(path: str, spec: ModelSpec, factory: str) -> ModelSpec:
         raise UserError(f"--model {factory!r} does not name the factory of checkpoint {path!r} "
                         f"({spec.name}); accepted: {want}")
     return dataclasses.replace(spec, name=factory)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
 
 
 def _load_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], path: Optional[str]) -> None:

@@ -28,16 +28,11 @@ from tp_vgg.data.batches import BatchTransform
 from tp_vgg.data.datasets import ImageData
 from tp_vgg.data.declared import check_class_names, choose_normalization, recorded_class_names
 from tp_vgg.data.preprocessing import input_hw, size_value
-from tp_vgg.errors import UserError
+from tp_vgg.errors import UserError, first_line
 from tp_vgg.export.exporters import METADATA_KEY
 from tp_vgg.models.counting import Counts, LayerCount
 
 NEEDS = "pip install 'tp-vgg[export]'"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
 
 
 @dataclass
@@ -120,7 +115,7 @@ def _session(path: str, threads: int):
     try:
         return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # junk, truncated or an unsupported graph
-        raise UserError(f"{path!r} is not an ONNX model onnxruntime can load: {_first_line(e)}") from e
+        raise UserError(f"{path!r} is not an ONNX model onnxruntime can load: {first_line(e)}") from e
 
 
 def _info(path: str, session) -> OnnxInfo:
