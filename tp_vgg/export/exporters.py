@@ -13,8 +13,8 @@ import importlib.util
 import json
 import os
 import warnings
-from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -22,6 +22,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from tp_vgg.data.preprocessing import Preprocessing, input_hw
 from tp_vgg.errors import UserError
+from tp_vgg.export.folding import fold_adaptive_pools
 from tp_vgg.models.zoo import LogitsOnly, ModelSpec, select_logits
 
 
@@ -56,6 +57,7 @@ class OnnxCheck:
     max_abs_diff: Optional[float] = None
     max_abs_output: Optional[float] = None
     providers: Optional[list] = None
+    folded: List[str] = field(default_factory=list)  # what fold_adaptive_pools changed
 
 
 def onnxruntime_available() -> bool:
@@ -134,8 +136,13 @@ def export_onnx(model: nn.Module, spec: ModelSpec, path: str, opset: int = 17,
         raise UserError(f"--onnx {path!r}: folder {folder!r} does not exist")
     if not onnx_available():
         raise UserError("ONNX export needs the onnx package: pip install 'tp-vgg[export]'")
-    wrapped = LogitsOnly(copy.deepcopy(model).cpu().float().eval(), spec.output_key).eval()
+    inner = copy.deepcopy(model).cpu().float().eval()
     x = spec.example_input(batch=2)
+    # an adaptive pool ONNX cannot export at this input size is folded (exact; checked below
+    # against the unfolded model, like the file itself)
+    folded, notes = fold_adaptive_pools(inner, x, spec.output_key)
+    reference = LogitsOnly(inner, spec.output_key).eval()
+    wrapped = LogitsOnly(folded, spec.output_key).eval()
 
     def write(tmp: str) -> None:
         with warnings.catch_warnings(), torch.no_grad():
@@ -145,10 +152,11 @@ def export_onnx(model: nn.Module, spec: ModelSpec, path: str, opset: int = 17,
                               opset_version=opset, dynamo=False)
         _set_metadata(tmp, metadata if metadata is not None else onnx_metadata(spec))
         if check and onnxruntime_available():
-            result[0] = _check(wrapped, x, tmp, atol, rtol)
+            result[0] = _check(reference, x, tmp, atol, rtol)
 
     result = [OnnxCheck(checked=False)]
     write_with(path, write)
+    result[0].folded = notes
     return result[0]
 
 
@@ -224,6 +232,8 @@ def export_model(model: nn.Module, spec: ModelSpec, cfg: ExportConfig,
     if cfg.onnx:
         chk = export_onnx(model, spec, cfg.onnx, opset=cfg.opset, check=cfg.check,
                           metadata=onnx_metadata(spec, preprocessing, meta))
+        for line in chk.folded:
+            log(f"{line} (exact at input size {spec.resolved().input_size}; in the ONNX file only)")
         if chk.checked:
             log(f"wrote {cfg.onnx} (opset {cfg.opset}); onnxruntime matches PyTorch "
                 f"(max |difference| {chk.max_abs_diff:.2g}, outputs up to {chk.max_abs_output:.2g})")

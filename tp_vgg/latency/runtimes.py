@@ -102,8 +102,13 @@ class OnnxRuntime(Runtime):
 
         from tp_vgg.models.zoo import LogitsOnly
 
-        cpu_model = LogitsOnly(_cpu_copy(model), output_key).eval()
+        from tp_vgg.export.folding import fold_adaptive_pools
+
         xc = x.detach().float().cpu().contiguous()
+        # the deployment form `tp-vgg export --onnx` writes: an adaptive pool ONNX cannot export
+        # at this size is folded into the layer after it (exact)
+        cpu_model = LogitsOnly(fold_adaptive_pools(_cpu_copy(model), xc, output_key)[0],
+                               output_key).eval()
         buf = io.BytesIO()
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
