@@ -111,7 +111,7 @@ def _fold_into_linear(lin: nn.Linear, c: int, a: torch.Tensor, b: torch.Tensor) 
 @torch.no_grad()
 def _fold_into_conv(conv: nn.Conv2d, a: torch.Tensor, b: torch.Tensor) -> nn.Conv2d:
     """``conv`` (kernel = pooled size, no padding/stride) after the pool, as one conv."""
-    (kh, h), (kw, w) = a.shape, b.shape
+    h, w = a.shape[1], b.shape[1]
     new = nn.Conv2d(conv.in_channels, conv.out_channels, (h, w), bias=conv.bias is not None,
                     groups=conv.groups)
     new.weight.copy_(torch.einsum("ocpq,pi,qj->ocij", conv.weight.detach().double(), a, b))
