@@ -177,7 +177,7 @@ def test_layer_ratio_for_a_missing_layer(run_cli, tmp_path):
 def test_ratio_that_would_empty_a_layer(run_cli, tmp_path):
     r = prune(run_cli, tmp_path / "o", *TINY, "--ratio", "0.95")
     assert_user_error(r, tmp_path / "o", "ratio 0.95 would leave layer 'features.0' with 0 of its 8 channels",
-                      "use at most 0.875")
+                      "give it at most 0.875 with --layer-ratios '{\"features.0\": 0.875}'")
 
 
 # --- checkpoints ----------------------------------------------------------------------------

@@ -181,9 +181,8 @@ def test_groupnorm_ratio_remedy(tmp_path):
             tp_vgg.prune(build_model(spec), spec, PruneConfig(ratio=0.85, layer_ratios=ratios))
             break
         except UserError as e:
-            assert "use at most" in str(e)
-            most = float(re.search(r"use at most ([0-9.]+) for it", str(e)).group(1))
-            ratios[re.search(r"leave layer '([^']+)'", str(e)).group(1)] = most
+            assert "give it at most" in str(e)
+            ratios.update(json.loads(re.search(r"--layer-ratios '([^']*)'", str(e)).group(1)))
     else:
         pytest.fail(f"still refused after {ratios}")
     assert ratios

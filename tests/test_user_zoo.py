@@ -217,12 +217,12 @@ def test_groupnorm_ratio_that_empties_its_groups_is_refused(monkeypatch):
     spec = user_spec("vgg_groupnorm", "file", monkeypatch)
     model = build_model(spec)
     with pytest.raises(UserError, match=r"ratio 0.85 would leave layer 'features.0.0' with 0 of its 8 "
-                       r"channels: it feeds a GroupNorm of 2 groups of 4, .*= 0; use at most 0.750"):
+                       r"channels: it feeds a GroupNorm of 2 groups of 4, .*= 0; give it at most 0.75 with --layer-ratios"):
         tp_vgg.prune(model, spec, PruneConfig(ratio=0.85))
     assert out_channels(model) == out_channels(build_model(spec))  # nothing was pruned
     others = {"features.2.0": 0, "features.4.0": 0}
     with pytest.raises(UserError, match=r"int\(4 \* \(1 - 0.5\)\) = 2, lowered alike until the "
-                       r"total is a multiple of --round-to 3; use at most 0.250 for it"):
+                       r"total is a multiple of --round-to 3; give it at most 0.25 with --layer-ratios"):
         tp_vgg.prune(model, spec, PruneConfig(ratio=0.5, round_to=3, layer_ratios=others))
     with pytest.raises(UserError, match=r"no equal count per group makes a multiple of --round-to "
                        r"16; keep it unpruned with --layer-ratios '\{\"features.0.0\": 0\}'"):

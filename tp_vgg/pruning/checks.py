@@ -349,7 +349,7 @@ def check_pruned(model: nn.Module, spec: ModelSpec, example: torch.Tensor,
                 f"the {op.name} {{}} reduces over the channel dimension, mixing the channels")
         raise UserError(
             f"{head}: {what.format(diagnosis.show_site(op.site))}, which torch-pruning cannot "
-            f"follow; rewrite that step or keep the layer before it unpruned{keep}")
+            f"follow; keep the layer before it unpruned{keep}")
     params = f"; parameters used outside modules: {', '.join(bare)}" if bare else ""
     raise UserError(
         f"{head}: none of the causes tp-vgg knows (a reduction or index over the channel "

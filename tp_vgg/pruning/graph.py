@@ -14,6 +14,7 @@ BatchNorm without affine terms or running statistics and InstanceNorm prune chan
 from __future__ import annotations
 
 import contextlib
+import math
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
@@ -262,7 +263,17 @@ def _check_kept_channels(model: nn.Module, cfg: PruneConfig, ratios: Dict[nn.Mod
             if g > 1:
                 raise UserError(_group_norm_message(name, c, g, r, cfg.round_to))
             raise UserError(f"ratio {r} would leave layer {name!r} with 0 of its {c} channels{why}; "
-                            f"use at most {1 - max(1, cfg.round_to or 1) / c:.3f} for it")
+                            + _at_most(name, 1 - max(1, cfg.round_to or 1) / c))
+
+
+def _at_most(name: str, most: float) -> str:
+    """The remedy for a layer that would keep no channel: its largest ratio (3 decimals, rounded
+    down) as the --layer-ratios entry that gives it; 0 keeps the layer whole."""
+    import json
+
+    most = max(0.0, math.floor(most * 1000 + 1e-9) / 1000)
+    what = f"give it at most {most:g}" if most > 0 else "keep it whole"
+    return f"{what} with --layer-ratios '{json.dumps({name: most if most > 0 else 0})}'"
 
 
 def _group_norm_message(name: str, c: int, g: int, r: float, round_to: Optional[int]) -> str:
@@ -280,7 +291,7 @@ def _group_norm_message(name: str, c: int, g: int, r: float, round_to: Optional[
                 "--round-to")
     rounded = (f", lowered alike until the total is a multiple of --round-to {round_to}"
                if round_to else "")
-    return f"{head}{rounded}; use at most {1 - least / size:.3f} for it"
+    return f"{head}{rounded}; " + _at_most(name, 1 - least / size)
 
 
 def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,

@@ -27,6 +27,7 @@ import torch.nn as nn
 from tp_vgg.errors import UserError
 from tp_vgg.models.counting import Counts, count, human
 from tp_vgg.models.zoo import ModelSpec, keep_mode
+from tp_vgg.pruning import checks
 from tp_vgg.pruning import graph as pruning
 
 DEFAULT_MAX_LAYER_RATIO = 0.75   # every layer keeps at least a quarter of its channels
@@ -116,8 +117,8 @@ class _Ranked:
             if not protected:
                 protected = pruning.output_layers(scored, graph=pruner.DG)
                 if not protected:
-                    raise UserError("cannot tell which layer produces the logits; "
-                                    "name it with --output-layer NAME")
+                    raise UserError(checks.no_output_layer_message(
+                        scored, checks.bare_parameters(pruner.DG), pruner.DG))
                 pruner.ignored_layers = [s for m in protected for s in m.modules()]
             self.notes = list(pruning._criterion_hook(pruner, "check", scored, gradients) or [])
             fixed = {s for m in ratios for s in m.modules()}
