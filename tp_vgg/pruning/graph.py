@@ -14,8 +14,8 @@ BatchNorm without affine terms or running statistics and InstanceNorm prune chan
 from __future__ import annotations
 
 import contextlib
-import math
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
