@@ -32,9 +32,11 @@ LAYERS: List[List[str]] = [
     ["train"],
     ["export"],
     ["latency"],
+    ["search"],
     ["job"],  # the jobs: prune, sweep, sensitivity
 ]
-SUBPACKAGES = ["data", "models", "report", "pruning", "checkpoint", "train", "export", "latency"]
+SUBPACKAGES = ["data", "models", "report", "pruning", "checkpoint", "train", "export", "latency",
+               "search"]
 LAYER_OF = {part: i for i, parts in enumerate(LAYERS) for part in parts}
 
 

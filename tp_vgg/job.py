@@ -51,6 +51,7 @@ from tp_vgg.pruning.criteria import DEFAULT_TAYLOR_BATCHES, GradientBatches, tra
 from tp_vgg.pruning.targets import Target
 from tp_vgg.report import markdown as report_md
 from tp_vgg.report import summary as report_json
+from tp_vgg.search import widths as search
 from tp_vgg.train import evaluation, interrupt
 from tp_vgg.train import loop as train
 from tp_vgg.train.config import TrainConfig, finetuning
@@ -132,6 +133,8 @@ class PruneJob:
     latency_cache: Optional[str] = None
     taylor_batches: Optional[int] = None
     device: Optional[str] = None
+    # --search N: the per-layer widths searched under the budget (tp_vgg.search.widths)
+    search: Optional[search.SearchConfig] = None
 
     @property
     def steps(self) -> int:
@@ -182,12 +185,24 @@ class PruneJob:
             if self.target or self.iterative or self.taylor_batches:
                 raise UserError("a target, iterative steps and taylor batches apply to structured "
                                 "(channel) pruning, not PruneJob.unstructured")
+            if self.search is not None:
+                raise UserError("--search chooses channel widths; it does not apply to "
+                                "--unstructured")
             if self.unstructured.lottery_rounds and not (self.finetune and self.finetune.epochs):
                 raise UserError("--lottery-rounds needs --finetune-epochs N (training epochs per "
                                 "round) and --data (PruneJob.finetune.epochs)")
             pruning.check_ratio("--ratio", self.prune.ratio, "PruneConfig.ratio")
             return
         self.prune_config().validate()
+        if self.search is not None:
+            self.search.validate()
+            if self.finetune is None:
+                raise UserError("--search needs data: it scores each candidate on a held-out "
+                                "slice of the training data; pass --data D "
+                                "(PruneJob.finetune.data)")
+            if self.prune.global_pruning or self.steps > 1:
+                raise UserError("--search chooses every layer's width itself: it does not "
+                                "combine with --global or --iterative-steps")
         if self.target is not None:
             self.target.validate()
             if self.latency_budget is not None and self.steps > 1:
@@ -197,10 +212,12 @@ class PruneJob:
             raise UserError("--finetune-epochs-per-step needs --iterative-steps K with K >= 2 "
                             "(IterativeConfig.steps)")
         if self.needs_data and self.finetune is None:
-            why = ("--importance taylor needs data: it runs a few batches forward and backward "
-                   "for the gradients" if self.prune.importance == "taylor" else
-                   "--finetune-epochs-per-step fine-tunes on data")
-            raise UserError(f"{why}; pass --data D (PruneJob.finetune.data)")
+            if self.prune.importance == "taylor":
+                raise UserError("--importance taylor needs data: it runs a few batches forward "
+                                "and backward for the gradients; pass --data D "
+                                "(PruneJob.finetune.data)")
+            raise UserError("--finetune-epochs-per-step fine-tunes on data; pass --data D "
+                            "(PruneJob.finetune.data)")
         if self.finetune is not None and self.finetune.train.distill and not self.finetune.epochs:
             raise UserError("--distill is given without --finetune-epochs N; distillation "
                             "happens while fine-tuning (FinetuneConfig.epochs)")
@@ -332,6 +349,22 @@ def solve_target(job: PruneJob, model: nn.Module, spec, cfg: pruning.PruneConfig
         return latency_target.solve(model, spec, cfg, job.latency_budget, gradients=grads,
                                     device=job.device, log=log)
     return targets.solve(model, spec, cfg, job.target, gradients=grads)
+
+
+def search_widths(job: PruneJob, prep: Prepared, model: nn.Module, spec, cfg: pruning.PruneConfig,
+                  plan: Optional[targets.TargetPlan], grads: Optional[GradientBatches],
+                  log: Log = print, dist: Optional[DistContext] = None):
+    """``--search N``: the per-layer widths chosen under the job's budget (a MAC target, the
+    MACs of uniform ``--ratio``, or a latency target) and report.json's ``"search"`` block."""
+    if job.latency_budget is not None:
+        space, budget = search.latency_budget(model, spec, cfg, job.latency_budget, job.device,
+                                              grads, log)
+    else:
+        space, budget = search.mac_budget(model, spec, cfg,
+                                          plan.goal_macs if plan is not None else None, grads)
+    s = search.Search(model, spec, cfg, space, budget, job.search, prep.data, prep.preprocessing,
+                      prep.train_cfg, device=prep.train_cfg.device, log=log, dist=dist)
+    return s.run()
 
 
 def fit_round_to(job: PruneJob, cfg: pruning.PruneConfig, model: nn.Module) -> pruning.PruneConfig:
@@ -518,8 +551,13 @@ def save_outputs(out_dir: Optional[str], model: nn.Module, spec, history: List[l
         write_json(os.path.join(out_dir, "report.json"), rep)
 
 
-def _summary(job: PruneJob, plan, steps, after: Counts, result: pruning.PruneResult, log: Log) -> None:
-    if isinstance(plan, latency_target.LatencyPlan):
+def _summary(job: PruneJob, plan, steps, after: Counts, result: pruning.PruneResult, log: Log,
+             searched: Optional[Dict[str, Any]] = None) -> None:
+    if searched is not None:
+        log(f"width search: candidate {searched['chosen']} ({searched['chosen_origin']}) of "
+            f"{searched['scored']} within {searched['budget']['describe']}; uniform ranked "
+            f"{searched['uniform_rank']} by the held-out score")
+    elif isinstance(plan, latency_target.LatencyPlan):
         log(latency_target.describe(plan))
     elif plan is not None:
         log(targets.describe(plan, after.macs))
@@ -570,9 +608,16 @@ def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print,
     cfg = job.prune_config(learned["round_to"] if learned else None)
     if job.latency_budget is not None:  # the search removes whole multiples
         cfg = fit_round_to(job, cfg, model)
-    cfg, plan = solve_target(job, model, spec, cfg, grads, log)
-    if job.latency_budget is None:
-        cfg = fit_round_to(job, cfg, model)
+    searched = None
+    if job.search is not None and job.latency_budget is not None:
+        plan = None  # the width search replaces --target-latency's own
+        cfg, searched = search_widths(job, prep, model, spec, cfg, None, grads, log, dist)
+    else:
+        cfg, plan = solve_target(job, model, spec, cfg, grads, log)
+        if job.latency_budget is None:
+            cfg = fit_round_to(job, cfg, model)
+        if job.search is not None:
+            cfg, searched = search_widths(job, prep, model, spec, cfg, plan, grads, log, dist)
     if learned:
         _say_round_to(learned, cfg.round_to, log)
     steps = schedule(job, prep, dist)
@@ -581,6 +626,8 @@ def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print,
     history = loaded.history + result.history
     interrupt.check()  # before fine-tuning (a signal that a library swallowed)
     extra = {"round_to_auto": learned} if learned else {}
+    if searched is not None:
+        extra["search"] = searched
     if prep.data is not None:  # the preprocessing used, and where its normalization came from
         extra["preprocessing"] = prep.preprocessing.to_dict()
     # the report and meta as known before fine-tuning; accuracy, latency, schedule come after
@@ -614,9 +661,12 @@ def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print,
     except interrupt.Interrupted as e:
         raise _resumable(e, out_dir, job.source.consent()) if saved else e
     save_outputs(out_dir, model, spec, history, prep.saved_preprocessing, meta, rep)
+    if out_dir and searched is not None:
+        from tp_vgg.report import plots
+        plots.save_png(plots.search_figure(searched), os.path.join(out_dir, "search.png"))
     _remove_state(out_dir)
     log(report_json.format_prune_table(rep))
-    _summary(job, plan, steps, after, result, log)
+    _summary(job, plan, steps, after, result, log, searched)
     _wrote(out_dir, log)
     return JobResult(model, spec, history, before, after, rep, meta, prep.saved_preprocessing,
                      accuracy, out_dir)

@@ -7,7 +7,7 @@ import json
 import os
 from typing import Optional
 
-from tp_vgg.cli import common, latency_args, methods_cmds, train_cmds
+from tp_vgg.cli import common, latency_args, methods_cmds, search_args, train_cmds
 from tp_vgg.cli.common import (REQUIRE_ONE_OF, add_model_args, code_consent,
                                json_object, load_model, ratio)
 from tp_vgg.job import PruneJob, check_out_dir, resume_run, run
@@ -39,6 +39,7 @@ def register(sub, common) -> None:
     train_cmds.add_prune_finetune_args(p)  # --finetune-epochs N --data D [training flags]
     latency_args.add_prune_latency_args(p)  # --latency [B1,B2]
     methods_cmds.add_prune_method_args(p)  # --target-*, --iterative-steps, --unstructured, ...
+    search_args.add_search_args(p)  # --search N
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("profile", parents=[common], help="MACs and params per layer and in total")
@@ -91,8 +92,11 @@ def prune_job(args: argparse.Namespace, ratio: Optional[float] = None) -> PruneJ
     check_out_dir(args.out)
     latency_args.check_latency_flags(args)  # --runtime, --latency-batch, --latency-cache
     methods = methods_cmds.method_configs(args, ratio)  # target, iterative, unstructured
-    finetune = train_cmds.finetune_config(args, data_used=methods.pop("needs_data"))
+    search = search_args.search_config(args)
+    finetune = train_cmds.finetune_config(args, data_used=methods.pop("needs_data")
+                                          or search is not None)
     return PruneJob(common.model_source(args), prune_config(args, ratio), finetune=finetune,
+                    search=search,
                     latency=latency_args.prune_latency_config(args),
                     latency_runtimes=latency_args.prune_latency_runtimes(args),
                     timing=latency_args.round_to_timing(args),

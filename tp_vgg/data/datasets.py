@@ -110,6 +110,18 @@ class ImageData:
         return dataclasses.replace(self, test_images=self.test_images[idx],
                                    test_labels=self.test_labels[idx])
 
+    def holdout(self, idx: torch.Tensor) -> "ImageData":
+        """The training split divided: its samples ``idx`` become the test split (a held-out
+        slice scored in place of the test images), the others stay the training split."""
+        import dataclasses
+        keep = torch.ones(len(self.train_labels), dtype=torch.bool)
+        keep[idx] = False
+        return dataclasses.replace(self, train_images=self.train_images[keep],
+                                   train_labels=self.train_labels[keep],
+                                   test_images=self.train_images[idx],
+                                   test_labels=self.train_labels[idx],
+                                   test_split="train (held out)")
+
     @property
     def image_size(self) -> Any:
         """S, or [H, W] for non-square images."""

@@ -214,6 +214,19 @@ class StreamData:
             return dataclasses.replace(self, train_paths=picked[0], train_labels=picked[1])
         return dataclasses.replace(self, test_paths=picked[0], test_labels=picked[1])
 
+    def holdout(self, idx: torch.Tensor) -> "StreamData":
+        """The training split divided: its samples ``idx`` become the test split (a held-out
+        slice), the others stay the training split."""
+        import dataclasses
+        keep = torch.ones(len(self.train_labels), dtype=torch.bool)
+        keep[idx] = False
+        rest = keep.nonzero().flatten().tolist()
+        return dataclasses.replace(
+            self, train_paths=[self.train_paths[i] for i in rest],
+            train_labels=self.train_labels[keep],
+            test_paths=[self.train_paths[i] for i in idx.tolist()],
+            test_labels=self.train_labels[idx], test_split="train (held out)")
+
     def stats(self) -> Tuple[List[float], List[float]]:
         """Per-channel mean and std, estimated on a seeded sample of ``STATS_SAMPLE`` training
         images at ``STATS_SIDE`` px (the whole set is not read)."""

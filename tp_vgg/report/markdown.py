@@ -203,11 +203,39 @@ def run_markdown(run_dir: str, rep: Dict[str, Any], records: List[Dict[str, Any]
     extra = _method_sections(rep)
     if extra:
         parts.append(extra)
+    if isinstance(rep.get("search"), dict) and rep["search"].get("rows"):
+        parts.append(search_section(rep["search"], plotter))
     if records:
         start = acc.get("recalibrated", acc.get("pruned"))  # what fine-tuning started from
         parts.append(_training_section(records, plotter, "Fine-tuning", start))
     parts.append(f"---\n{MAC_NOTE}; counted at batch 1 in eval mode.\n")
     return "\n".join(parts)
+
+
+def search_section(search: Dict[str, Any], plotter: _Plots) -> str:
+    """``--search``: how many candidates, where uniform ranked, the finalists, the plot."""
+    budget = search.get("budget", {})
+    lo, hi = (budget.get("window") or ["?", "?"])[:2]
+    took = search.get("seconds") or {}
+    lines = ["## Width search\n",
+             f"{search.get('scored')} candidates within {budget.get('describe', '?')} (window "
+             f"{_scalar(lo)} to {_scalar(hi)}; {search.get('rejected')} counted outside it). "
+             f"Score: {search.get('score')}, {search.get('heldout_images')} held-out training "
+             f"images. Uniform ranked {search.get('uniform_rank')}; chosen: candidate "
+             f"{search.get('chosen')} ({search.get('chosen_origin')}). Took "
+             f"{_scalar(took.get('candidates'))} s for the candidates, "
+             f"{_scalar(took.get('finalists'))} s for the finalists.\n"]
+    finals = [f for f in search.get("finalists", []) if isinstance(f, dict)]
+    if finals:
+        keys = [k for k in ("id", "score", "finetuned", "measured_ms") if k in finals[0]]
+        rows = [[_pct(f.get(k)) if k in ("score", "finetuned") else _scalar(f.get(k))
+                 for k in keys] for f in finals]
+        lines.append(_md_table(keys, rows) + "\n")
+    if search.get("rank_correlation") is not None:
+        lines.append("Rank correlation of the score with the short fine-tune's top-1 over the "
+                     f"finalists (Spearman): {search['rank_correlation']:.2f}.\n")
+    lines.append(plotter.save(plots.search_figure(search), "search.png") + "\n")
+    return "\n".join(lines)
 
 
 def _scalar(v: Any) -> str:

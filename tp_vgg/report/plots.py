@@ -12,7 +12,7 @@ line to one that was: the original is a point of its own.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -278,6 +278,33 @@ def latency_vs_macs_figure(points: Sequence[Dict[str, Any]]) -> Figure:
     _point_labels(ax, labels, _label_title(labels))
     if series:
         legend_beside(ax, handles=handles)
+    return fig
+
+
+def search_figure(search: Dict[str, Any]) -> Figure:
+    """``--search``: every candidate's held-out score against its MACs (or predicted ms), with
+    uniform (candidate 0) and the chosen plan marked."""
+    rows = [r for r in search.get("rows", []) if r.get("score") is not None]
+    ms = search.get("budget", {}).get("kind") == "ms"
+    x = [r["predicted_ms"] if ms else r["macs"] for r in rows]
+    y = [100 * r["score"] for r in rows]
+    fig = new_figure(7.5, 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    others = [i for i, r in enumerate(rows) if r["id"] != 0]
+    ax.scatter([x[i] for i in others], [y[i] for i in others], s=16, alpha=0.6,
+               label="candidates")
+    for i, r in enumerate(rows):
+        if r["id"] == 0:
+            ax.scatter([x[i]], [y[i]], marker="*", s=200, color="black",
+                       label="uniform (candidate 0)", zorder=3)
+        if r["id"] == search.get("chosen"):
+            ax.scatter([x[i]], [y[i]], marker="o", s=110, facecolors="none", edgecolors="red",
+                       linewidths=2, label="chosen", zorder=4)
+    if not ms:
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: si(v)))
+    style(ax, "predicted latency (ms)" if ms else MAC_AXIS,
+          "held-out top-1 after adaptive BN (%)", "Width search: candidates within the budget")
+    legend_beside(ax)
     return fig
 
 

@@ -1,0 +1,57 @@
+"""`tp-vgg prune` / `sweep` flags of the width search (``--search N``): their parsing only; the
+search is :mod:`tp_vgg.search.widths`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional
+
+from tp_vgg.cli.common import nonneg_int, positive_int
+from tp_vgg.data.datasets import DATASETS
+from tp_vgg.errors import UserError
+from tp_vgg.search import widths
+
+
+def add_search_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("width search (EagleEye: adaptive-BN scoring of width vectors)")
+    g.add_argument("--search", type=positive_int, metavar="N",
+                   help="choose every layer's width under the budget (--target-speedup, "
+                        "--target-macs, --target-latency, or the MACs of uniform --ratio) from N "
+                        "candidates: uniform, perturbations of it, then an evolutionary "
+                        "refinement; each scored on a held-out slice of --data's training images "
+                        "after re-estimating BN statistics; the best few fine-tuned briefly to "
+                        "choose (1: uniform alone, through the same pipeline)")
+    g.add_argument("--search-finalists", type=nonneg_int, metavar="M",
+                   help=f"candidates fine-tuned besides uniform (default {widths.DEFAULT_FINALISTS})")
+    g.add_argument("--search-epochs", type=nonneg_int, metavar="E",
+                   help="epochs each finalist is fine-tuned before the choice (default "
+                        f"{widths.DEFAULT_FINALIST_EPOCHS}; 0: choose by the score alone)")
+    g.add_argument("--search-bn-batches", type=nonneg_int, metavar="K",
+                   help="training batches the BN statistics of each candidate are re-estimated "
+                        f"on (default {widths.DEFAULT_BN_BATCHES})")
+    g.add_argument("--search-heldout", type=positive_int, metavar="H",
+                   help="training images held out to score the candidates, never used to "
+                        f"re-estimate or fine-tune (default {widths.DEFAULT_HELDOUT})")
+
+
+def search_config(args: argparse.Namespace) -> Optional[widths.SearchConfig]:
+    """The search sub-config (None without --search); its flags need --search and --data."""
+    n = getattr(args, "search", None)
+    extras = [f for f in ("search_finalists", "search_epochs", "search_bn_batches",
+                          "search_heldout") if getattr(args, f, None) is not None]
+    if n is None:
+        if extras:
+            raise UserError(f"--{extras[0].replace('_', '-')} applies to the width search: "
+                            "add --search N")
+        return None
+    if not getattr(args, "data", None):
+        raise UserError("--search needs data: it scores each candidate on a held-out slice of "
+                        f"the training data; pass --data D ({', '.join(DATASETS.names())})")
+    given = {k: getattr(args, f) for k, f in (("finalists", "search_finalists"),
+                                             ("finalist_epochs", "search_epochs"),
+                                             ("bn_batches", "search_bn_batches"),
+                                             ("heldout", "search_heldout"))
+             if getattr(args, f, None) is not None}
+    cfg = widths.SearchConfig(candidates=n, seed=getattr(args, "seed", 0) or 0, **given)
+    cfg.validate()
+    return cfg

@@ -1,0 +1,548 @@
+"""``--search N``: choose each layer's width under the job's budget (EagleEye, ECCV 2020).
+
+A candidate is a width vector: the channels each prunable layer (each root of a pruning group)
+keeps. Under a budget -- MACs (``--target-speedup``, ``--target-macs``, or the MACs of uniform
+``--ratio``) or a latency predicted by the latency table (``--target-latency``):
+
+1. **Candidate 0 is the uniform plan** (every layer loses the same fraction). Candidates
+   1 … N−1 are drawn in two waves: perturbations of the uniform keep fractions (each layer's
+   fraction times ``exp(sigma * z)``), then an evolutionary refinement (crossover of two of the
+   best scored so far, and a smaller mutation). Each draw is scaled to the budget (one factor
+   for all layers, found by bisection), rounded to the ``--round-to`` multiple, kept within
+   ``--max-layer-ratio``; the logits layer and ``--layer-ratios`` layers are left as given. It
+   is accepted only within :data:`TOLERANCE` of the budget and never above it: MACs counted by
+   fvcore on the pruned copy, latency as the table predicts.
+2. **Score:** each candidate is pruned on a copy (L1, with the masked-equivalence check every
+   prune runs), its BatchNorm statistics are re-estimated on ``bn_batches`` training batches
+   (adaptive BN) and it is scored by top-1 on a fixed held-out slice of the training data
+   (``heldout`` images, seeded; disjoint from the batches the statistics come from, and never the
+   test split). A model without BN running statistics is scored as pruned, and the report says
+   so.
+3. **Choose:** the ``finalists`` best candidates and uniform are fine-tuned ``finalist_epochs``
+   epochs on the rest of the training data and scored again on the held-out slice; with a latency
+   budget they are also measured, and one measured above the budget is not chosen. The best is
+   returned as a :class:`~tp_vgg.pruning.graph.PruneConfig` of per-layer ratios; the job then
+   prunes the model with it and fine-tunes as usual, from the pruned, re-estimated weights (not
+   from the short fine-tune).
+
+Everything is deterministic per ``seed``. Under torchrun the ranks score disjoint shares of each
+wave and gather the scores; finalists are fine-tuned by all ranks together (DDP).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from tp_vgg.errors import UserError
+from tp_vgg.models import counting
+from tp_vgg.models.zoo import ModelSpec
+from tp_vgg.pruning import graph as pruning
+from tp_vgg.pruning.targets import _in_per_group, _out, _Ranked
+from tp_vgg.train import evaluation
+from tp_vgg.train import loop as train
+from tp_vgg.train.config import TrainConfig
+from tp_vgg.train.distributed import DistContext
+
+TOLERANCE = 0.01           # a candidate's cost is within [1 - TOLERANCE, 1] x the budget
+DEFAULT_FINALISTS = 3
+DEFAULT_FINALIST_EPOCHS = 1
+DEFAULT_BN_BATCHES = 20
+DEFAULT_HELDOUT = 5000
+DEFAULT_SIGMA = 0.25       # spread of the perturbations, in log keep fraction
+TRIES = 40                 # draws per wanted candidate before the search stops drawing
+WAVE = 8                   # candidates per evolutionary wave
+
+
+@dataclass
+class SearchConfig:
+    """``--search N`` and its settings (``--search-finalists``, ``--search-epochs``,
+    ``--search-bn-batches``, ``--search-heldout``)."""
+
+    candidates: int = 1
+    finalists: int = DEFAULT_FINALISTS
+    finalist_epochs: int = DEFAULT_FINALIST_EPOCHS
+    bn_batches: int = DEFAULT_BN_BATCHES
+    heldout: int = DEFAULT_HELDOUT
+    batch_size: int = 128
+    sigma: float = DEFAULT_SIGMA
+    seed: int = 0
+
+    def validate(self) -> None:
+        for flag, v, least in (("--search", self.candidates, 1),
+                               ("--search-finalists", self.finalists, 0),
+                               ("--search-epochs", self.finalist_epochs, 0),
+                               ("--search-bn-batches", self.bn_batches, 0),
+                               ("--search-heldout", self.heldout, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                what = ("a positive integer (1: the uniform plan alone)" if flag == "--search"
+                        else f"an integer >= {least}")
+                raise UserError(f"{flag} must be {what}, got {v!r}")
+        if not self.sigma > 0:
+            raise UserError(f"SearchConfig.sigma must be > 0, got {self.sigma!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# The widths a candidate may take, and what they cost.
+
+class Space:
+    """Per root layer: its channels, the step its width moves in (``--round-to``, the groups of
+    a GroupNorm it feeds) and the least it may keep (``--max-layer-ratio``)."""
+
+    def __init__(self, ranked: _Ranked, round_to: Optional[int], max_ratio: float):
+        self.roots: List[str] = list(ranked.roots)
+        self.sizes: Dict[str, int] = dict(zip(ranked.roots, ranked.ranking.sizes))
+        self.groups: Dict[str, int] = dict(zip(ranked.roots, ranked.ranking.groups))
+        self.unit: Dict[str, int] = {}
+        self.least: Dict[str, int] = {}
+        for r in self.roots:
+            c, g = self.sizes[r], self.groups[r]
+            u = g * (round_to // math.gcd(round_to, g)) if round_to else g
+            cap = min(int(c // g * max_ratio), c // g - 1) * g
+            least = max(c - cap, u)
+            least = -(-least // u) * u  # the first multiple at or above it
+            self.unit[r], self.least[r] = u, min(least, c)
+        self.fixed_ratios = {n: r for n, (c, r) in ranked.fixed.items()}
+
+    def kept(self, fractions: Dict[str, float]) -> Dict[str, int]:
+        """The widths nearest below ``fractions`` of each layer, within the limits."""
+        out = {}
+        for r in self.roots:
+            c, u = self.sizes[r], self.unit[r]
+            k = int(max(fractions[r], 0.0) * c + 1e-9) // u * u
+            out[r] = c if fractions[r] >= 1.0 else max(self.least[r], min(c, k))
+        return out
+
+    def fractions(self, kept: Dict[str, int]) -> Dict[str, float]:
+        return {r: kept[r] / self.sizes[r] for r in self.roots}
+
+    def config(self, cfg: pruning.PruneConfig, kept: Dict[str, int]) -> pruning.PruneConfig:
+        """Per-layer ratios that make torch-pruning keep exactly ``kept``."""
+        from tp_vgg.latency.budget import plan_config
+        return plan_config(cfg, kept, self.sizes, self.groups, self.fixed_ratios)
+
+
+class MacCost:
+    """MACs of the model with each root keeping ``kept[root]`` channels, from fvcore's counts of
+    the unpruned model: a conv's or linear layer's multiply-adds scale with its output channels
+    times its input channels; other ops keep theirs. Exact for the layers tp-vgg prunes; the
+    candidate's real count is taken with fvcore before it is accepted."""
+
+    def __init__(self, model: nn.Module, spec: ModelSpec, ranked: _Ranked, space: Space):
+        from tp_vgg.latency.budget import _feeds
+
+        base = counting.count(model, spec)
+        modules = dict(model.named_modules())
+        names = {m: n for n, m in ranked.model.named_modules()}
+        self.feeds = _feeds(ranked, names)
+        self.fed: Dict[str, List[Tuple[str, int]]] = {}
+        for r, consumers in self.feeds.items():
+            for name, per in consumers:
+                self.fed.setdefault(name, []).append((r, per))
+        self.space = space
+        self.layers: Dict[str, Tuple[int, float, int]] = {}
+        for l in base.layers:
+            m = modules.get(l.name)
+            if isinstance(m, pruning.PRUNABLE) and l.macs:
+                self.layers[l.name] = (l.macs, _in_per_group(m), _out(m))
+        self.other = base.macs - sum(v[0] for v in self.layers.values())
+        self.full = base.macs
+
+    def __call__(self, kept: Dict[str, int]) -> float:
+        total = float(self.other)
+        sizes = self.space.sizes
+        for name, (macs, cin, cout) in self.layers.items():
+            c_in = cin - sum((sizes[r] - kept[r]) * per for r, per in self.fed.get(name, ())
+                             if r in kept)
+            c_out = kept.get(name, cout)
+            total += macs * (c_in / cin) * (c_out / cout)
+        return total
+
+
+# --------------------------------------------------------------------------------------------
+# Drawing candidates.
+
+def project(space: Space, cost: Callable[[Dict[str, int]], float], fractions: Dict[str, float],
+            goal: float) -> Optional[Dict[str, int]]:
+    """``fractions`` scaled by one factor until the widths cost at most ``goal`` and as close to
+    it as the factor gets (bisection); None when even the narrowest widths cost more."""
+    low = min(max(f, 1e-6) for f in fractions.values())
+    lo, hi = 0.0, 1.0 / low + 1.0
+    if cost(space.kept({r: 0.0 for r in space.roots})) > goal:
+        return None
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if cost(space.kept({r: mid * f for r, f in fractions.items()})) <= goal:
+            lo = mid
+        else:
+            hi = mid
+    return space.kept({r: lo * f for r, f in fractions.items()})
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
+    """Spearman's rank correlation (ties take their mean rank); None below 3 points."""
+    if len(a) < 3:
+        return None
+
+    def ranks(v):
+        t = torch.tensor(v, dtype=torch.float64)
+        order = torch.argsort(t)
+        r = torch.empty_like(t)
+        r[order] = torch.arange(len(v), dtype=torch.float64)
+        for x in set(v):  # ties: the mean of their ranks
+            same = t == x
+            r[same] = r[same].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / den if den else None
+
+
+# --------------------------------------------------------------------------------------------
+# The search.
+
+@dataclass
+class Budget:
+    """What a candidate may cost: ``kind`` "macs" (counted) or "ms" (predicted by ``cost``).
+    ``goal`` is the job's budget; ``uniform_cost`` what candidate 0 costs. The window a
+    candidate must fall in is at most the goal and within :data:`TOLERANCE` of uniform's cost
+    (where channel steps leave uniform below the goal, candidates are not given more)."""
+
+    kind: str
+    goal: float
+    cost: Callable[[Dict[str, int]], float]
+    uniform: Dict[str, int]             # candidate 0
+    uniform_cost: float
+    measure: Optional[Callable[[nn.Module], float]] = None   # "ms": a real measurement
+    describe: str = ""
+
+    @property
+    def ceiling(self) -> float:
+        return min(self.goal, self.uniform_cost * (1 + TOLERANCE))
+
+    @property
+    def window(self) -> Tuple[float, float]:
+        return (1 - TOLERANCE) * self.ceiling, self.ceiling
+
+
+@dataclass
+class Scored:
+    id: int
+    origin: str
+    kept: Dict[str, int]
+    macs: int
+    params: int
+    predicted: float
+    score: Optional[float] = None
+    in_budget: bool = True
+
+    def row(self, budget: Budget) -> Dict[str, Any]:
+        d = {"id": self.id, "origin": self.origin, "widths": dict(self.kept), "macs": self.macs,
+             "params": self.params, "score": self.score, "in_budget": self.in_budget}
+        if budget.kind == "ms":
+            d["predicted_ms"] = round(self.predicted, 4)
+        return d
+
+
+class Search:
+    """One search: :meth:`run` returns the chosen plan's ``PruneConfig`` and report.json's
+    ``"search"`` block."""
+
+    def __init__(self, model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig,
+                 space: Space, budget: Budget, scfg: SearchConfig, data: Any, preprocessing: Any,
+                 train_cfg: TrainConfig, device: Optional[str] = None,
+                 log: Callable[[str], None] = print, dist: Optional[DistContext] = None):
+        self.model, self.spec, self.cfg, self.space, self.budget = model, spec, cfg, space, budget
+        self.scfg, self.pre, self.train_cfg, self.device = scfg, preprocessing, train_cfg, device
+        self.log = log
+        self.dist = dist or DistContext()
+        self.data = heldout_split(data, scfg.heldout, scfg.seed)
+        self.has_bn = bool(evaluation.batchnorms(model))
+        self.rng = torch.Generator().manual_seed(scfg.seed)
+        self.rows: List[Scored] = []
+        self.seen = set()
+        self.rejected = 0
+
+    # -- one candidate ---------------------------------------------------------------------
+    def _prune(self, kept: Dict[str, int]) -> nn.Module:
+        m = copy.deepcopy(self.model).cpu()
+        pruning.prune(m, self.spec, self.space.config(self.cfg, kept))
+        return m
+
+    def _adapt(self, m: nn.Module) -> nn.Module:
+        """Adaptive BN: the statistics re-estimated on training batches outside the slice."""
+        if self.has_bn and self.scfg.bn_batches:
+            evaluation.recalibrate_on(m, self.spec, self.data, self.pre, self.scfg.bn_batches,
+                                      self.scfg.batch_size, self.device, self.scfg.seed,
+                                      self.train_cfg.channels_last)
+        return m
+
+    def _heldout_top1(self, m: nn.Module) -> float:
+        return evaluation.top1(m, self.spec, self.data, self.pre, self.device,
+                               self.scfg.batch_size)
+
+    def _score(self, kept: Dict[str, int]) -> Tuple[int, int, Optional[float]]:
+        """(MACs, params, score); the score is None for a candidate outside the budget."""
+        m = self._prune(kept)
+        c = counting.count(m, self.spec)
+        lo, hi = self.budget.window
+        if self.budget.kind == "macs" and not lo <= c.macs <= hi:
+            return c.macs, c.params, None
+        return c.macs, c.params, self._heldout_top1(self._adapt(m))
+
+    def _score_wave(self, wave: List[Scored]) -> None:
+        """Score ``wave`` (the ranks take every world_size-th candidate and share the scores)."""
+        n = len(wave)
+        values = torch.full((n, 3), 0.0, dtype=torch.float64)
+        for i in range(self.dist.rank, n, self.dist.world_size):
+            macs, params, score = self._score(wave[i].kept)
+            values[i] = torch.tensor([macs, params, -1.0 if score is None else score],
+                                     dtype=torch.float64)
+        self.dist.all_reduce_sum(values)
+        for s, (macs, params, score) in zip(wave, values.tolist()):
+            s.macs, s.params = int(macs), int(params)
+            s.score = None if score < 0 else score
+            s.in_budget = s.score is not None
+            if s.id == 0:  # uniform: the reference, scored even where it misses the window
+                if s.score is None:
+                    m = self._adapt(self._prune(s.kept))
+                    s.score = self._heldout_top1(m)
+                self.rows.append(s)
+            elif s.in_budget:
+                self.rows.append(s)
+            else:
+                self.rejected += 1
+
+    # -- drawing ---------------------------------------------------------------------------
+    def _draw(self, fractions: Dict[str, float], origin: str) -> Optional[Scored]:
+        """A new candidate near ``fractions`` within the budget (its id is set by the wave)."""
+        kept = project(self.space, self.budget.cost, fractions, self.budget.ceiling)
+        if kept is None:
+            return None
+        key = tuple(kept[r] for r in self.space.roots)
+        predicted = self.budget.cost(kept)
+        if key in self.seen or predicted < self.budget.window[0] * (1 - 1e-9):
+            return None
+        self.seen.add(key)
+        return Scored(-1, origin, kept, 0, 0, predicted)
+
+    def _perturbation(self) -> Dict[str, float]:
+        base = self.space.fractions(self.budget.uniform)
+        z = torch.randn(len(self.space.roots), generator=self.rng).tolist()
+        return {r: base[r] * math.exp(self.scfg.sigma * zi) for r, zi in zip(self.space.roots, z)}
+
+    def _child(self) -> Dict[str, float]:
+        ranked = sorted(self.rows, key=lambda s: -s.score)
+        parents = ranked[:max(2, math.ceil(0.2 * len(ranked)))]
+        pick = lambda: parents[int(torch.randint(len(parents), (1,), generator=self.rng))]  # noqa: E731
+        a = self.space.fractions(pick().kept)
+        if len(parents) > 1 and float(torch.rand(1, generator=self.rng)) < 0.5:
+            b = self.space.fractions(pick().kept)
+            mask = (torch.rand(len(self.space.roots), generator=self.rng) < 0.5).tolist()
+            a = {r: a[r] if m else b[r] for r, m in zip(self.space.roots, mask)}
+        z = torch.randn(len(self.space.roots), generator=self.rng).tolist()
+        return {r: a[r] * math.exp(0.5 * self.scfg.sigma * zi)
+                for r, zi in zip(self.space.roots, z)}
+
+    def _wave(self, size: int, draw: Callable[[], Dict[str, float]], origin: str
+              ) -> List[Scored]:
+        wave: List[Scored] = []
+        tries = 0
+        while len(wave) < size and tries < TRIES * size:
+            tries += 1
+            s = self._draw(draw(), origin)
+            if s is not None:
+                s.id = len(self.rows) + len(wave) + self.rejected
+                wave.append(s)
+        return wave
+
+    # -- the whole search ------------------------------------------------------------------
+    def candidates(self) -> None:
+        n = self.scfg.candidates
+        uniform = self.budget.uniform
+        self.seen.add(tuple(uniform[r] for r in self.space.roots))
+        first = [Scored(0, "uniform", dict(uniform), 0, 0, self.budget.cost(uniform))]
+        self._score_wave(first)
+        if n == 1:
+            return
+        wanted = n - 1
+        n_a = -(-wanted // 2)
+        self._score_wave(self._wave(n_a, self._perturbation, "perturbation"))
+        left = wanted - n_a
+        while left > 0:
+            size = min(left, max(WAVE, self.dist.world_size))
+            wave = self._wave(size, self._child, "evolution")
+            if not wave:
+                break
+            self._score_wave(wave)
+            left -= size
+
+    def finalists(self) -> List[Dict[str, Any]]:
+        """The best ``finalists`` candidates and uniform, fine-tuned ``finalist_epochs`` on the
+        training data outside the slice and scored on it again (and measured, for a latency
+        budget)."""
+        others = sorted((s for s in self.rows if s.id != 0), key=lambda s: (-s.score, s.id))
+        chosen = [self.rows[0]] + others[:self.scfg.finalists]
+        out = []
+        for s in chosen:
+            m = self._adapt(self._prune(s.kept))
+            row: Dict[str, Any] = {"id": s.id, "score": s.score}
+            if self.scfg.finalist_epochs:
+                cfg = dataclasses.replace(self.train_cfg, epochs=self.scfg.finalist_epochs,
+                                          progress="none", distill=False)
+                res = train.fit(m, self.spec, self.data, cfg, None, preprocessing=self.pre,
+                                command="search-finalist", dist=self.dist,
+                                log=lambda line: None)
+                m.to("cpu", memory_format=torch.contiguous_format).eval()
+                row["finetuned"] = res.final.top1 if res.final else self._heldout_top1(m)
+            if self.budget.measure is not None:
+                row["measured_ms"] = round(float(self.budget.measure(m)), 4)
+            out.append(row)
+        return out
+
+    def run(self) -> Tuple[pruning.PruneConfig, Dict[str, Any]]:
+        t0 = time.perf_counter()
+        self.candidates()
+        t1 = time.perf_counter()
+        n_final = 1 + min(self.scfg.finalists, len(self.rows) - 1)
+        lo, hi = self.budget.window
+        show = (lambda v: f"{v:.3f} ms") if self.budget.kind == "ms" else counting.human
+        self.log(f"search: {len(self.rows)} candidates scored from {show(lo)} to {show(hi)} "
+                 f"(budget {self.budget.describe}; uniform {show(self.budget.uniform_cost)}; "
+                 f"{self.rejected} counted outside), in "
+                 f"{t1 - t0:.0f} s; finalists: {n_final}, fine-tuned "
+                 f"{self.scfg.finalist_epochs} epoch(s) each on the held-out split's rest")
+        finals = self.finalists() if len(self.rows) > 1 or self.budget.measure else [
+            {"id": 0, "score": self.rows[0].score}]
+        t2 = time.perf_counter()
+        key = "finetuned" if self.scfg.finalist_epochs else "score"
+        allowed = [f for f in finals if f.get("measured_ms") is None
+                   or f["measured_ms"] <= self.budget.goal] or finals[:1]
+        best = max(allowed, key=lambda f: (f[key], -f["id"]))
+        by_id = {s.id: s for s in self.rows}
+        winner = by_id[best["id"]]
+        order = sorted(self.rows, key=lambda s: (-s.score, s.id))
+        rank = 1 + [s.id for s in order].index(0)
+        rho = (spearman([f["score"] for f in finals], [f["finetuned"] for f in finals])
+               if self.scfg.finalist_epochs else None)
+        lo, hi = self.budget.window
+        rep = {
+            "candidates": self.scfg.candidates, "scored": len(self.rows),
+            "rejected": self.rejected,
+            "budget": {"kind": self.budget.kind, "goal": self.budget.goal, "window": [lo, hi],
+                       "uniform": self.budget.uniform_cost, "describe": self.budget.describe,
+                       "rule": f"at most the goal and within {100 * TOLERANCE:g}% below "
+                               f"min(goal, uniform + {100 * TOLERANCE:g}%)"},
+            "score": ("top-1 on the held-out slice after re-estimating BatchNorm statistics on "
+                      f"{self.scfg.bn_batches} training batches" if self.has_bn and
+                      self.scfg.bn_batches else
+                      "top-1 on the held-out slice as pruned (the model has no BatchNorm "
+                      "running statistics to re-estimate)"),
+            "heldout_images": len(self.data.test_labels),
+            "bn_batches": self.scfg.bn_batches if self.has_bn else 0,
+            "finalist_epochs": self.scfg.finalist_epochs, "seed": self.scfg.seed,
+            "seconds": {"candidates": round(t1 - t0, 2), "finalists": round(t2 - t1, 2)},
+            "rows": [s.row(self.budget) for s in self.rows],
+            "uniform_rank": rank, "finalists": finals, "chosen": winner.id,
+            "chosen_origin": winner.origin, "chosen_widths": dict(winner.kept),
+            "rank_correlation": rho,
+            "rank_correlation_note": "Spearman, adaptive-BN score against held-out top-1 after "
+                                     "the short fine-tune, over the finalists",
+        }
+        self.log(f"search: chose candidate {winner.id} ({winner.origin}; uniform ranked "
+                 f"{rank} of {len(self.rows)} by score) after {t2 - t0:.0f} s")
+        return self.space.config(self.cfg, winner.kept), rep
+
+
+def heldout_split(data: Any, n: int, seed: int) -> Any:
+    """``data`` with ``n`` seeded training samples as its test split (the held-out slice) and
+    the rest as its training split; the test split is not used."""
+    total = len(data.train_labels)
+    if n >= total:
+        raise UserError(f"--search-heldout {n} is not below the {total} training images of "
+                        f"{data.name}; accepted: 1 to {total - 1} (the rest re-estimate BN "
+                        "statistics and fine-tune the finalists)")
+    idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return data.holdout(idx)
+
+
+# --------------------------------------------------------------------------------------------
+# Budgets.
+
+def mac_budget(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, goal: Optional[int],
+               gradients=None) -> Tuple[Space, Budget]:
+    """The space and a MAC budget: ``goal`` MACs (a target), else the MACs of uniform
+    ``cfg.ratio``; candidate 0 is uniform at ``cfg.ratio`` (the target's solved ratio)."""
+    from tp_vgg.pruning.targets import DEFAULT_MAX_LAYER_RATIO
+
+    max_ratio = cfg.max_layer_ratio if cfg.max_layer_ratio is not None else DEFAULT_MAX_LAYER_RATIO
+    base = dataclasses.replace(cfg, global_pruning=False, max_layer_ratio=max_ratio)
+    example = spec.example_input(device=next(model.parameters()).device)
+    ranked = _Ranked(model, spec, base, example, max_ratio, gradients)
+    if not ranked.roots:
+        raise UserError("--search: no layer is left to choose a width for (every prunable layer "
+                        "is the logits layer or fixed by --layer-ratios)")
+    space = Space(ranked, cfg.round_to, max_ratio)
+    cost = MacCost(model, spec, ranked, space)
+    lost = ranked.plan(cfg.ratio)
+    uniform = {r: space.sizes[r] - lost[r] for r in space.roots}
+    trial = copy.deepcopy(model)
+    pruning.prune(trial, spec, cfg)
+    uniform_macs = counting.count(trial, spec).macs
+    if goal is None:
+        goal = uniform_macs
+        what = f"the MACs of uniform --ratio {cfg.ratio:g} ({counting.human(goal)})"
+    else:
+        what = f"{counting.human(goal)} MACs"
+    return space, Budget("macs", float(goal), cost, uniform, float(uniform_macs), describe=what)
+
+
+def latency_budget(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, lb: Any,
+                   device: Optional[str], gradients=None, log: Callable[[str], None] = print
+                   ) -> Tuple[Space, Budget]:
+    """The space and a latency budget ``lb.ms`` predicted by the latency table (calibrated on
+    the measured original and a uniform anchor, as ``--target-latency`` does); candidate 0 is
+    the widest uniform plan the table predicts within it."""
+    from tp_vgg.latency import budget as lt
+    from tp_vgg.pruning.targets import DEFAULT_MAX_LAYER_RATIO
+
+    mcfg = lb.config(spec, device)
+    mcfg.validate()
+    measure = lambda m: lt.measured_ms(m, spec, mcfg)  # noqa: E731
+    max_ratio = cfg.max_layer_ratio if cfg.max_layer_ratio is not None else DEFAULT_MAX_LAYER_RATIO
+    cfg = dataclasses.replace(cfg, ratio=0.0, max_layer_ratio=max_ratio, global_pruning=False)
+    original_ms = measure(model)
+    if lb.ms >= original_ms:
+        raise UserError(f"--target-latency {lb.ms:g} ms is not below the model's measured "
+                        f"{original_ms:.2f} ms; accepted: less than {original_ms:.2f}")
+    ranked, t, pred, block, learned = lt.build_predictor(model, spec, cfg, mcfg, gradients,
+                                                         lb.cache_dir, lb.table_min_ms, log)
+    lt.calibrate(pred, ranked, model, spec, cfg, measure, original_ms, gradients)
+    space = Space(ranked, cfg.round_to, max_ratio)
+    lo, hi = 0.0, max_ratio
+    uniform = lt.uniform_kept(pred, ranked, hi, cfg.round_to)
+    if pred.predict(uniform) > lb.ms:
+        raise UserError(f"--target-latency {lb.ms:g} ms: even uniform --ratio {max_ratio:g} is "
+                        f"predicted at {pred.predict(uniform):.2f} ms; raise --max-layer-ratio "
+                        "or the target")
+    for _ in range(30):  # the smallest uniform ratio predicted within the budget
+        mid = (lo + hi) / 2
+        if pred.predict(lt.uniform_kept(pred, ranked, mid, cfg.round_to)) <= lb.ms:
+            hi = mid
+        else:
+            lo = mid
+    uniform = space.kept(space.fractions(lt.uniform_kept(pred, ranked, hi, cfg.round_to)))
+    return space, Budget("ms", float(lb.ms), pred.predict, uniform, pred.predict(uniform),
+                         measure=measure,
+                         describe=f"{lb.ms:g} ms ({mcfg.runtime} on {mcfg.device}, batch "
+                                  f"{mcfg.batch_sizes[0]}; predicted by the latency table)")
+
