@@ -6,5 +6,5 @@
 * ``counting`` -- MACs and parameters with fvcore (one multiply-add = one fvcore "flop").
 
 May import: data, errors, registry, files, device.
-Imported by: report, pruning, checkpoint, train, export, latency, job, cli.
+Imported by: report, pruning, checkpoint, train, export, latency, search, job, cli.
 """

@@ -14,5 +14,5 @@
 * ``sensitivity`` -- per-layer sensitivity curves and the ratios they recommend.
 
 May import: report, models, data, errors, registry, files, device.
-Imported by: checkpoint, train, latency, job, cli.
+Imported by: checkpoint, train, latency, search, job, cli.
 """
