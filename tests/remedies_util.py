@@ -60,14 +60,16 @@ def _literals(tree: ast.AST) -> List[Tuple[int, str]]:
     return found
 
 
+def literals() -> List[Tuple[str, int, str]]:
+    """(file relative to the package's parent, line, literal) of every message literal."""
+    return [(str(path.relative_to(PACKAGE.parent)), line, text)
+            for path in sorted(PACKAGE.rglob("*.py"))
+            for line, text in _literals(ast.parse(path.read_text()))]
+
+
 def suggestions() -> List[Tuple[str, int, str]]:
-    """(file relative to the package's parent, line, literal) of every suggesting literal."""
-    out = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        for line, text in _literals(ast.parse(path.read_text())):
-            if SUGGESTION.search(text):
-                out.append((str(path.relative_to(PACKAGE.parent)), line, text))
-    return out
+    """The literals (as :func:`literals`) that suggest a flag or a rewrite."""
+    return [hit for hit in literals() if SUGGESTION.search(hit[2])]
 
 
 def squash(text: str) -> str:
@@ -98,11 +100,13 @@ Args = Callable[[Ctx], Sequence[object]]
 class Remedy:
     """One printed remedy: ``message`` is a fixed fragment of the literal in ``tp_vgg/`` (and
     of what ``failing`` prints); ``remedied`` is ``failing`` with the remedy applied, which must
-    exit 0. ``check`` may assert more about the remedied run (its output, its files)."""
+    exit 0. ``printed``: the message with its fields filled in, where the remedy lies in them (a
+    flag's value). ``check`` may assert more about the remedied run (its output, its files)."""
     id: str
     message: str
     failing: Args
     remedied: Args
+    printed: Optional[str] = None  # the message as printed, with its fields filled in
     code: int = 2
     stream: str = "err"
     setup: Optional[Callable[[Ctx], None]] = None
@@ -117,11 +121,12 @@ def run_remedy(remedy: Remedy, run_cli, tmp_path: Path) -> None:
     r = run_cli(*[str(a) for a in remedy.failing(ctx)])
     printed = squash(getattr(r, remedy.stream))
     assert r.code == remedy.code, (r.code, r.err[-2000:])
-    assert squash(remedy.message) in printed, (remedy.message, r.err[-2000:], r.out[-2000:])
+    text = remedy.printed or remedy.message  # the literal's fixed text, or as printed
+    assert squash(text) in printed, (text, r.err[-2000:], r.out[-2000:])
     assert "Traceback" not in r.err
     fixed = run_cli(*[str(a) for a in remedy.remedied(ctx)])
     assert fixed.code == 0, (fixed.code, fixed.err[-2000:])
-    assert squash(remedy.message) not in squash(fixed.err), fixed.err[-2000:]
+    assert squash(text) not in squash(fixed.err), fixed.err[-2000:]
     if remedy.check:
         remedy.check(ctx, fixed)
 

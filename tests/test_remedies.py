@@ -13,7 +13,7 @@ import ast
 import importlib
 from pathlib import Path
 
-from remedies_util import SUGGESTION, TESTED_ELSEWHERE, squash, suggestions
+from remedies_util import SUGGESTION, TESTED_ELSEWHERE, literals, squash, suggestions
 
 TESTS = Path(__file__).parent
 
@@ -62,7 +62,7 @@ def test_every_suggestion_has_a_remedy_test():
 
 
 def test_every_remedy_names_a_message_that_exists():
-    texts = [squash(text) for _, _, text in suggestions()]
+    texts = [squash(text) for _, _, text in literals()]
     gone = [f for f in _fragments() if not any(squash(f) in t for t in texts)]
     assert not gone, gone
     ids = [r.id for r in _remedies()]

@@ -101,26 +101,28 @@ REMEDIES = [
                       "--out", c.path("out")],
            lambda c: ["prune", "--model", _file(c, "modules.py", MODULES), "--ratio", "0.5",
                       "--out", c.path("out")]),
-    Remedy("layer-would-keep-nothing",
-           "ratio 0.5 would leave layer 'att' with 0 of its 1 channels; keep it whole with "
-           "--layer-ratios '{\"att\": 0}'",
+    Remedy("layer-would-keep-nothing", "keep it whole",
            lambda c: ["prune", "--model", _file(c, "att.py", ATTENTION), "--ratio", "0.5",
                       "--out", c.path("out")],
            lambda c: ["prune", "--model", _file(c, "att.py", ATTENTION), "--ratio", "0.5",
-                      "--layer-ratios", '{"att": 0}', "--out", c.path("out")]),
-    Remedy("layer-would-keep-nothing-at-this-ratio",
-           "ratio 0.95 would leave layer 'features.0' with 0 of its 8 channels; give it at most "
-           "0.875 with --layer-ratios '{\"features.0\": 0.875}'",
+                      "--layer-ratios", '{"att": 0}', "--out", c.path("out")],
+           printed="ratio 0.5 would leave layer 'att' with 0 of its 1 channels; keep it whole "
+                   "with --layer-ratios '{\"att\": 0}'"),
+    Remedy("layer-would-keep-nothing-at-this-ratio", "give it at most {}",
            _prune(*TINY, "--ratio", "0.95", "--layer-ratios",
                   json.dumps({f"features.{i}": 0.875 for i in (4, 8, 11, 15, 18, 22, 25)})),
            _prune(*TINY, "--ratio", "0.95", "--layer-ratios",
-                  json.dumps({f"features.{i}": 0.875 for i in (0, 4, 8, 11, 15, 18, 22, 25)}))),
+                  json.dumps({f"features.{i}": 0.875 for i in (0, 4, 8, 11, 15, 18, 22, 25)})),
+           printed="ratio 0.95 would leave layer 'features.0' with 0 of its 8 channels; give it "
+                   "at most 0.875 with --layer-ratios '{\"features.0\": 0.875}'"),
     Remedy("groupnorm-round-to-keep-it-unpruned",
-           "no equal count per group makes a multiple of --round-to 16; keep it unpruned with "
-           "--layer-ratios '{\"features.0.0\": 0}'",
+           "and no equal count per group makes a multiple of --round-to {}; keep it unpruned "
+           "with --layer-ratios '{}'",
            _prune(*GROUPNORM, "--ratio", "0.5", "--round-to", "16", *KEEP_TWO),
            _prune(*GROUPNORM, "--ratio", "0.5", "--round-to", "16", "--layer-ratios",
-                  '{"features.2.0": 0, "features.4.0": 0, "features.0.0": 0}')),
+                  '{"features.2.0": 0, "features.4.0": 0, "features.0.0": 0}'),
+           printed="no equal count per group makes a multiple of --round-to 16; keep it "
+                   "unpruned with --layer-ratios '{\"features.0.0\": 0}'"),
     Remedy("groupnorm-round-to-use-another",
            "or use another --round-to",
            _prune(*GROUPNORM, "--ratio", "0.5", "--round-to", "16", *KEEP_TWO),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -209,3 +210,17 @@ def test_done_when_digits_6_epochs_reach_90_percent(run_cli, tmp_path):
     assert r.code == 0, r.err
     rec = json.loads((tmp_path / "d" / "metrics.jsonl").read_text().splitlines()[-1])
     assert rec["test_top1"] >= 0.90
+
+
+def test_a_model_that_flattens_with_view_fine_tunes_on_contiguous_batches(run_cli, tmp_path):
+    """``x.view(x.size(0), -1)`` after a conv cannot take channels-last activations: training
+    and BN re-estimation feed such a model contiguous batches, and say so (it used to stop with
+    an internal error)."""
+    model = Path(__file__).parent / "user_models" / "vgg_seq_linear.py"
+    out = tmp_path / "out"
+    r = run_cli("prune", "--model", f"{model}:make", "--ratio", "0.4", *FAKE,
+                "--finetune-epochs", "1", "--progress", "none", "--threads", "1", "--out", out)
+    assert r.code == 0, r.err
+    assert "channels-last off: the model's forward cannot take channels-last input" in r.out
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["accuracy"]["finetuned"] is not None

@@ -189,8 +189,16 @@ def _oom_message(e: BaseException, args: Optional[argparse.Namespace]) -> str:
     batch = getattr(args, "batch_size", None)
     if isinstance(batch, int) and batch > 1:
         return (f"out of memory at --batch-size {batch} ({what}); try --batch-size {batch // 2}")
-    return (f"out of memory ({what}); try a smaller model (--width), a smaller --input-size"
-            + (" or --batch-size" if batch else "") + ", or free memory")
+    # only what the command takes: a checkpoint (or a resumed run) fixes the model's shape, and
+    # --resume its batch size; a command run at its default batch size may be given a smaller one
+    resumed = bool(getattr(args, "resume", None))
+    lower = batch is None and hasattr(args, "batch_size") and not resumed
+    if not (resumed or getattr(args, "checkpoint", None)):
+        return (f"out of memory ({what}); try a smaller model (--width), a smaller --input-size"
+                + (" or a smaller --batch-size" if lower else "") + ", or free memory")
+    if lower:
+        return f"out of memory ({what}); try a smaller --batch-size, or free memory"
+    return f"out of memory ({what}); free memory or run it on a device with more"
 
 
 def _kept(args: Optional[argparse.Namespace], since: float) -> str:

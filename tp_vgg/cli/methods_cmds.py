@@ -187,7 +187,8 @@ def check_prune_args(args: argparse.Namespace, ratio: Optional[float] = None) ->
             raise UserError("--lottery-rounds needs --finetune-epochs N (training epochs per "
                             "round) and --data")
         if _given(args, "rewind_epoch") and not _given(args, "lottery_rounds"):
-            raise UserError("--rewind-epoch applies to lottery-ticket mode: add --lottery-rounds R")
+            raise UserError("--rewind-epoch applies to lottery-ticket mode: add --lottery-rounds R "
+                            "with --finetune-epochs N and --data D")
         return
     for name in ("lottery_rounds", "rewind_epoch"):
         if _given(args, name):
@@ -232,9 +233,11 @@ def method_configs(args: argparse.Namespace, ratio: Optional[float] = None) -> D
                                  getattr(args, "rewind_epoch", None) or 0)
     taylor = getattr(args, "importance", None) == "taylor"
     if (taylor or per_step > 0) and not getattr(args, "data", None):
-        why = ("--importance taylor needs data: it runs a few batches forward and backward "
-               "for the gradients" if taylor else "--finetune-epochs-per-step fine-tunes on data")
-        raise UserError(f"{why}; pass --data D ({', '.join(DATASETS.names())})")
+        names = ", ".join(DATASETS.names())
+        if taylor:
+            raise UserError("--importance taylor needs data: it runs a few batches forward and "
+                            f"backward for the gradients; pass --data D ({names})")
+        raise UserError(f"--finetune-epochs-per-step fine-tunes on data; pass --data D ({names})")
     return {"target": target, "iterative": schedule,
             "unstructured": lottery if _given(args, "unstructured") else None,
             "taylor_batches": getattr(args, "taylor_batches", None),

@@ -42,7 +42,7 @@ def search_config(args: argparse.Namespace) -> Optional[widths.SearchConfig]:
     if n is None:
         if extras:
             raise UserError(f"--{extras[0].replace('_', '-')} applies to the width search: "
-                            "add --search N")
+                            "add --search N with --data D")
         return None
     if not getattr(args, "data", None):
         raise UserError("--search needs data: it scores each candidate on a held-out slice of "

@@ -424,7 +424,7 @@ class Search:
         finals = self.finalists() if len(self.rows) > 1 or self.budget.measure else [
             {"id": 0, "score": self.rows[0].score}]
         t2 = time.perf_counter()
-        key = "finetuned" if self.scfg.finalist_epochs else "score"
+        key = "finetuned" if all("finetuned" in f for f in finals) else "score"
         allowed = [f for f in finals if f.get("measured_ms") is None
                    or f["measured_ms"] <= self.budget.goal] or finals[:1]
         best = max(allowed, key=lambda f: (f[key], -f["id"]))
@@ -433,7 +433,7 @@ class Search:
         order = sorted(self.rows, key=lambda s: (-s.score, s.id))
         rank = 1 + [s.id for s in order].index(0)
         rho = (spearman([f["score"] for f in finals], [f["finetuned"] for f in finals])
-               if self.scfg.finalist_epochs else None)
+               if key == "finetuned" else None)
         lo, hi = self.budget.window
         rep = {
             "candidates": self.scfg.candidates, "scored": len(self.rows),

@@ -152,6 +152,24 @@ def recalibrate_bn(model: nn.Module, batches: Batches, num_batches: int,
     return len(bns)
 
 
+def channels_last_runs(model: nn.Module, spec: ModelSpec, device: Any = None) -> bool:
+    """Whether ``model`` runs on channels-last input: a ``x.view(n, -1)`` after a convolution
+    does not (the conv keeps the input's strides, which ``view`` cannot flatten), so training
+    and BN re-estimation feed such a model contiguous batches instead."""
+    dev = device if device is not None else next(model.parameters()).device
+    x = spec.resolved().example_input(batch=2, device=dev).contiguous(
+        memory_format=torch.channels_last)
+    with keep_mode(model), torch.no_grad():
+        model.eval()
+        try:
+            model(x)
+        except RuntimeError as e:
+            if "view size is not compatible" in str(e):
+                return False
+            raise
+    return True
+
+
 def recalibrate_on(model: nn.Module, spec: ModelSpec, data: ImageData, preprocessing: PreprocessingLike,
                    num_batches: int, batch_size: int = 64, device: Optional[str] = None,
                    seed: int = 0, channels_last: bool = True,
@@ -162,6 +180,7 @@ def recalibrate_on(model: nn.Module, spec: ModelSpec, data: ImageData, preproces
     dev = dist.device(device)
     pre = resolve_preprocessing(data, spec, preprocessing)
     model.to(dev)
+    channels_last = channels_last and channels_last_runs(model, spec, dev)
     batches = data.batches("train", batch_size,
                            BatchTransform(pre.mean, pre.std, pre.input_size, channels_last), dev,
                            train=True, augment=False, seed=seed, rank=dist.rank,

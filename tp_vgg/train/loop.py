@@ -37,11 +37,11 @@ from tp_vgg.data.datasets import DataConfig, ImageData
 from tp_vgg.errors import UserError
 from tp_vgg.files import ensure_dir, write_json, write_text
 from tp_vgg.models.zoo import ModelSpec
+from tp_vgg.train import interrupt
 from tp_vgg.train.config import OPTIMIZERS, TrainConfig, lr_lambda, make_amp
 from tp_vgg.train.distributed import DistContext
-from tp_vgg.train import interrupt
-from tp_vgg.train.evaluation import (EvalResult, PreprocessingLike, check_model_fits, evaluate,
-                                     resolve_preprocessing)
+from tp_vgg.train.evaluation import (EvalResult, PreprocessingLike, channels_last_runs,
+                                     check_model_fits, evaluate, resolve_preprocessing)
 from tp_vgg.train.progress import PROGRESS, Progress
 from tp_vgg.train.rng import epoch_seed, rng_state, seed_everything, set_rng_state
 from tp_vgg.train.steps import Engine, TimedTeacher, train_one_epoch
@@ -114,14 +114,19 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
     autocast, scaler, amp_mode = make_amp(device, cfg.amp)
     history = list(history or [])
     pre = resolve_preprocessing(data, spec, preprocessing)
+    if cfg.channels_last and not channels_last_runs(model.to(device), spec, device):
+        log("channels-last off: the model's forward cannot take channels-last input (a "
+            "view() of a conv's output); training on contiguous batches")
+        cfg = dataclasses.replace(cfg, channels_last=False)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     check_model_fits(model, spec, data)
     timed_teacher = None
     if cfg.distill:
         if teacher is None:
-            raise UserError("distillation (--distill, TrainConfig.distill) needs a teacher: the "
-                            "model before pruning (prune --distill) or --teacher CKPT")
+            raise UserError("distillation (TrainConfig.distill) needs a teacher: pass "
+                            "fit(..., teacher=Teacher(model, spec)) (tp_vgg.train.loop.Teacher; "
+                            "e.g. the model before pruning), or teacher=Teacher.read(CKPT)")
         teacher.model.to(device, memory_format=memory_format).eval().requires_grad_(False)
         check_model_fits(teacher.model, teacher.spec, data)
         timed_teacher = TimedTeacher(teacher.model, teacher.spec.output_key)

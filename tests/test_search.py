@@ -1,0 +1,216 @@
+"""The width search, ``--search N`` (issue 20): candidates within the budget, uniform first,
+deterministic per seed, a held-out slice disjoint from the test split and from the BN batches,
+user models with and without BatchNorm, the chosen widths in pruned.pt, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from methods_util import QUIET, TINY, assert_one_line_error, read_report
+
+import tp_vgg
+from tp_vgg.data.datasets import DataConfig, load_data
+from tp_vgg.pruning import graph as pruning
+from tp_vgg.search import widths
+from tp_vgg.train import evaluation
+
+USER_MODELS = Path(__file__).parent / "user_models"
+DATA = ["--data", "fake", "--data-kwargs", '{"train_size": 400, "test_size": 64}']
+WIDE = ["--model", "cifar_vgg11_bn", "--width", "0.5"]
+SEARCH = ["--search-heldout", "128", "--search-bn-batches", "2", "--search-finalists", "2",
+          "--search-epochs", "1"]
+
+
+def _search(run_cli, out, *flags, model=TINY, n="10"):
+    return run_cli("prune", *model, *flags, "--search", n, *DATA, *SEARCH, *QUIET, "--out", out)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """One search at 2x fewer MACs, shared by the tests that read it."""
+    from tp_vgg.cli import main
+    out = tmp_path_factory.mktemp("search") / "out"
+    assert main(["prune", *TINY, "--target-speedup", "2", "--search", "10", *DATA, *SEARCH,
+                 *QUIET, "--out", str(out)]) == 0
+    return out, read_report(out)
+
+
+def test_every_accepted_candidate_is_within_the_budget(searched):
+    _, rep = searched
+    s = rep["search"]
+    lo, hi = s["budget"]["window"]
+    assert hi <= s["budget"]["goal"] and lo == pytest.approx(0.99 * hi)
+    assert hi <= s["budget"]["uniform"] * 1.01 + 1e-6
+    assert s["scored"] == len(s["rows"]) >= 8  # the draws found candidates in the window
+    for row in s["rows"][1:]:
+        assert lo <= row["macs"] <= hi, row  # fvcore's count of the pruned copy
+        assert row["in_budget"]
+    assert rep["after"]["macs"] <= s["budget"]["goal"]
+
+
+def test_candidate_zero_is_uniform(searched, tmp_path, run_cli):
+    _, rep = searched
+    r = run_cli("prune", *TINY, "--target-speedup", "2", "--out", tmp_path / "u")
+    assert r.code == 0, r.err
+    uniform = {row["name"]: row["out_channels_after"] for row in read_report(tmp_path / "u")["layers"]}
+    first = rep["search"]["rows"][0]
+    assert first["id"] == 0 and first["origin"] == "uniform"
+    assert first["widths"] == {k: uniform[k] for k in first["widths"]}
+    assert first["macs"] == read_report(tmp_path / "u")["after"]["macs"]
+
+
+def test_the_chosen_widths_are_in_pruned_pt_and_replay(searched):
+    out, rep = searched
+    model = tp_vgg.load(str(out / "pruned.pt"))
+    kept = pruning.out_channels(model)
+    chosen = rep["search"]["chosen_widths"]
+    assert {k: kept[k] for k in chosen} == chosen
+    assert (out / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finals = rep["search"]["finalists"]
+    assert finals[0]["id"] == 0 and len(finals) == 3
+    assert rep["search"]["chosen"] in [f["id"] for f in finals]
+    assert all(0 <= f["finetuned"] <= 1 for f in finals)
+
+
+def test_report_md_shows_the_search(searched, run_cli):
+    out, _ = searched
+    r = run_cli("report", out)
+    assert r.code == 0, r.err
+    md = (out / "report.md").read_text()
+    assert "## Width search" in md and "plots/search.png" in md
+    assert (out / "plots" / "search.png").exists()
+
+
+def test_the_same_seed_gives_the_same_choice(run_cli, tmp_path, searched):
+    _, rep = searched
+    r = run_cli("prune", *TINY, "--target-speedup", "2", "--search", "10", *DATA, *SEARCH,
+                *QUIET, "--out", tmp_path / "again")
+    assert r.code == 0, r.err
+    again = read_report(tmp_path / "again")["search"]
+    strip = lambda rows: [{k: v for k, v in row.items()} for row in rows]  # noqa: E731
+    assert strip(again["rows"]) == strip(rep["search"]["rows"])
+    assert again["chosen"] == rep["search"]["chosen"]
+    r = run_cli("prune", *TINY, "--target-speedup", "2", "--search", "10", *DATA, *SEARCH,
+                *QUIET, "--seed", "1", "--out", tmp_path / "other")
+    assert r.code == 0, r.err
+    other = read_report(tmp_path / "other")["search"]
+    assert [x["widths"] for x in other["rows"][1:]] != [x["widths"] for x in rep["search"]["rows"][1:]]
+
+
+def test_the_heldout_slice_is_disjoint_from_the_test_split_and_the_bn_batches(monkeypatch):
+    data = load_data(DataConfig("fake", kwargs={"train_size": 300, "test_size": 50}))
+    split = widths.heldout_split(data, 100, seed=0)
+    assert len(split.test_labels) == 100 and len(split.train_labels) == 200
+
+    def rows(images):
+        return {tuple(x.flatten().tolist()) for x in images}
+
+    held, rest = rows(split.test_images), rows(split.train_images)
+    assert not held & rest  # the slice and the images BN statistics come from
+    assert held <= rows(data.train_images) and not held & rows(data.test_images)
+    # the search re-estimates BN on the split's training images only
+    seen = []
+    real = evaluation.recalibrate_on
+
+    def spy(model, spec, d, *a, **k):
+        seen.append(d)
+        return real(model, spec, d, *a, **k)
+
+    monkeypatch.setattr(evaluation, "recalibrate_on", spy)
+    spec = tp_vgg.ModelSpec("cifar_vgg11_bn", width=0.125).resolved()
+    model = tp_vgg.build_model(spec)
+    cfg = tp_vgg.PruneConfig(ratio=0.3)
+    space, budget = widths.mac_budget(model, spec, cfg, None)
+    s = widths.Search(model, spec, cfg, space, budget,
+                      widths.SearchConfig(candidates=3, heldout=100, bn_batches=2, finalists=0,
+                                          finalist_epochs=0), data,
+                      evaluation.resolve_preprocessing(data, spec), tp_vgg.TrainConfig(),
+                      log=lambda s: None)
+    s.run()
+    assert seen and all(not rows(d.train_images) & held for d in seen)
+    assert all(rows(d.test_images) == held for d in seen)
+
+
+# Models of tests/user_models/ (with BN, without, GroupNorm, a multi-scale head) and their flags.
+USER = {
+    "vgg_seq_linear": [], "vgg_no_bn": [], "vgg_groupnorm": [], "vgg_multiscale": [],
+    "vgg_gray28": ["--in-channels", "1", "--input-size", "28"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(USER))
+def test_user_models_search(run_cli, tmp_path, name):
+    model = ["--model", f"{USER_MODELS / name}.py:make", *USER[name]]
+    data = DATA if name != "vgg_gray28" else [
+        "--data", "fake", "--data-kwargs",
+        '{"train_size": 400, "test_size": 64, "channels": 1, "image_size": 28}']
+    out = tmp_path / "out"
+    r = run_cli("prune", *model, "--ratio", "0.4", "--search", "6", *data, *SEARCH, *QUIET,
+                "--out", out)
+    assert r.code == 0, r.err
+    s = read_report(out)["search"]
+    lo, hi = s["budget"]["window"]
+    assert all(lo <= row["macs"] <= hi for row in s["rows"][1:])
+    assert s["budget"]["goal"] == s["rows"][0]["macs"]  # --ratio: uniform's MACs are the budget
+    model_out = tp_vgg.load(str(out / "pruned.pt"), trust_model_code=True)
+    kept = pruning.out_channels(model_out)
+    assert {k: kept[k] for k in s["chosen_widths"]} == s["chosen_widths"]
+    bn = name not in ("vgg_no_bn", "vgg_groupnorm")
+    assert ("after re-estimating BatchNorm" in s["score"]) == bn
+    if not bn:
+        assert "no BatchNorm running statistics" in s["score"] and s["bn_batches"] == 0
+
+
+def test_search_one_is_uniform_alone(run_cli, tmp_path):
+    out = tmp_path / "one"
+    r = _search(run_cli, out, "--target-speedup", "2", n="1")
+    assert r.code == 0, r.err
+    s = read_report(out)["search"]
+    assert s["scored"] == 1 and s["chosen"] == 0 and s["uniform_rank"] == 1
+    r = run_cli("prune", *TINY, "--target-speedup", "2", "--out", tmp_path / "u")
+    assert read_report(out)["after"]["macs"] == read_report(tmp_path / "u")["after"]["macs"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--search", "5"], "--search needs data: it scores each candidate on a held-out slice"),
+    (["--search", "0", *DATA], "--search: "),
+    (["--search", "5", "--data", "fake", "--data-kwargs", '{"train_size": 100}'],
+     "--search-heldout 5000 is not below the 100 training images of fake"),
+    (["--search-epochs", "2"], "--search-epochs applies to the width search: add --search N with --data D"),
+    (["--search", "5", "--global", *DATA], "--search chooses every layer's width itself"),
+])
+def test_bad_search_flags_are_one_line_errors(run_cli, tmp_path, flags, message):
+    out = tmp_path / "out"
+    r = run_cli("prune", *TINY, "--ratio", "0.5", *flags, *QUIET, "--out", out)
+    assert_one_line_error(r, message, out)
+
+
+def test_spearman():
+    assert widths.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert widths.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert widths.spearman([1, 2], [1, 2]) is None
+    assert widths.spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_search_under_a_latency_budget(run_cli, tmp_path):
+    """--target-latency X --search N: candidates within the predicted window, finalists
+    measured; the chosen widths replay from pruned.pt."""
+    from tp_vgg.latency.budget import LatencyBudget, measured_ms
+
+    spec = tp_vgg.ModelSpec("cifar_vgg11_bn", width=0.5).resolved()
+    full = measured_ms(tp_vgg.build_model(spec), spec,
+                       LatencyBudget(ms=1.0, batch_size=16, threads=1).config(spec, "cpu"))
+    out = tmp_path / "lat"
+    r = _search(run_cli, out, "--target-latency", f"{0.75 * full:.4f}", "--latency-batch", "16",
+                n="6", model=WIDE)
+    assert r.code == 0, r.err
+    s = read_report(out)["search"]
+    assert s["budget"]["kind"] == "ms" and s["budget"]["goal"] == pytest.approx(0.75 * full,
+                                                                                 rel=1e-3)
+    lo, hi = s["budget"]["window"]
+    assert all(lo <= row["predicted_ms"] <= hi for row in s["rows"][1:])
+    assert all(f["measured_ms"] > 0 for f in s["finalists"])
+    kept = pruning.out_channels(tp_vgg.load(str(out / "pruned.pt")))
+    assert {k: kept[k] for k in s["chosen_widths"]} == s["chosen_widths"]
