@@ -138,7 +138,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 def test_a_checkpoint_written_by_release_0_1_0_loads_and_evaluates_identically():
     """tests/fixtures holds a pruned checkpoint and its logits on a fixed input, both written by
     the flat-module release (commit b0a5534) before the package became subpackages: the file
-    names no module of tp_vgg, so it loads and gives bit-identical logits."""
+    names no module of tp_vgg, so it loads with bit-identical weights and the same logits."""
     path = FIXTURES / "v0.1.0_cifar_vgg11_bn_w0.125_pruned.pt"
     ref = torch.load(FIXTURES / "v0.1.0_cifar_vgg11_bn_w0.125_logits.pt", weights_only=True)
     raw = torch.load(path, weights_only=True)
@@ -159,5 +159,12 @@ def test_a_checkpoint_written_by_release_0_1_0_loads_and_evaluates_identically()
     walk({k: v for k, v in raw.items() if k != "state_dict"})
     assert not [s for s in strings if "tp_vgg." in s]  # no stored module path
     model = tp_vgg.load(str(path))  # rebuilt from the zoo, its pruning history replayed
+    loaded = model.state_dict()
+    assert set(loaded) == set(raw["state_dict"])
+    for k, v in raw["state_dict"].items():
+        assert torch.equal(loaded[k], v), k  # the file's weights, bit for bit
     with torch.no_grad():
-        assert torch.equal(model(ref["input"]), ref["logits"])
+        out = model(ref["input"])
+    # the reference logits were computed on another CPU, whose conv kernels may round the last
+    # bit differently (seen: 1e-9 apart on an AMD EPYC); the weights above are exact
+    torch.testing.assert_close(out, ref["logits"], rtol=1e-5, atol=1e-8)
