@@ -1,0 +1,277 @@
+"""Accuracy at equal cost on CIFAR-10 (JPEG set), CPU: uniform L1 pruning against the width
+search (``--search N``) at the same MAC budget, after the same fine-tuning, over seeds.
+
+Base: ``cifar_vgg11_bn --width 0.25`` trained ``--base-epochs`` epochs with tp-vgg's training
+recipe (or ``--base CKPT``). For each budget (``--speedups``, MACs before / after) and seed:
+
+* ``uniform``  ``tp-vgg prune --checkpoint base --target-speedup X`` (L1, every layer the same
+               ratio), BN statistics re-estimated on 50 batches, fine-tuned ``--epochs``;
+* ``search``   the same with ``--search N`` (``--search-finalists``, ``--search-epochs``,
+               5,000 held-out training images): the chosen widths, then the same recovery.
+
+Both rows start from the pruned, re-estimated weights and fine-tune the same epochs (the
+search's short fine-tunes of its finalists are not carried over; their cost is in
+``search_s``). Each run is the library calls ``tp-vgg prune`` makes (``tp_vgg.job`` stages and
+``tp_vgg.search.widths``), on data loaded once. After the runs, each budget's pruned models are
+timed interleaved (median ms, batch 64, 1 thread, BN folded, channels-last).
+
+``--correlation K`` also fine-tunes K search candidates (the best by score and a spread below)
+for ``--search-epochs`` epochs each, to measure how well the adaptive-BN score ranks them.
+
+    python benchmarks/frontier_cifar.py --data-dir data/cifar10-jpeg --threads 2
+
+Writes benchmarks/results/frontier_cifar.json and frontier_cifar.md (table) and
+frontier_cifar.png (top-1 against MACs and against measured ms). A rerun skips finished runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+BN_BATCHES = 50
+
+
+def command(a, base: str, speedup: float, row: str, seed: int) -> str:
+    cmd = (f"tp-vgg prune --checkpoint {base} --target-speedup {speedup:g} --data imagefolder "
+           f"--data-dir {a.data_dir} --finetune-epochs {a.epochs} --seed {seed} --threads "
+           f"{a.threads} --device cpu")
+    if row == "search":
+        cmd += (f" --search {a.search} --search-finalists {a.finalists} --search-epochs "
+                f"{a.search_epochs} --search-bn-batches {a.search_bn}")
+    return cmd + f" --out runs/frontier/{speedup:g}x_{row}_s{seed}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default="data/cifar10-jpeg")
+    ap.add_argument("--base", default=None)
+    ap.add_argument("--base-epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=15, help="fine-tuning epochs per run")
+    ap.add_argument("--speedups", default="4,2")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--rows", default="uniform,search")
+    ap.add_argument("--search", type=int, default=200)
+    ap.add_argument("--finalists", type=int, default=3)
+    ap.add_argument("--search-epochs", type=int, default=1)
+    ap.add_argument("--search-bn", type=int, default=20)
+    ap.add_argument("--correlation", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", default="runs/frontier")
+    ap.add_argument("--train-images", type=int, default=None, help="smoke runs: a sample")
+    ap.add_argument("--tag", default="")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+
+    from tp_vgg import count
+    from tp_vgg.checkpoint import store as checkpoint
+    from tp_vgg.data.datasets import DataConfig, load_data
+    from tp_vgg.files import write_json, write_text
+    from tp_vgg.latency import timing
+    from tp_vgg.models.zoo import ModelSpec, build_model
+    from tp_vgg.pruning import graph as pruning
+    from tp_vgg.pruning import targets
+    from tp_vgg.search import widths
+    from tp_vgg.train import evaluation
+    from tp_vgg.train import loop as train
+    from tp_vgg.train.config import finetuning
+
+    os.makedirs(RESULTS, exist_ok=True)
+    out_json = os.path.join(RESULTS, f"frontier_cifar{a.tag}.json")
+    done = json.load(open(out_json)) if os.path.exists(out_json) else {}
+    runs = done.setdefault("runs", [])
+    finished = {(r["speedup"], r["row"], r["seed"]) for r in runs}
+    log = lambda s: print("    " + s, flush=True)  # noqa: E731
+
+    t0 = time.time()
+    data_cfg = DataConfig("imagefolder", data_dir=a.data_dir)
+    data = load_data(data_cfg)
+    if a.train_images:
+        idx = torch.randperm(len(data.train_labels),
+                             generator=torch.Generator().manual_seed(0))[:a.train_images]
+        data = dataclasses.replace(data, train_images=data.train_images[idx],
+                                   train_labels=data.train_labels[idx])
+    print(f"data loaded in {time.time() - t0:.0f}s", flush=True)
+
+    base_path = a.base
+    if base_path is None:
+        base_dir = os.path.join(a.work, "base")
+        base_path = os.path.join(base_dir, "last.pt")
+        if not os.path.exists(base_path):
+            t = time.time()
+            spec = ModelSpec("cifar_vgg11_bn", width=0.25, num_classes=data.num_classes)
+            train.seed_everything(0)
+            cfg = train.TrainConfig(epochs=a.base_epochs, device="cpu", progress="plain", seed=0)
+            train.fit(build_model(spec), spec, data, cfg, base_dir, data_cfg=data_cfg, log=log)
+            done["base_train_s"] = time.time() - t
+    ck = checkpoint.load_checkpoint(base_path)
+    spec = ck.spec
+    pre = train.resolve_preprocessing(data, spec, ck.preprocessing)
+    base = ck.build()
+    base_counts = count(base, spec)
+    if "unpruned" not in done:
+        done["unpruned"] = {"top1": evaluation.evaluate_on(base, spec, data, pre,
+                                                           device="cpu").top1,
+                            "macs": base_counts.macs, "params": base_counts.params,
+                            "base": base_path, "base_epochs": ck.meta.get("epoch")}
+    ft = finetuning(epochs=a.epochs, device="cpu", progress="none")
+    done["setup"] = {
+        "data": dataclasses.asdict(data_cfg), "train_images": len(data.train_labels),
+        "test_images": len(data.test_labels), "finetune": ft.resolved().to_dict(),
+        "bn_batches": BN_BATCHES, "search": {"candidates": a.search, "finalists": a.finalists,
+                                             "finalist_epochs": a.search_epochs,
+                                             "bn_batches": a.search_bn,
+                                             "heldout": widths.DEFAULT_HELDOUT},
+        "threads": a.threads, "torch": torch.__version__, "machine": platform.machine(),
+        "processor": platform.processor(), "cpus": os.cpu_count(), "argv": sys.argv,
+        "date": time.strftime("%Y-%m-%d")}
+    write_json(out_json, done)
+    models = {}
+
+    for speedup in [float(s) for s in a.speedups.split(",")]:
+        for seed in [int(s) for s in a.seeds.split(",")]:
+            for row in a.rows.split(","):
+                key = (speedup, row, seed)
+                model = ck.build()
+                cfg, plan = targets.solve(model, spec, pruning.PruneConfig(importance="l1",
+                                                                           seed=seed),
+                                          targets.Target(speedup=speedup))
+                rec = {"speedup": speedup, "row": row, "seed": seed,
+                       "command": command(a, base_path, speedup, row, seed)}
+                if row == "search":
+                    t = time.time()
+                    space, budget = widths.mac_budget(model, spec, cfg, plan.goal_macs)
+                    scfg = widths.SearchConfig(candidates=a.search, finalists=a.finalists,
+                                               finalist_epochs=a.search_epochs,
+                                               bn_batches=a.search_bn, seed=seed)
+                    s = widths.Search(model, spec, cfg, space, budget, scfg, data, pre,
+                                      dataclasses.replace(ft, seed=seed), device="cpu", log=log)
+                    if key in finished:
+                        cfg = space.config(cfg, next(r for r in runs if (
+                            r["speedup"], r["row"], r["seed"]) == key)["widths"])
+                    else:
+                        cfg, srep = s.run()
+                        rec["search_s"] = time.time() - t
+                        rec["search"] = {k: v for k, v in srep.items() if k != "rows"}
+                        rec["search_rows"] = srep["rows"]
+                        if a.correlation and seed == 0:
+                            rec["correlation"] = correlation(s, srep, a.correlation, widths)
+                result = pruning.prune(model, spec, cfg)
+                models[(speedup, row, seed)] = copy.deepcopy(model)
+                if key in finished:
+                    continue
+                c = count(model, spec)
+                rec.update(macs=c.macs, params=c.params, speedup_reached=base_counts.macs / c.macs,
+                           widths=pruning.out_channels(model), history_len=len(result.history))
+                rec["top1_pruned"] = evaluation.evaluate_on(model, spec, data, pre,
+                                                            device="cpu").top1
+                evaluation.recalibrate_on(model, spec, data, pre, BN_BATCHES, ft.batch_size,
+                                          "cpu", seed)
+                rec["top1_recalibrated"] = evaluation.evaluate_on(model, spec, data, pre,
+                                                                  device="cpu").top1
+                t = time.time()
+                res = train.fit(model, spec, data, dataclasses.replace(ft, seed=seed), None,
+                                history=ck.history + result.history, preprocessing=pre,
+                                command="finetune", log=log)
+                rec["finetune_s"] = time.time() - t
+                rec["top1"] = res.final.top1
+                print(f"{speedup:g}x {row} seed {seed}: {c.macs} MACs, top-1 after BN "
+                      f"{100 * rec['top1_recalibrated']:.2f}%, fine-tuned {100 * rec['top1']:.2f}%",
+                      flush=True)
+                runs.append(rec)
+                write_json(out_json, done)
+
+    # measured latency, interleaved per budget (the seed-0 models)
+    lat = done.setdefault("latency", {})
+    mcfg = timing.LatencyConfig(batch_sizes=(64,), device="cpu", channels_last=True,
+                                fuse_bn=True, threads=1, warmup=3, repeats=15)
+    for speedup in [float(s) for s in a.speedups.split(",")]:
+        group = {row: m for (s, row, seed), m in models.items() if s == speedup and seed == 0}
+        if len(group) < 2:
+            continue
+        group["unpruned"] = ck.build()
+        res = timing.measure(group, spec, mcfg)[64]
+        lat[f"{speedup:g}"] = {row: r.median_ms for row, r in res.items()}
+    write_json(out_json, done)
+    write_text(os.path.join(RESULTS, f"frontier_cifar{a.tag}.md"), table(done))
+    plot(done, os.path.join(RESULTS, f"frontier_cifar{a.tag}.png"))
+    print(table(done))
+    return 0
+
+
+def correlation(s, srep, k: int, widths) -> dict:
+    """Fine-tune ``k`` candidates (spread over the score ranking) for the finalists' epochs and
+    correlate their adaptive-BN score with the fine-tuned held-out top-1."""
+    rows = sorted(srep["rows"], key=lambda r: -r["score"])
+    pick = [rows[round(i * (len(rows) - 1) / max(k - 1, 1))] for i in range(min(k, len(rows)))]
+    scores, tuned = [], []
+    for r in pick:
+        m = s._adapt(s._prune(r["widths"]))
+        cfg = dataclasses.replace(s.train_cfg, epochs=s.scfg.finalist_epochs, progress="none")
+        from tp_vgg.train import loop as train
+        res = train.fit(m, s.spec, s.data, cfg, None, preprocessing=s.pre, log=lambda x: None)
+        scores.append(r["score"])
+        tuned.append(res.final.top1)
+    return {"candidates": len(pick), "scores": scores, "finetuned": tuned,
+            "spearman": widths.spearman(scores, tuned)}
+
+
+def table(done: dict) -> str:
+    base = done["unpruned"]
+    lines = [f"Unpruned: top-1 {100 * base['top1']:.2f}%, {base['macs'] / 1e6:.2f}M MACs "
+             f"(fvcore 'flop' = one multiply-add), base epochs {base.get('base_epochs')}.", "",
+             "| budget | row | seeds | MACs (M) | measured ms (b64, seed 0) | top-1 after BN re-est. | "
+             "top-1 fine-tuned, mean (min–max) | search s |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    by = {}
+    for r in done["runs"]:
+        by.setdefault((r["speedup"], r["row"]), []).append(r)
+    for (speedup, row), rs in sorted(by.items(), key=lambda kv: (-kv[0][0], kv[0][1] != "uniform")):
+        t = [100 * r["top1"] for r in rs]
+        rec = [100 * r["top1_recalibrated"] for r in rs]
+        ms = (done.get("latency", {}).get(f"{speedup:g}", {}) or {}).get(row)
+        ss = [r["search_s"] for r in rs if "search_s" in r]
+        lines.append(
+            f"| {speedup:g}× | {row} | {len(rs)} | "
+            f"{statistics.mean(r['macs'] for r in rs) / 1e6:.3f} | "
+            f"{'' if ms is None else f'{ms:.2f}'} | {statistics.mean(rec):.2f} | "
+            f"{statistics.mean(t):.2f} ({min(t):.2f}–{max(t):.2f}) | "
+            f"{'' if not ss else f'{statistics.median(ss):.0f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(done: dict, path: str) -> None:
+    from tp_vgg.report import plots
+
+    fig = plots.new_figure(10, 4)
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for row, marker in (("uniform", "o"), ("search", "s")):
+        rs = [r for r in done["runs"] if r["row"] == row]
+        ax1.scatter([r["macs"] for r in rs], [100 * r["top1"] for r in rs], marker=marker,
+                    label=row)
+        lat = done.get("latency", {})
+        pts = [(lat[f"{r['speedup']:g}"][row], 100 * r["top1"]) for r in rs
+               if r["seed"] == 0 and row in lat.get(f"{r['speedup']:g}", {})]
+        if pts:
+            ax2.scatter(*zip(*pts), marker=marker, label=row)
+    plots.style(ax1, plots.MAC_AXIS, "top-1 fine-tuned (%)", "CIFAR-10, cifar_vgg11_bn w0.25")
+    plots.style(ax2, "measured ms (batch 64, CPU, 1 thread)", "top-1 fine-tuned (%)",
+                "seed 0, interleaved timing")
+    ax1.legend()
+    ax2.legend()
+    plots.save_png(fig, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
