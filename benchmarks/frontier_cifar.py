@@ -49,7 +49,8 @@ def command(a, base: str, speedup: float, row: str, seed: int) -> str:
            f"{a.threads} --device cpu")
     if row == "search":
         cmd += (f" --search {a.search} --search-finalists {a.finalists} --search-epochs "
-                f"{a.search_epochs} --search-bn-batches {a.search_bn}")
+                f"{a.search_epochs} --search-bn-batches {a.search_bn} --search-heldout "
+                f"{a.heldout}")
     return cmd + f" --out runs/frontier/{speedup:g}x_{row}_s{seed}"
 
 
@@ -66,6 +67,7 @@ def main() -> int:
     ap.add_argument("--finalists", type=int, default=3)
     ap.add_argument("--search-epochs", type=int, default=1)
     ap.add_argument("--search-bn", type=int, default=20)
+    ap.add_argument("--heldout", type=int, default=5000)
     ap.add_argument("--correlation", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="runs/frontier")
@@ -132,7 +134,7 @@ def main() -> int:
         "bn_batches": BN_BATCHES, "search": {"candidates": a.search, "finalists": a.finalists,
                                              "finalist_epochs": a.search_epochs,
                                              "bn_batches": a.search_bn,
-                                             "heldout": widths.DEFAULT_HELDOUT},
+                                             "heldout": a.heldout},
         "threads": a.threads, "torch": torch.__version__, "machine": platform.machine(),
         "processor": platform.processor(), "cpus": os.cpu_count(), "argv": sys.argv,
         "date": time.strftime("%Y-%m-%d")}
@@ -154,7 +156,8 @@ def main() -> int:
                     space, budget = widths.mac_budget(model, spec, cfg, plan.goal_macs)
                     scfg = widths.SearchConfig(candidates=a.search, finalists=a.finalists,
                                                finalist_epochs=a.search_epochs,
-                                               bn_batches=a.search_bn, seed=seed)
+                                               bn_batches=a.search_bn, heldout=a.heldout,
+                                               seed=seed)
                     s = widths.Search(model, spec, cfg, space, budget, scfg, data, pre,
                                       dataclasses.replace(ft, seed=seed), device="cpu", log=log)
                     if key in finished:
