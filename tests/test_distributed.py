@@ -134,3 +134,21 @@ def test_torchrun_prune_refuses_latency(tmp_path):
                    latency=LatencyConfig())
     with pytest.raises(UserError, match="--latency and --unstructured run in one process"):
         run(job, None, log=lambda s: None, dist=distributed.DistContext(rank=0, world_size=2))
+
+
+def test_torchrun_search_splits_the_candidates_and_matches_one_process(tmp_path, run_cli):
+    """--search under torchrun: the two ranks score disjoint halves of each wave and share the
+    scores, so the candidates, their scores and the choice are those of one process."""
+    flags = ["prune", "--model", "cifar_vgg11_bn", "--width", "0.125", "--target-speedup", "2",
+             "--search", "8", "--search-epochs", "0", "--search-heldout", "64",
+             "--search-bn-batches", "2", "--data", "fake", "--data-kwargs",
+             json.dumps({"train_size": 256, "test_size": 32}), "--bn-recalibrate", "0",
+             "--device", "cpu", "--threads", "1", "--progress", "none"]
+    r = run_cli(*flags, "--out", tmp_path / "one")
+    assert r.code == 0, r.err
+    _torchrun2(tmp_path, flags + ["--out", str(tmp_path / "two")])
+    one, two = (json.loads((tmp_path / d / "report.json").read_text())["search"]
+                for d in ("one", "two"))
+    assert [(x["widths"], x["macs"], x["score"]) for x in two["rows"]] == \
+        [(x["widths"], x["macs"], x["score"]) for x in one["rows"]]
+    assert two["chosen"] == one["chosen"] and two["scored"] == 8

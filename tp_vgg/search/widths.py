@@ -262,9 +262,11 @@ class Search:
                  train_cfg: TrainConfig, device: Optional[str] = None,
                  log: Callable[[str], None] = print, dist: Optional[DistContext] = None):
         self.model, self.spec, self.cfg, self.space, self.budget = model, spec, cfg, space, budget
-        self.scfg, self.pre, self.train_cfg, self.device = scfg, preprocessing, train_cfg, device
+        self.scfg, self.pre, self.train_cfg = scfg, preprocessing, train_cfg
         self.log = log
         self.dist = dist or DistContext()
+        # each rank scores on its own device (cuda:LOCAL_RANK under torchrun)
+        self.device = str(self.dist.device(device)) if self.dist.enabled else device
         self.data = heldout_split(data, scfg.heldout, scfg.seed)
         self.has_bn = bool(evaluation.batchnorms(model))
         self.rng = torch.Generator().manual_seed(scfg.seed)
@@ -307,7 +309,8 @@ class Search:
             macs, params, score = self._score(wave[i].kept)
             values[i] = torch.tensor([macs, params, -1.0 if score is None else score],
                                      dtype=torch.float64)
-        self.dist.all_reduce_sum(values)
+        if self.dist.enabled:  # on the rank's device: NCCL reduces CUDA tensors only
+            values = self.dist.all_reduce_sum(values.to(self.dist.device(self.device))).cpu()
         for s, (macs, params, score) in zip(wave, values.tolist()):
             s.macs, s.params = int(macs), int(params)
             s.score = None if score < 0 else score
