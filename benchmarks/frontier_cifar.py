@@ -162,7 +162,7 @@ def main() -> int:
                                       dataclasses.replace(ft, seed=seed), device="cpu", log=log)
                     if key in finished:
                         cfg = space.config(cfg, next(r for r in runs if (
-                            r["speedup"], r["row"], r["seed"]) == key)["widths"])
+                            r["speedup"], r["row"], r["seed"]) == key)["search"]["chosen_widths"])
                     else:
                         cfg, srep = s.run()
                         rec["search_s"] = time.time() - t
