@@ -219,20 +219,14 @@ REMEDIES = [
 
     # --- tp_vgg/train/steps.py: a diverging loss
     Remedy("nan-lower-lr",
-           "try a lower --lr, --warmup-epochs or --grad-clip",
-           lambda c: [*DIVERGING, "--lr", "40", "--warmup-epochs", "0", "--out", c.path("t")],
+           "try a lower --lr or --grad-clip",
+           lambda c: [*DIVERGING, "--lr", "4000", "--warmup-epochs", "0", "--out", c.path("t")],
            lambda c: [*DIVERGING, "--lr", "0.5", "--warmup-epochs", "0", "--out", c.path("t")],
            check=lambda c, r: len(_records(c.path("t"))) == 4),
-    Remedy("nan-warmup",
-           "try a lower --lr, --warmup-epochs or --grad-clip",
-           lambda c: [*DIVERGING, "--lr", "40", "--warmup-epochs", "0", "--out", c.path("t")],
-           lambda c: [*DIVERGING, "--lr", "40", "--warmup-epochs", "2", "--out", c.path("t")],
-           check=lambda c, r: len(_records(c.path("t"))) == 4
-           and max(rec["lr"] for rec in _records(c.path("t"))) > 20),  # the peak LR was reached
     Remedy("nan-grad-clip",
-           "try a lower --lr, --warmup-epochs or --grad-clip",
-           lambda c: [*DIVERGING, "--lr", "40", "--warmup-epochs", "0", "--out", c.path("t")],
-           lambda c: [*DIVERGING, "--lr", "40", "--warmup-epochs", "0", "--grad-clip", "1",
+           "try a lower --lr or --grad-clip",
+           lambda c: [*DIVERGING, "--lr", "4000", "--warmup-epochs", "0", "--out", c.path("t")],
+           lambda c: [*DIVERGING, "--lr", "4000", "--warmup-epochs", "0", "--grad-clip", "1",
                       "--out", c.path("t")],
            check=lambda c, r: len(_records(c.path("t"))) == 4),
 

@@ -256,5 +256,4 @@ def _check_finite(engine: Engine, loss_sum: torch.Tensor, epoch: int, step: int)
     if bad.item():
         lr = engine.optimizer.param_groups[0]["lr"]
         raise TrainingDiverged(f"the training loss became NaN or infinite at epoch {epoch + 1}, "
-                               f"by step {step} (lr {lr:.4g}); try a lower --lr, --warmup-epochs "
-                               "or --grad-clip")
+                               f"by step {step} (lr {lr:.4g}); try a lower --lr or --grad-clip")
