@@ -330,7 +330,10 @@ def test_cli_target_latency_reports_predicted_and_measured(run_cli, tmp_path, ru
     # time the table quickly into the session's cache: the command reads it from there
     latency_target.build_predictor(model, spec, pruning.PruneConfig(max_layer_ratio=0.75), cfg,
                                    min_timed_ms=0.5, log=lambda s: None)
-    target = latency_target.measured_ms(model, spec, cfg) * 0.75
+    # warm (the first measurement of a process runs slow) and 0.85 of it: the table and the
+    # original are timed while the other pytest worker runs, and at 0.75 of one cold measurement
+    # the target was out of reach once in three full runs
+    target = min(latency_target.measured_ms(model, spec, cfg) for _ in range(3)) * 0.85
     r = run_cli("prune", "--model", "cifar_vgg11_bn", "--width", "0.25", "--num-classes", "10",
                 "--latency-batch", "8", "--threads", "1", "--device", "cpu",
                 "--target-latency", f"{target:.4f}", "--runtime", runtime, "--out", tmp_path)
