@@ -47,11 +47,19 @@ def command(a, base: str, speedup: float, row: str, seed: int) -> str:
     cmd = (f"tp-vgg prune --checkpoint {base} --target-speedup {speedup:g} --data imagefolder "
            f"--data-dir {a.data_dir} --finetune-epochs {a.epochs} --seed {seed} --threads "
            f"{a.threads} --device cpu")
+    cmd += ROW_FLAGS.get(row, "")
     if row == "search":
         cmd += (f" --search {a.search} --search-finalists {a.finalists} --search-epochs "
                 f"{a.search_epochs} --search-bn-batches {a.search_bn} --search-heldout "
                 f"{a.heldout}")
     return cmd + f" --out runs/frontier/{speedup:g}x_{row}_s{seed}"
+
+
+# what each row adds to the tp-vgg prune command it stands for
+ROW_FLAGS = {"fpgm": " --importance fpgm", "scratch": " --scratch",
+             "global-taylor-raw": " --global --importance taylor-raw",
+             "global-group-norm": " --global --importance group-norm",
+             "depgraph": " --recipe depgraph", "slimming": " --recipe slimming"}
 
 
 def main() -> int:
@@ -69,6 +77,8 @@ def main() -> int:
     ap.add_argument("--search-bn", type=int, default=20)
     ap.add_argument("--heldout", type=int, default=5000)
     ap.add_argument("--correlation", type=int, default=0)
+    ap.add_argument("--sparse-epochs", type=int, default=10, help="the recipes' sparse learning")
+    ap.add_argument("--latency-importance", default="taylor-raw")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="runs/frontier")
     ap.add_argument("--train-images", type=int, default=None, help="smoke runs: a sample")
@@ -83,8 +93,6 @@ def main() -> int:
     from tp_vgg.latency import timing
     from tp_vgg.models.zoo import ModelSpec, build_model
     from tp_vgg.pruning import graph as pruning
-    from tp_vgg.pruning import targets
-    from tp_vgg.search import widths
     from tp_vgg.train import evaluation
     from tp_vgg.train import loop as train
     from tp_vgg.train.config import finetuning
@@ -93,7 +101,6 @@ def main() -> int:
     out_json = os.path.join(RESULTS, f"frontier_cifar{a.tag}.json")
     done = json.load(open(out_json)) if os.path.exists(out_json) else {}
     runs = done.setdefault("runs", [])
-    finished = {(r["speedup"], r["row"], r["seed"]) for r in runs}
     log = lambda s: print("    " + s, flush=True)  # noqa: E731
 
     t0 = time.time()
@@ -140,39 +147,24 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d")}
     write_json(out_json, done)
     models = {}
+    ctx = Context(a, ck, spec, data, pre, ft, log)
 
     for speedup in [float(s) for s in a.speedups.split(",")]:
         for seed in [int(s) for s in a.seeds.split(",")]:
             for row in a.rows.split(","):
                 key = (speedup, row, seed)
-                model = ck.build()
-                cfg, plan = targets.solve(model, spec, pruning.PruneConfig(importance="l1",
-                                                                           seed=seed),
-                                          targets.Target(speedup=speedup))
+                if row not in ROWS:
+                    raise SystemExit(f"--rows: unknown row {row!r}; accepted: {', '.join(ROWS)}")
                 rec = {"speedup": speedup, "row": row, "seed": seed,
                        "command": command(a, base_path, speedup, row, seed)}
-                if row == "search":
-                    t = time.time()
-                    space, budget = widths.mac_budget(model, spec, cfg, plan.goal_macs)
-                    scfg = widths.SearchConfig(candidates=a.search, finalists=a.finalists,
-                                               finalist_epochs=a.search_epochs,
-                                               bn_batches=a.search_bn, heldout=a.heldout,
-                                               seed=seed)
-                    s = widths.Search(model, spec, cfg, space, budget, scfg, data, pre,
-                                      dataclasses.replace(ft, seed=seed), device="cpu", log=log)
-                    if key in finished:
-                        cfg = space.config(cfg, next(r for r in runs if (
-                            r["speedup"], r["row"], r["seed"]) == key)["search"]["chosen_widths"])
-                    else:
-                        cfg, srep = s.run()
-                        rec["search_s"] = time.time() - t
-                        rec["search"] = {k: v for k, v in srep.items() if k != "rows"}
-                        rec["search_rows"] = srep["rows"]
-                        if a.correlation and seed == 0:
-                            rec["correlation"] = correlation(s, srep, a.correlation, widths)
-                result = pruning.prune(model, spec, cfg)
+                prior = next((r for r in runs if (r["speedup"], r["row"], r["seed"]) == key),
+                             None)
+                t = time.time()
+                model, cfg, grads = ROWS[row](ctx, speedup, seed, rec, prior)
+                rec.setdefault("setup_s", time.time() - t)
+                result = pruning.prune(model, spec, cfg, gradients=grads)
                 models[(speedup, row, seed)] = copy.deepcopy(model)
-                if key in finished:
+                if prior is not None:
                     continue
                 c = count(model, spec)
                 rec.update(macs=c.macs, params=c.params, speedup_reached=base_counts.macs / c.macs,
@@ -184,9 +176,19 @@ def main() -> int:
                 rec["top1_recalibrated"] = evaluation.evaluate_on(model, spec, data, pre,
                                                                   device="cpu").top1
                 t = time.time()
-                res = train.fit(model, spec, data, dataclasses.replace(ft, seed=seed), None,
-                                history=ck.history + result.history, preprocessing=pre,
-                                command="finetune", log=log)
+                history = ck.history + result.history
+                if row == "scratch":  # the control: the pruned architecture from random init
+                    train.seed_everything(seed)
+                    model = pruning.replay(ck.build_unpruned(), spec, history)
+                    scfg = train.TrainConfig(epochs=a.base_epochs + a.epochs, device="cpu",
+                                             progress="none", seed=seed)
+                    res = train.fit(model, spec, data, scfg, None, history=history,
+                                    preprocessing=pre, command="scratch", log=log)
+                    rec["epochs"] = scfg.epochs
+                else:
+                    res = train.fit(model, spec, data, dataclasses.replace(ft, seed=seed), None,
+                                    history=history, preprocessing=pre, command="finetune",
+                                    log=log)
                 rec["finetune_s"] = time.time() - t
                 rec["top1"] = res.final.top1
                 print(f"{speedup:g}x {row} seed {seed}: {c.macs} MACs, top-1 after BN "
@@ -211,6 +213,166 @@ def main() -> int:
     plot(done, os.path.join(RESULTS, f"frontier_cifar{a.tag}.png"))
     print(table(done))
     return 0
+
+
+@dataclasses.dataclass
+class Context:
+    a: argparse.Namespace
+    ck: object
+    spec: object
+    data: object
+    pre: object
+    ft: object
+    log: object
+
+
+def _solved(ctx, speedup: float, seed: int, grads=None, model=None, **prune):
+    """The base model (or ``model``) and the config that reaches ``speedup`` fewer MACs with
+    ``prune``."""
+    from tp_vgg.pruning import graph as pruning
+    from tp_vgg.pruning import targets
+
+    model = model if model is not None else ctx.ck.build()
+    cfg, _ = targets.solve(model, ctx.spec, pruning.PruneConfig(seed=seed, **prune),
+                           targets.Target(speedup=speedup), gradients=grads)
+    return model, cfg
+
+
+def row_uniform(ctx, speedup, seed, rec, prior):
+    """uniform L1: every layer the same ratio."""
+    return (*_solved(ctx, speedup, seed, importance="l1"), None)
+
+
+def row_fpgm(ctx, speedup, seed, rec, prior):
+    """uniform FPGM (geometric median)."""
+    return (*_solved(ctx, speedup, seed, importance="fpgm"), None)
+
+
+def row_scratch(ctx, speedup, seed, rec, prior):
+    """the uniform architecture trained from random init, base + fine-tuning epochs."""
+    return row_uniform(ctx, speedup, seed, rec, prior)
+
+
+def row_search(ctx, speedup, seed, rec, prior):
+    """--search N under the uniform plan's MAC budget."""
+    from tp_vgg.pruning import targets
+    from tp_vgg.search import widths
+
+    a = ctx.a
+    model, cfg = _solved(ctx, speedup, seed, importance="l1")
+    goal = targets.Target(speedup=speedup).goal(count_macs(ctx, model))
+    space, budget = widths.mac_budget(model, ctx.spec, cfg, goal)
+    if prior is not None:
+        return model, space.config(cfg, prior["search"]["chosen_widths"]), None
+    t = time.time()
+    scfg = widths.SearchConfig(candidates=a.search, finalists=a.finalists,
+                               finalist_epochs=a.search_epochs, bn_batches=a.search_bn,
+                               heldout=a.heldout, seed=seed)
+    s = widths.Search(model, ctx.spec, cfg, space, budget, scfg, ctx.data, ctx.pre,
+                      dataclasses.replace(ctx.ft, seed=seed), device="cpu", log=ctx.log)
+    cfg, srep = s.run()
+    rec["search_s"] = time.time() - t
+    rec["search"] = {k: v for k, v in srep.items() if k != "rows"}
+    rec["search_rows"] = srep["rows"]
+    if a.correlation and seed == 0:
+        rec["correlation"] = correlation(s, srep, a.correlation, widths)
+    return model, cfg, None
+
+
+def _gradients(ctx, seed):
+    from tp_vgg.pruning.criteria import training_gradients
+    return training_gradients(ctx.data, ctx.pre, ctx.spec, seed=seed)
+
+
+def _global(importance):
+    def row(ctx, speedup, seed, rec, prior):
+        grads = _gradients(ctx, seed) if needs_gradients(importance) else None
+        model, cfg = _solved(ctx, speedup, seed, grads, importance=importance,
+                             global_pruning=True, max_layer_ratio=GLOBAL_MAX_RATIO)
+        return model, cfg, grads
+    row.__doc__ = f"--global --importance {importance} --max-layer-ratio {GLOBAL_MAX_RATIO}"
+    return row
+
+
+def _recipe(name):
+    def row(ctx, speedup, seed, rec, prior):
+        from tp_vgg.job import sparse_learning
+        from tp_vgg.pruning import recipes
+        from tp_vgg.train import loop as train
+
+        stage = recipes.SparseLearning(name, epochs=ctx.a.sparse_epochs)
+        model = ctx.ck.build()
+        if prior is None:
+            train.seed_everything(seed)
+            rec["sparse_learning"] = sparse_learning(
+                model, ctx.spec, ctx.data, ctx.pre, stage,
+                dataclasses.replace(ctx.ft, seed=seed), ctx.ck.history, log=ctx.log)
+            path = os.path.join(ctx.a.work, f"{name}_s{seed}.pt")
+            torch.save(model.state_dict(), path)
+        else:  # the sparse-learned weights of the finished run
+            path = os.path.join(ctx.a.work, f"{name}_s{seed}.pt")
+            model.load_state_dict(torch.load(path, weights_only=True))
+        cfg = stage.prune_config(__import__("tp_vgg").PruneConfig(seed=seed), False)
+        return (*_solved(ctx, speedup, seed, None, model, importance=cfg.importance,
+                         global_pruning=True, max_layer_ratio=cfg.max_layer_ratio), None)
+    row.__doc__ = f"--recipe {name} --sparse-epochs E"
+    return row
+
+
+def row_latency(ctx, speedup, seed, rec, prior):
+    """--target-latency at the measured latency of uniform --ratio 0.5, ranked by
+    --latency-importance, with the guard against uniform."""
+    from tp_vgg.latency import budget as lt
+    from tp_vgg.pruning import graph as pruning
+    from tp_vgg.search import widths
+
+    a = ctx.a
+    imp = a.latency_importance
+    grads = _gradients(ctx, seed) if needs_gradients(imp) else None
+    lb = lt.LatencyBudget(ms=1.0, batch_size=64, threads=1, channels_last=True, fuse_bn=True)
+    mcfg = lb.config(ctx.spec, "cpu")
+    model = ctx.ck.build()
+    cfg = pruning.PruneConfig(seed=seed, importance=imp)
+    if prior is not None:  # the kept widths of the finished run
+        space, _ = widths.mac_budget(model, ctx.spec, dataclasses.replace(cfg, ratio=0.5), None,
+                                     grads)
+        return model, space.config(cfg, prior["latency_guard"]["widths"]), grads
+    ref = ctx.ck.build()
+    pruning.prune(ref, ctx.spec, pruning.PruneConfig(ratio=0.5, importance="l1"))
+    ms = statistics.median(lt.measured_ms(ref, ctx.spec, mcfg) for _ in range(3))
+    lb = dataclasses.replace(lb, ms=ms)
+    rec["latency_budget_ms"] = ms
+    rec["command"] = rec["command"].replace(
+        f"--target-speedup {speedup:g}", f"--target-latency {ms:.4f} --latency-batch 64 "
+        f"--importance {imp}").replace(f"--threads {a.threads}", "--threads 1")
+    solved, plan = lt.solve(model, ctx.spec, cfg, lb, gradients=grads, device="cpu", log=ctx.log)
+    kept = {n: after for n, (_, after) in plan.channels.items()}
+    chosen, guard = widths.guard_latency_plan(model, ctx.spec, cfg, lb, kept, ctx.data, ctx.pre,
+                                              dataclasses.replace(ctx.ft, seed=seed), "cpu",
+                                              grads, seed, log=ctx.log)
+    rec["latency_guard"] = guard
+    rec["latency_plan"] = {"measured_ms": plan.measured_ms, "predicted_ms": plan.predicted_ms,
+                           "rounds": plan.rounds}
+    return model, chosen, grads
+
+
+def count_macs(ctx, model) -> int:
+    from tp_vgg import count
+    return count(model, ctx.spec).macs
+
+
+GLOBAL_MAX_RATIO = 0.9  # --global's default
+
+
+def needs_gradients(importance):
+    from tp_vgg.pruning.criteria import needs_gradients as needs
+    return needs(importance)
+
+
+ROWS = {"uniform": row_uniform, "fpgm": row_fpgm, "search": row_search, "scratch": row_scratch,
+        "global-taylor-raw": _global("taylor-raw"), "global-group-norm": _global("group-norm"),
+        "depgraph": _recipe("depgraph"), "slimming": _recipe("slimming"),
+        "target-latency": row_latency}
 
 
 def correlation(s, srep, k: int, widths) -> dict:
@@ -259,7 +421,8 @@ def plot(done: dict, path: str) -> None:
 
     fig = plots.new_figure(10, 4)
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    for row, marker in (("uniform", "o"), ("search", "s")):
+    rows = list(dict.fromkeys(r["row"] for r in done["runs"]))
+    for row, marker in zip(rows, "os^vD<>pP*hX"):
         rs = [r for r in done["runs"] if r["row"] == row]
         ax1.scatter([r["macs"] for r in rs], [100 * r["top1"] for r in rs], marker=marker,
                     label=row)

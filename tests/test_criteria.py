@@ -15,12 +15,14 @@ from tp_vgg import PruneConfig, UserError
 from tp_vgg.data.batches import Batches, BatchTransform
 from tp_vgg.data.datasets import DataConfig, load_data
 from tp_vgg.models.zoo import ModelSpec, build_model
-from tp_vgg.pruning.criteria import IMPORTANCES, GradientBatches
+from tp_vgg.pruning.criteria import IMPORTANCES, GradientBatches, needs_gradients
 from tp_vgg.pruning.graph import out_channels
 
 SPEC = ModelSpec("cifar_vgg11_bn", width=0.125).resolved()
 TP_CLASS = {"bn-scale": tp.importance.BNScaleImportance, "fpgm": tp.importance.FPGMImportance,
-            "lamp": tp.importance.LAMPImportance, "taylor": tp.importance.GroupTaylorImportance}
+            "lamp": tp.importance.LAMPImportance, "taylor": tp.importance.GroupTaylorImportance,
+            "taylor-raw": tp.importance.GroupTaylorImportance,
+            "group-norm": tp.importance.GroupMagnitudeImportance}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def test_each_criterion_prunes_every_layer_it_ranks(name, fake_batches):
     torch.manual_seed(0)
     model = randomize(build_model(SPEC))
     before = out_channels(model)
-    grads = GradientBatches(fake_batches, max_batches=2) if name == "taylor" else None
+    grads = GradientBatches(fake_batches, max_batches=2) if needs_gradients(name) else None
     result = tp_vgg.prune(model, SPEC, PruneConfig(ratio=0.5, importance=name), gradients=grads)
     unranked = {"classifier.0"} if name == "bn-scale" else set()  # no BN after the hidden Linear
     for layer, c in before.items():
@@ -126,7 +128,7 @@ def test_fpgm_and_lamp_rank_differently_from_l1():
 @pytest.mark.parametrize("name", list(TP_CLASS))
 def test_cli_each_criterion_on_zoo_and_user_model(run_cli, tmp_path, which, name):
     out = tmp_path / "out"
-    extra = FAKE + ["--taylor-batches", "2"] if name == "taylor" else []
+    extra = FAKE + ["--taylor-batches", "2"] if needs_gradients(name) else []
     r = run_cli("prune", *models(tmp_path)[which], "--ratio", "0.5", "--importance", name,
                 *extra, "--out", out)
     assert r.code == 0, r.err
@@ -134,8 +136,43 @@ def test_cli_each_criterion_on_zoo_and_user_model(run_cli, tmp_path, which, name
     assert rep["config"]["importance"] == name
     assert rep["after"]["macs"] < rep["before"]["macs"]
     assert torch.load(out / "pruned.pt", weights_only=True)["meta"]["importance"] == name
-    if name == "taylor":
-        assert "2 batches" in " ".join(rep["notes"])
+    if needs_gradients(name):
+        assert f"{name}: gradients from 2 batches" in " ".join(rep["notes"])
+
+
+def _layer_scores(model, name, grads):
+    """Each ranked layer's channel scores under ``--global`` with criterion ``name``."""
+    from tp_vgg.pruning.targets import _Ranked
+
+    cfg = PruneConfig(ratio=0.5, importance=name, global_pruning=True, max_layer_ratio=0.8)
+    ranked = _Ranked(model, SPEC, cfg, SPEC.example_input(), 0.8, grads)
+    return {r: torch.as_tensor(s, dtype=torch.float64) for r, s in zip(ranked.roots,
+                                                                       ranked.scores)}
+
+
+def test_the_cross_layer_rankings_keep_what_per_layer_normalization_removes(fake_batches):
+    """taylor is taylor-raw divided by each layer's mean: the same order inside a layer, a
+    different scale per layer (which --global ranks across); group-norm's top channel in every
+    layer scores 1 (normalized by its maximum)."""
+    torch.manual_seed(0)
+    model = randomize(build_model(SPEC))
+    grads = GradientBatches(fake_batches, max_batches=2)
+    raw = _layer_scores(model, "taylor-raw", grads)
+    norm = _layer_scores(model, "taylor", grads)
+    means = {}
+    for r in raw:
+        assert torch.allclose(norm[r] * raw[r].mean(), raw[r], rtol=1e-4, atol=1e-12), r
+        means[r] = float(raw[r].mean())
+    assert max(means.values()) > 2 * min(means.values())  # layers differ: raw keeps it
+    group = _layer_scores(model, "group-norm", None)
+    for r, s in group.items():
+        assert float(s.max()) == pytest.approx(1.0), r
+    # ranked globally, the layers lose different shares of their channels
+    after = tp_vgg.prune(copy.deepcopy(model), SPEC, PruneConfig(
+        ratio=0.5, importance="taylor-raw", global_pruning=True, max_layer_ratio=0.8),
+        gradients=grads).channels_after
+    before = out_channels(model)
+    assert len({round(after[n] / before[n], 2) for n in raw}) > 1
 
 
 def test_cli_criteria_that_cannot_apply_exit_2(run_cli, tmp_path):
@@ -147,5 +184,8 @@ def test_cli_criteria_that_cannot_apply_exit_2(run_cli, tmp_path):
                 "--importance", "taylor", "--out", out)
     assert_one_line_error(r, "--importance taylor needs data", out)
     r = run_cli("prune", "--model", "cifar_vgg11_bn", "--width", "0.125", "--ratio", "0.5",
+                "--importance", "taylor-raw", "--global", "--out", out)
+    assert_one_line_error(r, "--importance taylor-raw needs data", out)
+    r = run_cli("prune", "--model", "cifar_vgg11_bn", "--width", "0.125", "--ratio", "0.5",
                 "--taylor-batches", "3", "--out", out)
-    assert_one_line_error(r, "--taylor-batches applies to --importance taylor", out)
+    assert_one_line_error(r, "--taylor-batches applies to --importance taylor or taylor-raw", out)

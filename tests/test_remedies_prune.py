@@ -90,8 +90,8 @@ REMEDIES = [
            lambda c: ["train", *PLAIN, *FAKE, *QUIET, "--epochs", "1", "--sparsity",
                       "group-norm", "--out", c.path("t")]),
     Remedy("taylor-needs-data",
-           "--importance taylor needs data: it runs a few batches forward and backward for the "
-           "gradients; pass --data D",
+           "needs data: it runs a few batches forward and backward for the gradients; pass "
+           "--data D",
            _prune(*TINY, "--ratio", "0.5", "--importance", "taylor"),
            _prune(*TINY, "--ratio", "0.5", "--importance", "taylor", *FAKE, *QUIET)),
     Remedy("write-layers-as-modules",

@@ -22,7 +22,23 @@ def _prune(*flags):
     return lambda c: ["prune", *TINY, "--ratio", "0.5", *flags, *QUIET, "--out", c.path("out")]
 
 
+RECIPE_DATA = ["--data", "fake", "--data-kwargs", '{"train_size": 96, "test_size": 32}',
+               "--sparse-epochs", "1", "--bn-recalibrate", "1"]
+
+
+def _target(*flags):
+    return lambda c: ["prune", *TINY, "--target-speedup", "2", *flags, *QUIET, "--out",
+                      c.path("out")]
+
+
 REMEDIES = [
+    Remedy("recipe-needs-data", "trains with a regularizer before pruning; pass --data D",
+           _target("--recipe", "depgraph"), _target("--recipe", "depgraph", *RECIPE_DATA)),
+    Remedy("recipe-sets-its-importance", " prunes with --importance ",
+           _target("--recipe", "depgraph", "--importance", "l2", *RECIPE_DATA),
+           _target("--recipe", "depgraph", *RECIPE_DATA)),
+    Remedy("sparse-flag-needs-recipe", " applies to a recipe: add --recipe NAME",
+           _target("--sparse-epochs", "1"), _target("--recipe", "depgraph", *RECIPE_DATA)),
     Remedy("search-cli-needs-data",
            "--search needs data: it scores each candidate on a held-out slice of the training "
            "data; pass --data D",
@@ -36,6 +52,12 @@ REMEDIES = [
 ]
 
 ELSEWHERE = {
+    "regularizes BatchNorm gammas but the model has no affine BatchNorm layer; use --recipe "
+    "depgraph": "tests/test_remedies_search.py::test_slimming_without_bn_runs_as_depgraph",
+    "trains with a regularizer before pruning; pass --data D (PruneJob.finetune.data)":
+        "tests/test_remedies_search.py::test_the_library_recipe_needs_data_and_its_prune_config",
+    " --global (PruneJob.prune: SparseLearning.prune_config)":
+        "tests/test_remedies_search.py::test_the_library_recipe_needs_data_and_its_prune_config",
     "is predicted at {} ms; raise --max-layer-ratio or the target":
         "tests/test_remedies_search.py::"
         "test_a_latency_budget_uniform_cannot_reach_suggests_a_larger_target",
@@ -45,6 +67,12 @@ ELSEWHERE = {
 }
 
 NOT_SUGGESTIONS = {
+    "not compared with the uniform plan: no --data to score them on": "report.json's record "
+    "of why the latency guard did not run; tests/test_search.py checks it is written",
+    "DepGraph: sparse learning with --sparsity group-norm": "a recipe's help text: what "
+    "--recipe depgraph does, not a fix",
+    "Network Slimming: sparse learning with --sparsity bn-l1": "a recipe's help text: what "
+    "--recipe slimming does, not a fix",
     "--search: no layer is left to choose a width for": "says why nothing can be searched (the "
     "layers are all fixed); it names --layer-ratios as the cause, not as a flag to add",
 }
@@ -87,3 +115,32 @@ def test_a_latency_budget_uniform_cannot_reach_suggests_a_larger_target(run_cli,
     r = run_cli("prune", *wide, "--target-latency", f"{0.8 * full:.4f}", *flags,
                 "--out", tmp_path / "b")
     assert r.code == 0, r.err
+
+
+def test_slimming_without_bn_runs_as_depgraph(run_cli, tmp_path):
+    from methods_util import assert_one_line_error, user_model
+
+    flags = [*user_model(tmp_path, bn=False), "--target-speedup", "2", *RECIPE_DATA, *QUIET]
+    out = tmp_path / "out"
+    r = run_cli("prune", *flags, "--recipe", "slimming", "--out", out)
+    assert_one_line_error(r, "use --recipe depgraph", out)
+    r = run_cli("prune", *flags, "--recipe", "depgraph", "--out", out)
+    assert r.code == 0, r.err
+
+
+def test_the_library_recipe_needs_data_and_its_prune_config(tmp_path):
+    from tp_vgg.pruning.recipes import SparseLearning
+
+    stage = SparseLearning("depgraph", epochs=1)
+    job = PruneJob(ModelSource(spec=ModelSpec("cifar_vgg11_bn", width=0.125)),
+                   tp_vgg.PruneConfig(ratio=0.3), sparse=stage)
+    with pytest.raises(tp_vgg.UserError, match="pass --data D"):
+        tp_vgg.job.run(job, log=lambda s: None)
+    job.finetune = FinetuneConfig(DataConfig("fake", kwargs={"train_size": 96,
+                                                             "test_size": 32}), bn_batches=0)
+    with pytest.raises(tp_vgg.UserError, match="SparseLearning.prune_config"):
+        tp_vgg.job.run(job, log=lambda s: None)
+    job.prune = stage.prune_config(job.prune, max_layer_ratio_given=False)
+    res = tp_vgg.job.run(job, str(tmp_path / "out"), log=lambda s: None)
+    assert res.report["sparse_learning"]["recipe"] == "depgraph"
+    assert res.report["config"]["importance"] == "group-norm"

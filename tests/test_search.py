@@ -214,3 +214,76 @@ def test_search_under_a_latency_budget(run_cli, tmp_path):
     assert all(f["measured_ms"] > 0 for f in s["finalists"])
     kept = pruning.out_channels(tp_vgg.load(str(out / "pruned.pt")))
     assert {k: kept[k] for k in s["chosen_widths"]} == s["chosen_widths"]
+
+
+# --------------------------------------------------------------------------------------------
+# --target-latency's guard: never a plan that scores below uniform at the same latency.
+
+def _mac_ms(model, spec, cfg):
+    """A deterministic stand-in for a measurement: 1 ms per 100K MACs (so the test does not
+    depend on the machine's load; the guard's rule is what is tested)."""
+    return tp_vgg.count(model, spec).macs / 1e5
+
+
+def _latency_job(target_ms, tmp):
+    from tp_vgg.data.datasets import DataConfig as DC
+    from tp_vgg.job import FinetuneConfig
+    from tp_vgg.latency.budget import LatencyBudget
+    from tp_vgg.pruning.targets import Target
+    from tp_vgg.train.config import finetuning
+
+    spec = tp_vgg.ModelSpec("cifar_vgg11_bn", width=0.125)
+    data = DC("fake", kwargs={"train_size": 400, "test_size": 64})
+    return tp_vgg.PruneJob(
+        tp_vgg.ModelSource(spec=spec), tp_vgg.PruneConfig(),
+        target=Target(latency=LatencyBudget(ms=target_ms, batch_size=2, threads=1,
+                                            cache_dir=str(tmp), table_min_ms=0.05)),
+        finetune=FinetuneConfig(data, finetuning(device="cpu", progress="none", batch_size=48),
+                                bn_batches=2), device="cpu")
+
+
+@pytest.mark.parametrize("favour", ["uniform", "latency-aware"])
+def test_target_latency_keeps_the_better_scoring_of_its_plan_and_uniform(monkeypatch, tmp_path,
+                                                                         favour):
+    """The guard scores the latency-aware plan and the uniform plan within the same budget alike
+    and keeps the better; the returned model, report.json's "latency_guard" and "target" agree."""
+    from tp_vgg.latency import budget as lt
+
+    monkeypatch.setattr(lt, "measured_ms", _mac_ms)
+    spec = tp_vgg.ModelSpec("cifar_vgg11_bn", width=0.125).resolved()
+    full = _mac_ms(tp_vgg.build_model(spec), spec, None)
+
+    def score(self, m):  # the favoured plan scores 0.9, the other 0.1
+        is_uniform = all(pruning.out_channels(m)[r] == k for r, k in self.budget.uniform.items())
+        return 0.9 if is_uniform == (favour == "uniform") else 0.1
+
+    monkeypatch.setattr(widths.Search, "_heldout_top1", score)
+    res = tp_vgg.run(_latency_job(0.8 * full, tmp_path), str(tmp_path / "out"),
+                     log=lambda s: None)
+    g = res.report["latency_guard"]
+    assert set(g["plans"]) == {"uniform", "latency-aware"}
+    assert g["kept"] == favour
+    assert g["plans"][favour]["score"] == 0.9
+    assert all(p["measured_ms"] <= 0.8 * full for p in g["plans"].values())
+    kept = pruning.out_channels(res.model)
+    assert {k: kept[k] for k in g["widths"]} == g["widths"] == g["plans"][favour]["widths"]
+    t = res.report["target"]
+    assert all(kept[n] == after for n, (_, after) in t["channels"].items())
+    assert t["measured_ms"] == pytest.approx(_mac_ms(res.model, spec, None), rel=1e-6)
+    assert t["reached"]
+    if favour == "uniform":
+        assert any("latency guard" in n for n in t["notes"])
+    replayed = pruning.out_channels(tp_vgg.load(str(tmp_path / "out" / "pruned.pt")))
+    assert replayed == kept
+
+
+def test_target_latency_without_data_says_it_was_not_compared(monkeypatch, tmp_path):
+    from tp_vgg.latency import budget as lt
+
+    monkeypatch.setattr(lt, "measured_ms", _mac_ms)
+    spec = tp_vgg.ModelSpec("cifar_vgg11_bn", width=0.125).resolved()
+    job = _latency_job(0.8 * _mac_ms(tp_vgg.build_model(spec), spec, None), tmp_path)
+    job.finetune = None
+    res = tp_vgg.run(job, None, log=lambda s: None)
+    assert res.report["latency_guard"]["kept"] == "latency-aware"
+    assert "no --data" in res.report["latency_guard"]["rule"]

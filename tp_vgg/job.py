@@ -28,7 +28,7 @@ import os
 import shlex
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -46,8 +46,9 @@ from tp_vgg.models import counting
 from tp_vgg.models.counting import Counts, human
 from tp_vgg.models.zoo import ModelSpec, build_model
 from tp_vgg.pruning import graph as pruning
-from tp_vgg.pruning import iterative, sensitivity, targets, unstructured
-from tp_vgg.pruning.criteria import DEFAULT_TAYLOR_BATCHES, GradientBatches, training_gradients
+from tp_vgg.pruning import iterative, recipes, sensitivity, sparsity, targets, unstructured
+from tp_vgg.pruning.criteria import (DEFAULT_TAYLOR_BATCHES, GradientBatches, needs_gradients,
+                                     training_gradients)
 from tp_vgg.pruning.targets import Target
 from tp_vgg.report import markdown as report_md
 from tp_vgg.report import summary as report_json
@@ -135,6 +136,9 @@ class PruneJob:
     device: Optional[str] = None
     # --search N: the per-layer widths searched under the budget (tp_vgg.search.widths)
     search: Optional[search.SearchConfig] = None
+    # --recipe NAME: sparse learning before pruning (tp_vgg.pruning.recipes); prune must use its
+    # criterion and global ranking (SparseLearning.prune_config)
+    sparse: Optional[recipes.SparseLearning] = None
 
     @property
     def steps(self) -> int:
@@ -147,7 +151,7 @@ class PruneJob:
     @property
     def needs_data(self) -> bool:
         """A criterion (taylor) or the iterative schedule uses the fine-tuning data."""
-        return self.prune.importance == "taylor" or self.epochs_per_step > 0
+        return needs_gradients(self.prune.importance) or self.epochs_per_step > 0
 
     @property
     def latency_budget(self) -> Optional[latency_target.LatencyBudget]:
@@ -194,6 +198,16 @@ class PruneJob:
             pruning.check_ratio("--ratio", self.prune.ratio, "PruneConfig.ratio")
             return
         self.prune_config().validate()
+        if self.sparse is not None:
+            self.sparse.validate()
+            r = self.sparse.method
+            if self.finetune is None:
+                raise UserError(f"--recipe {self.sparse.recipe} trains with a regularizer before "
+                                "pruning; pass --data D (PruneJob.finetune.data)")
+            if self.prune.importance != r.importance or not self.prune.global_pruning:
+                raise UserError(f"--recipe {self.sparse.recipe} prunes with --importance "
+                                f"{r.importance} --global (PruneJob.prune: "
+                                "SparseLearning.prune_config)")
         if self.search is not None:
             self.search.validate()
             if self.finetune is None:
@@ -212,9 +226,9 @@ class PruneJob:
             raise UserError("--finetune-epochs-per-step needs --iterative-steps K with K >= 2 "
                             "(IterativeConfig.steps)")
         if self.needs_data and self.finetune is None:
-            if self.prune.importance == "taylor":
-                raise UserError("--importance taylor needs data: it runs a few batches forward "
-                                "and backward for the gradients; pass --data D "
+            if needs_gradients(self.prune.importance):
+                raise UserError(f"--importance {self.prune.importance} needs data: it runs a few "
+                                "batches forward and backward for the gradients; pass --data D "
                                 "(PruneJob.finetune.data)")
             raise UserError("--finetune-epochs-per-step fine-tunes on data; pass --data D "
                             "(PruneJob.finetune.data)")
@@ -274,6 +288,7 @@ class Prepared:
     train_cfg: Optional[TrainConfig] = None
     teacher: Optional[train.Teacher] = None
     top1_before: Optional[float] = None  # with FinetuneConfig.evaluates
+    top1_sparse: Optional[float] = None  # --recipe: after its sparse learning
 
     @property
     def saved_preprocessing(self) -> Preprocessing:
@@ -305,9 +320,35 @@ def make_teacher(job: PruneJob, loaded: Loaded) -> train.Teacher:
     return train.Teacher(copy.deepcopy(loaded.model), loaded.spec, list(loaded.history))
 
 
+def sparse_learning(model: nn.Module, spec, data: Any, preprocessing: Any,
+                    stage: recipes.SparseLearning, train_cfg: Any, history: Optional[list] = None,
+                    log: Callable[[str], None] = print, dist: Any = None) -> Dict[str, Any]:
+    """Train ``model`` in place ``stage.epochs`` epochs with ``train_cfg`` and the recipe's
+    regularizer; report.json's ``"sparse_learning"`` block (the BN gamma distribution before and
+    after, the top-1 reached)."""
+    r = stage.method
+    if sparsity.METHODS.get(r.sparsity).needs_bn and not any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine for m in model.modules()):
+        raise UserError(f"--recipe {stage.recipe} regularizes BatchNorm gammas but the model has "
+                        "no affine BatchNorm layer; use --recipe depgraph (it works without BN)")
+    reg = stage.reg if stage.reg is not None else r.reg
+    cfg = dataclasses.replace(train_cfg, epochs=stage.epochs, sparsity=r.sparsity,
+                              sparsity_reg=reg, distill=False)
+    log(f"recipe {stage.recipe}: sparse learning, --sparsity {r.sparsity} --sparsity-reg {reg:g}, "
+        f"{stage.epochs} epoch(s)")
+    res = train.fit(model, spec, data, cfg, None, history=history, preprocessing=preprocessing,
+                    command="sparse-learning", dist=dist, log=log)
+    return {"recipe": stage.recipe, "help": recipes.RECIPES.help(stage.recipe),
+            "sparsity": r.sparsity,
+            "reg": reg, "epochs": stage.epochs, "importance": r.importance,
+            "top1": res.final.top1 if res.final else None,
+            "gamma_before": (res.sparsity or {}).get("gamma_before"),
+            "gamma_after": (res.sparsity or {}).get("gamma_after")}
+
+
 def gradients(job: PruneJob, prep: Prepared) -> Optional[GradientBatches]:
-    """Training batches for ``--importance taylor``."""
-    if job.prune.importance != "taylor":
+    """Training batches for ``--importance taylor`` (and ``taylor-raw``)."""
+    if not needs_gradients(job.prune.importance):
         return None
     return training_gradients(prep.data, prep.preprocessing, prep.loaded.spec,
                               job.taylor_batches or DEFAULT_TAYLOR_BATCHES, job.prune.seed or 0)
@@ -363,8 +404,47 @@ def search_widths(job: PruneJob, prep: Prepared, model: nn.Module, spec, cfg: pr
         space, budget = search.mac_budget(model, spec, cfg,
                                           plan.goal_macs if plan is not None else None, grads)
     s = search.Search(model, spec, cfg, space, budget, job.search, prep.data, prep.preprocessing,
-                      prep.train_cfg, device=prep.train_cfg.device, log=log, dist=dist)
+                      prep.train_cfg, device=prep.train_cfg.device, log=log, dist=dist,
+                      gradients=grads)
     return s.run()
+
+
+def guard_latency(job: PruneJob, prep: Prepared, model: nn.Module, spec,
+                  base_cfg: pruning.PruneConfig, cfg: pruning.PruneConfig,
+                  plan: "latency_target.LatencyPlan", grads: Optional[GradientBatches],
+                  log: Log = print, dist: Optional[DistContext] = None
+                  ) -> Tuple[pruning.PruneConfig, Dict[str, Any]]:
+    """``--target-latency`` never hands back a plan that scores below the uniform plan meeting
+    the same latency: with data, the two are scored alike (adaptive BN, a held-out slice of the
+    training data) and measured, and the better is kept (report.json ``"latency_guard"``);
+    without data they cannot be scored, and the report says so."""
+    if prep.data is None:
+        return cfg, {"kept": search.LATENCY_AWARE,
+                     "rule": "not compared with the uniform plan: no --data to score them on"}
+    kept = {n: after for n, (_, after) in plan.channels.items()}
+    chosen, rep = search.guard_latency_plan(
+        model, spec, base_cfg, job.latency_budget, kept, prep.data, prep.preprocessing,
+        prep.train_cfg, device=prep.train_cfg.device, gradients=grads,
+        seed=job.prune.seed or 0, log=log, dist=dist)
+    plans = rep["plans"]
+    other = "uniform" if rep["kept"] == search.LATENCY_AWARE else search.LATENCY_AWARE
+    mine, theirs = plans[rep["kept"]], plans.get(other, {})
+    log(f"latency guard: kept the {rep['kept']} plan (held-out score {mine['score']:.4f}, "
+        f"measured {mine['measured_ms']:.2f} ms) over the {other} plan ("
+        f"{theirs.get('score', float('nan')):.4f}, {theirs.get('measured_ms') or float('nan'):.2f}"
+        f" ms) at the {rep['budget_ms']:g} ms budget")
+    if rep["kept"] == search.LATENCY_AWARE:
+        return cfg, rep
+    space_sizes = {n: before for n, (before, _) in plan.channels.items()}
+    for n, k in rep["widths"].items():
+        plan.channels[n] = [space_sizes[n], k]
+    plan.measured_ms = mine["measured_ms"]
+    plan.reached = mine["measured_ms"] <= plan.target_ms
+    plan.notes.append(f"latency guard: the uniform plan scored {mine['score']:.4f} on the held-out "
+                      f"slice against the latency-aware plan's {theirs['score']:.4f}, so the "
+                      "uniform plan is kept (predicted_ms and rounds describe the "
+                      "latency-aware plan)")
+    return chosen, rep
 
 
 def fit_round_to(job: PruneJob, cfg: pruning.PruneConfig, model: nn.Module) -> pruning.PruneConfig:
@@ -442,7 +522,11 @@ def recover(job: PruneJob, prep: Prepared, model: nn.Module, history: List[list]
     dev = cfg.device
     pruned = evaluation.evaluate_on(model, spec, data, pre, device=dev).top1
     acc = {"before": prep.top1_before, "pruned": pruned}
-    msg = f"top-1 before pruning {100 * prep.top1_before:.2f}%, after pruning {100 * pruned:.2f}%"
+    msg = f"top-1 before pruning {100 * prep.top1_before:.2f}%"
+    if prep.top1_sparse is not None:
+        acc["sparse_learned"] = prep.top1_sparse
+        msg += f", after sparse learning {100 * prep.top1_sparse:.2f}%"
+    msg += f", after pruning {100 * pruned:.2f}%"
     if ft.bn_batches:
         n = evaluation.recalibrate_on(model, spec, data, pre, ft.bn_batches, cfg.batch_size, dev,
                                  cfg.seed, cfg.channels_last, dist=dist)
@@ -601,6 +685,11 @@ def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print,
     if job.unstructured is not None:
         return prune_unstructured(job, prep, out_dir, log)
     model, spec, loaded = prep.loaded.model, prep.loaded.spec, prep.loaded
+    sparse = (sparse_learning(model, spec, prep.data, prep.preprocessing, job.sparse,
+                                      prep.train_cfg, loaded.history, log, dist)
+              if job.sparse is not None else None)
+    if sparse is not None:
+        prep.top1_sparse = sparse["top1"]
     grads = gradients(job, prep)
     original = copy.deepcopy(model) if job.latency is not None else None
     before = counting.count(model, spec)
@@ -608,16 +697,20 @@ def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print,
     cfg = job.prune_config(learned["round_to"] if learned else None)
     if job.latency_budget is not None:  # the search removes whole multiples
         cfg = fit_round_to(job, cfg, model)
-    searched = None
+    searched = guarded = None
     if job.search is not None and job.latency_budget is not None:
         plan = None  # the width search replaces --target-latency's own
         cfg, searched = search_widths(job, prep, model, spec, cfg, None, grads, log, dist)
     else:
+        base_cfg = cfg
         cfg, plan = solve_target(job, model, spec, cfg, grads, log)
         if job.latency_budget is None:
             cfg = fit_round_to(job, cfg, model)
         if job.search is not None:
             cfg, searched = search_widths(job, prep, model, spec, cfg, plan, grads, log, dist)
+        elif isinstance(plan, latency_target.LatencyPlan):
+            cfg, guarded = guard_latency(job, prep, model, spec, base_cfg, cfg, plan, grads, log,
+                                         dist)
     if learned:
         _say_round_to(learned, cfg.round_to, log)
     steps = schedule(job, prep, dist)
@@ -628,6 +721,10 @@ def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print,
     extra = {"round_to_auto": learned} if learned else {}
     if searched is not None:
         extra["search"] = searched
+    if guarded is not None:
+        extra["latency_guard"] = guarded
+    if sparse is not None:
+        extra["sparse_learning"] = sparse
     if prep.data is not None:  # the preprocessing used, and where its normalization came from
         extra["preprocessing"] = prep.preprocessing.to_dict()
     # the report and meta as known before fine-tuning; accuracy, latency, schedule come after
@@ -1074,8 +1171,8 @@ def run_sensitivity(study: SensitivityStudy, out_dir: Optional[str] = None,
     ``layer_ratios.json`` and ``report.json`` (nothing without ``out_dir``); return the report."""
     if out_dir and os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"--out {out_dir!r} is a file; give a folder")
-    if study.taylor_batches and study.importance != "taylor":
-        raise UserError("--taylor-batches applies to --importance taylor "
+    if study.taylor_batches and not needs_gradients(study.importance):
+        raise UserError("--taylor-batches applies to --importance taylor or taylor-raw "
                         "(SensitivityStudy.taylor_batches)")
     loaded = load_source(study.source, log)
     model, spec = loaded.model, loaded.spec
@@ -1083,7 +1180,7 @@ def run_sensitivity(study: SensitivityStudy, out_dir: Optional[str] = None,
     pre = evaluation.resolve_preprocessing(data, spec, loaded.preprocessing)
     test = _subset(data, study.eval_images, study.seed)
     gradients = (training_gradients(data, pre, spec, study.taylor_batches or DEFAULT_TAYLOR_BATCHES,
-                                    study.seed) if study.importance == "taylor" else None)
+                                    study.seed) if needs_gradients(study.importance) else None)
 
     def evaluate(m):
         if study.bn_batches and m is not model:  # a pruned copy; the baseline keeps its own

@@ -28,7 +28,7 @@ from tp_vgg.errors import UserError
 from tp_vgg.job import IterativeConfig, UnstructuredConfig
 from tp_vgg.latency.budget import LatencyBudget
 from tp_vgg.pruning import sensitivity, sparsity, targets
-from tp_vgg.pruning.criteria import DEFAULT_TAYLOR_BATCHES, IMPORTANCES
+from tp_vgg.pruning.criteria import DEFAULT_TAYLOR_BATCHES, IMPORTANCES, needs_gradients
 from tp_vgg.train.evaluation import DEFAULT_BN_RECALIBRATE
 
 # --------------------------------------------------------------------------------------------
@@ -205,8 +205,8 @@ def check_prune_args(args: argparse.Namespace, ratio: Optional[float] = None) ->
                         "to --ratio, --target-speedup and --target-macs")
     if _given(args, "finetune_epochs_per_step") and (getattr(args, "iterative_steps", None) or 1) < 2:
         raise UserError("--finetune-epochs-per-step needs --iterative-steps K with K >= 2")
-    if _given(args, "taylor_batches") and getattr(args, "importance", None) != "taylor":
-        raise UserError("--taylor-batches applies to --importance taylor")
+    if _given(args, "taylor_batches") and not needs_gradients(getattr(args, "importance", None)):
+        raise UserError("--taylor-batches applies to --importance taylor or taylor-raw")
 
 
 def method_configs(args: argparse.Namespace, ratio: Optional[float] = None) -> Dict[str, Any]:
@@ -231,12 +231,12 @@ def method_configs(args: argparse.Namespace, ratio: Optional[float] = None) -> D
     schedule = IterativeConfig(steps, per_step) if steps or per_step else None
     lottery = UnstructuredConfig(getattr(args, "lottery_rounds", None),
                                  getattr(args, "rewind_epoch", None) or 0)
-    taylor = getattr(args, "importance", None) == "taylor"
+    taylor = needs_gradients(getattr(args, "importance", None))
     if (taylor or per_step > 0) and not getattr(args, "data", None):
         names = ", ".join(DATASETS.names())
         if taylor:
-            raise UserError("--importance taylor needs data: it runs a few batches forward and "
-                            f"backward for the gradients; pass --data D ({names})")
+            raise UserError(f"--importance {args.importance} needs data: it runs a few batches "
+                            f"forward and backward for the gradients; pass --data D ({names})")
         raise UserError(f"--finetune-epochs-per-step fine-tunes on data; pass --data D ({names})")
     return {"target": target, "iterative": schedule,
             "unstructured": lottery if _given(args, "unstructured") else None,

@@ -8,15 +8,17 @@ import os
 from typing import Optional
 
 from tp_vgg.cli import common, latency_args, methods_cmds, search_args, train_cmds
-from tp_vgg.cli.common import (REQUIRE_ONE_OF, add_model_args, code_consent,
-                               json_object, load_model, ratio)
+from tp_vgg.cli.common import (REQUIRE_ONE_OF, add_model_args, code_consent, json_object,
+                               load_model, ratio)
+from tp_vgg.data.datasets import DATASETS
+from tp_vgg.errors import UserError
 from tp_vgg.job import PruneJob, check_out_dir, resume_run, run
 from tp_vgg.latency.layers import format_layer_times
 from tp_vgg.models import counting
 from tp_vgg.models.zoo import TIMM_INSTALL, TIMM_VGGS, list_models, timm_installed
 from tp_vgg.pruning import graph as pruning
+from tp_vgg.pruning import recipes
 from tp_vgg.pruning.criteria import IMPORTANCES
-from tp_vgg.errors import UserError
 from tp_vgg.report import summary as report_json
 from tp_vgg.train import distributed
 
@@ -61,8 +63,8 @@ def add_prune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ratio", type=ratio, metavar="R",
                    help="fraction of channels removed from every prunable layer, in [0, 1) "
                         "(or give --target-speedup / --target-macs)")
-    g.add_argument("--importance", default="l1", choices=IMPORTANCES.names(),
-                   help="channel ranking criterion (default l1)")
+    g.add_argument("--importance", choices=IMPORTANCES.names(),
+                   help="channel ranking criterion (default l1; --recipe sets its own)")
     g.add_argument("--global", dest="global_pruning", action="store_true",
                    help="rank channels across layers instead of per layer")
     g.add_argument("--max-layer-ratio", type=ratio, metavar="R",
@@ -76,6 +78,43 @@ def add_prune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output-layer", metavar="NAME",
                    help="the layer producing the logits, when the graph cannot tell")
     g.add_argument("--seed", type=int, default=0, help="seed for --importance random (default 0)")
+    g = p.add_argument_group("recipes (sparse learning, then global pruning)")
+    g.add_argument("--recipe", choices=recipes.RECIPES.names(),
+                   help="; ".join(f"{n}: {recipes.RECIPES.help(n)}" for n in recipes.RECIPES)
+                        + "; needs --data")
+    g.add_argument("--sparse-epochs", type=common.positive_int, metavar="N",
+                   help="--recipe: epochs of sparse learning before pruning (default "
+                        f"{recipes.DEFAULT_SPARSE_EPOCHS})")
+    g.add_argument("--sparse-reg", type=methods_cmds._positive_float, metavar="L",
+                   help="--recipe: the regularizer's strength (default: the recipe's)")
+
+
+def sparse_learning(args: argparse.Namespace) -> Optional[recipes.SparseLearning]:
+    """--recipe NAME: its sparse-learning stage; the flags it sets (--importance, --global,
+    --max-layer-ratio unless given) are filled into ``args``. --importance defaults to l1."""
+    name = getattr(args, "recipe", None)
+    if name is None:
+        extra = next((f for f in ("sparse_epochs", "sparse_reg") if getattr(args, f, None)
+                      is not None), None)
+        if extra:
+            raise UserError(f"--{extra.replace('_', '-')} applies to a recipe: add --recipe "
+                            f"NAME ({', '.join(recipes.RECIPES.names())}) with --data D")
+        args.importance = args.importance or "l1"
+        return None
+    r = recipes.RECIPES.get(name)
+    if args.importance not in (None, r.importance):
+        raise UserError(f"--recipe {name} prunes with --importance {r.importance}; leave out "
+                        f"--importance {args.importance}")
+    if not getattr(args, "data", None):
+        raise UserError(f"--recipe {name} trains with a regularizer before pruning; pass "
+                        f"--data D ({', '.join(DATASETS.names())})")
+    args.importance, args.global_pruning = r.importance, True
+    if args.max_layer_ratio is None:
+        args.max_layer_ratio = r.max_layer_ratio
+    stage = recipes.SparseLearning(name, args.sparse_epochs or recipes.DEFAULT_SPARSE_EPOCHS,
+                                   args.sparse_reg)
+    stage.validate()
+    return stage
 
 
 def prune_config(args: argparse.Namespace, ratio: Optional[float] = None) -> pruning.PruneConfig:
@@ -91,12 +130,13 @@ def prune_job(args: argparse.Namespace, ratio: Optional[float] = None) -> PruneJ
     """The job `tp-vgg prune` runs (`sweep`: at ``ratio``), after the flag checks."""
     check_out_dir(args.out)
     latency_args.check_latency_flags(args)  # --runtime, --latency-batch, --latency-cache
+    sparse = sparse_learning(args)  # --recipe: fills in --importance, --global
     methods = methods_cmds.method_configs(args, ratio)  # target, iterative, unstructured
     search = search_args.search_config(args)
     finetune = train_cmds.finetune_config(args, data_used=methods.pop("needs_data")
-                                          or search is not None)
+                                          or search is not None or sparse is not None)
     return PruneJob(common.model_source(args), prune_config(args, ratio), finetune=finetune,
-                    search=search,
+                    search=search, sparse=sparse,
                     latency=latency_args.prune_latency_config(args),
                     latency_runtimes=latency_args.prune_latency_runtimes(args),
                     timing=latency_args.round_to_timing(args),
@@ -121,7 +161,7 @@ RESUME_ALLOWED = RESUME_RUNTIME + ("resume", "threads", "debug", "trust_model_co
 
 
 def _refuse_with_resume(args: argparse.Namespace) -> None:
-    defaults = {"seed": 0, "importance": "l1", "global_pruning": False}
+    defaults = {"seed": 0, "global_pruning": False}
     for name, value in vars(args).items():
         if name in RESUME_ALLOWED or value in (None, False) or defaults.get(name, object()) == value:
             continue

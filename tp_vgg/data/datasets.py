@@ -79,6 +79,9 @@ class ImageData:
     pad: int = 4               # random-crop padding
     test_split: str = "test"   # the folder or split the test images came from
     declared: Optional[Declared] = field(default=None, repr=False, compare=False)  # load_data's
+    # stats(), computed once per object (a subset or held-out split is a new object)
+    _stats: Optional[Tuple[List[float], List[float]]] = field(default=None, init=False,
+                                                              repr=False, compare=False)
 
     streaming = False
 
@@ -135,7 +138,12 @@ class ImageData:
         raise UserError(f"unknown split {name!r}; accepted: train, test")
 
     def stats(self) -> Tuple[List[float], List[float]]:
-        """Per-channel mean and std of the training images, in [0, 1] units."""
+        """Per-channel mean and std of the training images, in [0, 1] units (computed once)."""
+        if self._stats is None:
+            self._stats = self._compute_stats()
+        return self._stats
+
+    def _compute_stats(self) -> Tuple[List[float], List[float]]:
         x = self.train_images
         total = torch.zeros(x.shape[1], dtype=torch.float64)
         sq = torch.zeros(x.shape[1], dtype=torch.float64)

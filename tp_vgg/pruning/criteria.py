@@ -12,7 +12,19 @@ registry (``PruneConfig.importance``, ``--importance``):
   (Lee et al. 2021, ``tp.importance.LAMPImportance``);
 * ``taylor`` -- first-order Taylor estimate of the loss change, |w * dL/dw| summed over the
   group (Molchanov et al. 2019, ``tp.importance.GroupTaylorImportance``); the gradients come from
-  a few batches of data run forward and backward by :class:`GradientBatches`.
+  a few batches of data run forward and backward by :class:`GradientBatches`;
+
+Two rankings made to compare channels *across* layers, for ``--global`` and
+``--target-latency`` (the per-layer normalization of the criteria above makes every layer's mean
+1, so a global ranking cannot tell that one layer matters more than another):
+
+* ``taylor-raw`` -- the same Taylor estimate, with the gradients accumulated over the batches and
+  *not* normalized per layer: an estimate of the loss change in the same units for every layer
+  (HALP, Shen et al. 2022, ranks by it inside its latency knapsack);
+* ``group-norm`` -- the L2 norm of every weight coupled to a channel (DepGraph's group norm,
+  ``tp.importance.GroupMagnitudeImportance(p=2)``), normalized per group by its maximum, as
+  Torch-Pruning's CIFAR benchmarks do; the criterion of the DepGraph recipe (after
+  ``--sparsity group-norm``).
 
 A criterion may define two optional hooks that :func:`tp_vgg.pruning.graph.prune` calls:
 
@@ -116,11 +128,14 @@ class BNScale(tp.importance.BNScaleImportance):
 class Taylor(tp.importance.GroupTaylorImportance):
     """First-order Taylor importance; needs ``.grad`` on the weights, filled by ``prepare``."""
 
+    name = "taylor"
+
     def check(self, pruner, model: nn.Module, gradients) -> List[str]:
         if gradients is None:
-            raise UserError("--importance taylor needs data: it runs a few batches forward and "
-                            "backward for the gradients; pass --data D (and --data-dir where needed)")
-        return [f"taylor: gradients from {getattr(gradients, 'description', 'the given batches')}"]
+            raise UserError(f"--importance {self.name} needs data: it runs a few batches forward "
+                            "and backward for the gradients; pass --data D (and --data-dir where "
+                            "needed)")
+        return [f"{self.name}: gradients from {getattr(gradients, 'description', 'the given batches')}"]
 
     def prepare(self, model: nn.Module, gradients) -> None:
         gradients(model)
@@ -163,6 +178,14 @@ class GradientBatches:
                 p.grad = torch.zeros_like(p)
 
 
+# the criteria that need gradients from --data (:class:`GradientBatches`)
+GRADIENT_CRITERIA = ("taylor", "taylor-raw")
+
+
+def needs_gradients(importance: Optional[str]) -> bool:
+    return importance in GRADIENT_CRITERIA
+
+
 DEFAULT_TAYLOR_BATCHES = 8
 TAYLOR_BATCH_SIZE = 64
 
@@ -191,4 +214,25 @@ IMPORTANCES.register("lamp", lambda cfg: tp.importance.LAMPImportance(),
                      "layer-adaptive magnitude score (LAMP), comparable across layers for --global")
 IMPORTANCES.register("taylor", lambda cfg: Taylor(),
                      "first-order Taylor |w * dL/dw| from a few batches of --data")
+
+
+class TaylorRaw(Taylor):
+    """First-order Taylor importance summed over the group, gradients accumulated over the
+    batches, not normalized per group: comparable across layers (HALP)."""
+
+    name = "taylor-raw"
+
+    def __init__(self):
+        super().__init__(normalizer=None)
+
+
+IMPORTANCES.register("taylor-raw", lambda cfg: TaylorRaw(),
+                     "first-order Taylor from a few batches of --data, not normalized per layer: "
+                     "the estimated loss change, comparable across layers (HALP; for --global "
+                     "and --target-latency)")
+IMPORTANCES.register("group-norm", lambda cfg: tp.importance.GroupMagnitudeImportance(
+                         p=2, normalizer="max"),
+                     "L2 norm of every weight coupled to a channel (DepGraph's group norm), "
+                     "normalized per layer by its maximum (for --global; after --sparsity "
+                     "group-norm)")
 

@@ -260,8 +260,10 @@ class Search:
     def __init__(self, model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig,
                  space: Space, budget: Budget, scfg: SearchConfig, data: Any, preprocessing: Any,
                  train_cfg: TrainConfig, device: Optional[str] = None,
-                 log: Callable[[str], None] = print, dist: Optional[DistContext] = None):
+                 log: Callable[[str], None] = print, dist: Optional[DistContext] = None,
+                 gradients=None):
         self.model, self.spec, self.cfg, self.space, self.budget = model, spec, cfg, space, budget
+        self.gradients = gradients  # a criterion's batches (taylor), for every prune
         self.scfg, self.pre, self.train_cfg = scfg, preprocessing, train_cfg
         self.log = log
         self.dist = dist or DistContext()
@@ -273,11 +275,15 @@ class Search:
         self.rows: List[Scored] = []
         self.seen = set()
         self.rejected = 0
+        # named plans scored after uniform whatever their cost (the latency guard's plan), and
+        # the one kept when no finalist measures within a latency budget
+        self.extra: Dict[str, Dict[str, int]] = {}
+        self.fallback = 0
 
     # -- one candidate ---------------------------------------------------------------------
     def _prune(self, kept: Dict[str, int]) -> nn.Module:
         m = copy.deepcopy(self.model).cpu()
-        pruning.prune(m, self.spec, self.space.config(self.cfg, kept))
+        pruning.prune(m, self.spec, self.space.config(self.cfg, kept), gradients=self.gradients)
         return m
 
     def _adapt(self, m: nn.Module) -> nn.Module:
@@ -315,7 +321,8 @@ class Search:
             s.macs, s.params = int(macs), int(params)
             s.score = None if score < 0 else score
             s.in_budget = s.score is not None
-            if s.id == 0:  # uniform: the reference, scored even where it misses the window
+            if s.id == 0 or s.origin in self.extra:  # uniform (the reference), a named plan:
+                # scored even where it misses the window
                 if s.score is None:
                     m = self._adapt(self._prune(s.kept))
                     s.score = self._heldout_top1(m)
@@ -375,6 +382,13 @@ class Search:
         self.seen.add(tuple(uniform[r] for r in self.space.roots))
         first = [Scored(0, "uniform", dict(uniform), 0, 0, self.budget.cost(uniform))]
         self._score_wave(first)
+        named = []
+        for origin, kept in self.extra.items():
+            self.seen.add(tuple(kept[r] for r in self.space.roots))
+            named.append(Scored(len(self.rows) + len(named), origin, dict(kept), 0, 0,
+                                self.budget.cost(kept)))
+        if named:
+            self._score_wave(named)
         if n == 1:
             return
         wanted = n - 1
@@ -428,8 +442,9 @@ class Search:
             {"id": 0, "score": self.rows[0].score}]
         t2 = time.perf_counter()
         key = "finetuned" if all("finetuned" in f for f in finals) else "score"
-        allowed = [f for f in finals if f.get("measured_ms") is None
-                   or f["measured_ms"] <= self.budget.goal] or finals[:1]
+        allowed = ([f for f in finals if f.get("measured_ms") is None
+                    or f["measured_ms"] <= self.budget.goal]
+                   or [f for f in finals if f["id"] == self.fallback] or finals[:1])
         best = max(allowed, key=lambda f: (f[key], -f["id"]))
         by_id = {s.id: s for s in self.rows}
         winner = by_id[best["id"]]
@@ -466,6 +481,80 @@ class Search:
         return self.space.config(self.cfg, winner.kept), rep
 
 
+def guard_latency_plan(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, lb: Any,
+                       kept: Dict[str, int], data: Any, preprocessing: Any,
+                       train_cfg: TrainConfig, device: Optional[str] = None, gradients=None,
+                       seed: int = 0, log: Callable[[str], None] = print,
+                       dist: Optional[DistContext] = None
+                       ) -> Tuple[pruning.PruneConfig, Dict[str, Any]]:
+    """``--target-latency``'s plan (``kept``) against the uniform plan measured within the same
+    budget (the smallest uniform ratio that does, by bisection on measurements): both pruned on a
+    copy, scored by the search's adaptive-BN held-out top-1 and measured again; the
+    better-scoring one measured within the budget is kept (the latency-aware plan, measured
+    within it when it was found, where neither measures within it now). Returns the kept plan's
+    ``PruneConfig`` and report.json's ``"latency_guard"`` block (with the kept widths)."""
+    from tp_vgg.latency import budget as lt
+    from tp_vgg.pruning.targets import DEFAULT_MAX_LAYER_RATIO
+
+    mcfg = lb.config(spec, device)
+    max_ratio = cfg.max_layer_ratio if cfg.max_layer_ratio is not None else DEFAULT_MAX_LAYER_RATIO
+    cfg = dataclasses.replace(cfg, ratio=0.0, max_layer_ratio=max_ratio, global_pruning=False)
+    example = spec.example_input(device=next(model.parameters()).device)
+    ranked = _Ranked(model, spec, cfg, example, max_ratio, gradients)
+    space = Space(ranked, cfg.round_to, max_ratio)
+    timed: Dict[Tuple[int, ...], float] = {}
+
+    def ms(widths: Dict[str, int]) -> float:
+        key = tuple(widths[r] for r in space.roots)
+        if key not in timed:
+            m = copy.deepcopy(model)
+            pruning.prune(m, spec, space.config(cfg, widths), gradients=gradients)
+            timed[key] = lt.measured_ms(m, spec, mcfg)
+        return timed[key]
+
+    def uniform_at(ratio: float) -> Dict[str, int]:
+        lost = ranked.plan(ratio)
+        return {r: space.sizes[r] - lost[r] for r in space.roots}
+
+    lo, hi = 0.0, max_ratio
+    for _ in range(GUARD_BISECTIONS if ms(uniform_at(hi)) <= lb.ms else 0):
+        mid = (lo + hi) / 2
+        if ms(uniform_at(mid)) <= lb.ms:
+            hi = mid
+        else:
+            lo = mid
+    uniform = uniform_at(hi)
+    budget = Budget("ms", float(lb.ms), ms, uniform, ms(uniform),
+                    measure=lambda m: lt.measured_ms(m, spec, mcfg),
+                    describe=f"{lb.ms:g} ms (measured: {mcfg.runtime} on {mcfg.device}, batch "
+                             f"{mcfg.batch_sizes[0]})")
+    total = len(data.train_labels)
+    scfg = SearchConfig(candidates=1, finalists=1, finalist_epochs=0,
+                        heldout=min(DEFAULT_HELDOUT, max(1, total // 5)), seed=seed)
+    s = Search(model, spec, cfg, space, budget, scfg, data, preprocessing, train_cfg,
+               device=device, log=lambda line: None, dist=dist, gradients=gradients)
+    s.extra = {LATENCY_AWARE: {r: kept[r] for r in space.roots}}
+    s.fallback = 1
+    chosen, rep = s.run()
+    by_origin = {r["origin"]: r for r in rep["rows"]}
+    measured = {f["id"]: f.get("measured_ms") for f in rep["finalists"]}
+    out = {"kept": rep["chosen_origin"], "widths": dict(rep["chosen_widths"]),
+           "rule": "the better held-out score of the two plans, among those measured within "
+                   "the budget; uniform: the smallest uniform --ratio measured within it "
+                   f"(bisection: ratio {hi:.3f})",
+           "score": rep["score"], "heldout_images": rep["heldout_images"],
+           "budget_ms": budget.goal,
+           "plans": {o: {"widths": r["widths"], "macs": r["macs"], "score": r["score"],
+                         "measured_ms": measured.get(r["id"])} for o, r in by_origin.items()}}
+    return chosen, out
+
+
+GUARD_BISECTIONS = 6  # measurements that find the uniform ratio within the latency budget
+
+
+LATENCY_AWARE = "latency-aware"
+
+
 def heldout_split(data: Any, n: int, seed: int) -> Any:
     """``data`` with ``n`` seeded training samples as its test split (the held-out slice) and
     the rest as its training split; the test split is not used."""
@@ -499,7 +588,7 @@ def mac_budget(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, goal
     lost = ranked.plan(cfg.ratio)
     uniform = {r: space.sizes[r] - lost[r] for r in space.roots}
     trial = copy.deepcopy(model)
-    pruning.prune(trial, spec, cfg)
+    pruning.prune(trial, spec, cfg, gradients=gradients)
     uniform_macs = counting.count(trial, spec).macs
     if goal is None:
         goal = uniform_macs

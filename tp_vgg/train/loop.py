@@ -77,6 +77,7 @@ class FitResult:
     records: List[Dict[str, Any]]
     model: nn.Module                    # the trained (unwrapped) model
     out_dir: Optional[str] = None
+    sparsity: Optional[Dict[str, Any]] = None  # cfg.sparsity: the regularizer's report
 
 
 def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
@@ -286,14 +287,15 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
             if interrupt.requested() is not None and epoch + 1 < cfg.epochs:
                 # the signal came in the epoch's last step or its evaluation: last.pt is whole
                 raise stopped(last_path, f"the end of epoch {epoch + 1}/{cfg.epochs}")
+    sparse = None
     if regularizer is not None:
         from tp_vgg.pruning import sparsity
 
-        sparsity.finish(regularizer, out_dir if writes else None,
-                        log if dist.is_main else (lambda s: None))
+        sparse = sparsity.finish(regularizer, out_dir if writes else None,
+                                 log if dist.is_main else (lambda s: None))
     dist.barrier()
     return FitResult(epochs=cfg.epochs, best_top1=best, final=final, records=records,
-                     model=raw, out_dir=out_dir)
+                     model=raw, out_dir=out_dir, sparsity=sparse)
 
 
 def _read_records(out_dir: Optional[str]) -> List[Dict[str, Any]]:
