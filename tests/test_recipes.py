@@ -42,6 +42,9 @@ def test_a_recipe_learns_sparse_then_prunes_globally(run_cli, tmp_path, name, wh
     # global ranking: the layers lose different shares (a uniform cut would not)
     shares = {round(kept[k] / before[k], 2) for k in kept if k not in rep["output_layers"]}
     assert len(shares) > 1
+    r = run_cli("report", out)
+    assert r.code == 0, r.err
+    assert f"## Recipe {name}" in (out / "report.md").read_text()
 
 
 def test_sparse_learning_moves_the_weights_the_recipe_regularizes(tmp_path):

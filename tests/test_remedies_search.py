@@ -67,6 +67,8 @@ ELSEWHERE = {
 }
 
 NOT_SUGGESTIONS = {
+    "epoch(s) of sparse learning with --sparsity ": "report.md's account of what a recipe ran, "
+    "not a fix",
     "not compared with the uniform plan: no --data to score them on": "report.json's record "
     "of why the latency guard did not run; tests/test_search.py checks it is written",
     "DepGraph: sparse learning with --sparsity group-norm": "a recipe's help text: what "

@@ -275,6 +275,10 @@ def test_target_latency_keeps_the_better_scoring_of_its_plan_and_uniform(monkeyp
         assert any("latency guard" in n for n in t["notes"])
     replayed = pruning.out_channels(tp_vgg.load(str(tmp_path / "out" / "pruned.pt")))
     assert replayed == kept
+    from tp_vgg.report.markdown import write_report
+    write_report(str(tmp_path / "out"))
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Latency guard" in md and f"| {favour} | 90.00% |" in md
 
 
 def test_target_latency_without_data_says_it_was_not_compared(monkeypatch, tmp_path):

@@ -261,6 +261,24 @@ def _method_sections(rep: Dict[str, Any]) -> str:
         items = "\n".join(f"- {k}: {_scalar(v)}" for k, v in target.items()
                           if not isinstance(v, (dict, list)))
         parts.append("## Target\n\n" + items + "\n")
+    guard = rep.get("latency_guard")
+    if isinstance(guard, dict) and isinstance(guard.get("plans"), dict):
+        rows = [[name, _pct(p.get("score")), _scalar(p.get("measured_ms")),
+                 human(p["macs"]) if isinstance(p.get("macs"), int) else "",
+                 "kept" if name == guard.get("kept") else ""]
+                for name, p in guard["plans"].items() if isinstance(p, dict)]
+        parts.append(f"## Latency guard\n\n{guard.get('rule', '')}. Score: "
+                     f"{guard.get('score', '')}.\n\n"
+                     + _md_table(["plan", "held-out score", "measured ms", "MACs", ""], rows)
+                     + "\n")
+    elif isinstance(guard, dict):
+        parts.append(f"## Latency guard\n\n{guard.get('rule', '')}.\n")
+    sparse = rep.get("sparse_learning")
+    if isinstance(sparse, dict):
+        parts.append(f"## Recipe {sparse.get('recipe')}\n\n{sparse.get('epochs')} epoch(s) of "
+                     f"sparse learning with --sparsity {sparse.get('sparsity')} (reg "
+                     f"{_scalar(sparse.get('reg'))}), top-1 after it {_pct(sparse.get('top1'))}; "
+                     f"then --importance {sparse.get('importance')} --global.\n")
     sched = rep.get("schedule")
     if isinstance(sched, dict) and isinstance(sched.get("steps"), list) and sched["steps"]:
         steps = [s for s in sched["steps"] if isinstance(s, dict)]
