@@ -10,6 +10,7 @@ from methods_util import QUIET, TINY, assert_one_line_error, read_report, user_m
 
 import tp_vgg
 from tp_vgg.pruning import graph as pruning
+from tp_vgg.job import UnstructuredConfig
 from tp_vgg.pruning import recipes
 
 DATA = ["--data", "fake", "--data-kwargs", '{"train_size": 192, "test_size": 48}']
@@ -79,6 +80,7 @@ def test_sparse_learning_moves_the_weights_the_recipe_regularizes(tmp_path):
     (["--sparse-epochs", "3"], "--sparse-epochs applies to a recipe: add --recipe NAME"),
     (["--recipe", "depgraph", "--sparse-epochs", "0", *DATA], "--sparse-epochs"),
     (["--recipe", "bogus", *DATA], "--recipe"),
+    (["--recipe", "depgraph", "--search", "3", *DATA], "it does not apply to --search"),
 ])
 def test_bad_recipe_flags_are_one_line_errors(run_cli, tmp_path, flags, message):
     out = tmp_path / "out"
@@ -91,3 +93,22 @@ def test_slimming_on_a_model_without_bn_names_the_recipe_that_works(run_cli, tmp
     r = run_cli("prune", *user_model(tmp_path, bn=False), "--recipe", "slimming",
                 "--target-speedup", "2", *DATA, *QUIET, "--out", out)
     assert_one_line_error(r, "no affine BatchNorm layer; use --recipe depgraph", out)
+
+
+def test_a_recipe_does_not_apply_to_latency_unstructured_or_sweep(run_cli, tmp_path):
+    out = tmp_path / "out"
+    r = run_cli("prune", *TINY, "--target-latency", "1", "--recipe", "slimming", *DATA, *QUIET,
+                "--out", out)
+    assert_one_line_error(r, "it does not apply to --target-latency", out)
+    r = run_cli("prune", *TINY, "--unstructured", "--ratio", "0.5", "--recipe", "depgraph",
+                *DATA, *QUIET, "--out", out)
+    assert_one_line_error(r, "it does not apply to --unstructured", out)
+    r = run_cli("sweep", *TINY, "--ratios", "0.3,0.5", "--recipe", "depgraph", *DATA,
+                "--finetune-epochs", "1", *QUIET, "--out", out)
+    assert_one_line_error(r, "--recipe is not a sweep option", out)
+    job = tp_vgg.PruneJob(tp_vgg.ModelSource(spec=tp_vgg.ModelSpec("cifar_vgg11_bn", width=0.125)),
+                          tp_vgg.PruneConfig(ratio=0.5),
+                          unstructured=UnstructuredConfig(),
+                          sparse=recipes.SparseLearning("depgraph"))
+    with pytest.raises(tp_vgg.UserError, match="PruneJob.sparse needs PruneJob.unstructured None"):
+        job.validate()

@@ -235,7 +235,7 @@ def _latency_job(target_ms, tmp):
     spec = tp_vgg.ModelSpec("cifar_vgg11_bn", width=0.125)
     data = DC("fake", kwargs={"train_size": 400, "test_size": 64})
     return tp_vgg.PruneJob(
-        tp_vgg.ModelSource(spec=spec), tp_vgg.PruneConfig(),
+        tp_vgg.ModelSource(spec=spec), tp_vgg.PruneConfig(round_to=1),  # not the table's block
         target=Target(latency=LatencyBudget(ms=target_ms, batch_size=2, threads=1,
                                             cache_dir=str(tmp), table_min_ms=0.05)),
         finetune=FinetuneConfig(data, finetuning(device="cpu", progress="none", batch_size=48),
@@ -271,8 +271,11 @@ def test_target_latency_keeps_the_better_scoring_of_its_plan_and_uniform(monkeyp
     assert all(kept[n] == after for n, (_, after) in t["channels"].items())
     assert t["measured_ms"] == pytest.approx(_mac_ms(res.model, spec, None), rel=1e-6)
     assert t["reached"]
+    assert t["kept"] == favour
     if favour == "uniform":
-        assert any("latency guard" in n for n in t["notes"])
+        assert any("latency guard: the uniform plan scored" in n for n in t["notes"])
+        assert t["prediction_error"] is None and t["latency_aware_predicted_ms"] > 0
+        assert "predicted_ms" not in t
     replayed = pruning.out_channels(tp_vgg.load(str(tmp_path / "out" / "pruned.pt")))
     assert replayed == kept
     from tp_vgg.report.markdown import write_report

@@ -192,6 +192,9 @@ class PruneJob:
             if self.search is not None:
                 raise UserError("--search chooses channel widths; it does not apply to "
                                 "--unstructured")
+            if self.sparse is not None:
+                raise UserError("--recipe prunes channels; it does not apply to --unstructured "
+                                "(PruneJob.sparse needs PruneJob.unstructured None)")
             if self.unstructured.lottery_rounds and not (self.finetune and self.finetune.epochs):
                 raise UserError("--lottery-rounds needs --finetune-epochs N (training epochs per "
                                 "round) and --data (PruneJob.finetune.epochs)")
@@ -422,6 +425,8 @@ def guard_latency(job: PruneJob, prep: Prepared, model: nn.Module, spec,
         return cfg, {"kept": search.LATENCY_AWARE,
                      "rule": "not compared with the uniform plan: no --data to score them on"}
     kept = {n: after for n, (_, after) in plan.channels.items()}
+    if plan.round_to and plan.round_to > 1:  # uniform in the same fast-width steps
+        base_cfg = dataclasses.replace(base_cfg, round_to=plan.round_to)
     chosen, rep = search.guard_latency_plan(
         model, spec, base_cfg, job.latency_budget, kept, prep.data, prep.preprocessing,
         prep.train_cfg, device=prep.train_cfg.device, gradients=grads,
@@ -438,12 +443,15 @@ def guard_latency(job: PruneJob, prep: Prepared, model: nn.Module, spec,
     space_sizes = {n: before for n, (before, _) in plan.channels.items()}
     for n, k in rep["widths"].items():
         plan.channels[n] = [space_sizes[n], k]
+    plan.kept = rep["kept"]
     plan.measured_ms = mine["measured_ms"]
     plan.reached = mine["measured_ms"] <= plan.target_ms
-    plan.notes.append(f"latency guard: the uniform plan scored {mine['score']:.4f} on the held-out "
-                      f"slice against the latency-aware plan's {theirs['score']:.4f}, so the "
-                      "uniform plan is kept (predicted_ms and rounds describe the "
-                      "latency-aware plan)")
+    why = (f"scored {mine['score']:.4f} on the held-out slice against the latency-aware plan's "
+           f"{theirs['score']:.4f}" if mine["score"] >= theirs["score"] else
+           f"measured within the budget and the latency-aware plan did not "
+           f"({theirs.get('measured_ms')} ms)")
+    plan.notes.append(f"latency guard: the uniform plan {why}, so the uniform plan is kept "
+                      "(predicted_ms and rounds describe the latency-aware plan)")
     return chosen, rep
 
 
@@ -690,6 +698,7 @@ def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print,
               if job.sparse is not None else None)
     if sparse is not None:
         prep.top1_sparse = sparse["top1"]
+        model.to("cpu", memory_format=torch.contiguous_format).eval()
     grads = gradients(job, prep)
     original = copy.deepcopy(model) if job.latency is not None else None
     before = counting.count(model, spec)

@@ -90,7 +90,7 @@ def register(sub, common) -> None:
                    help="evaluate on a seeded sample of N test images (default all)")
     g.add_argument("--batch-size", type=positive_int, default=256, metavar="N")
     g.add_argument("--taylor-batches", type=positive_int, metavar="N",
-                   help=f"--importance taylor: training batches for the gradients "
+                   help=f"--importance taylor or taylor-raw: training batches for the gradients "
                         f"(default {DEFAULT_TAYLOR_BATCHES})")
     g.add_argument("--output-layer", metavar="NAME",
                    help="the layer producing the logits, when the graph cannot tell")
@@ -138,7 +138,7 @@ def add_prune_method_args(p: argparse.ArgumentParser) -> None:
                    help="epochs of fine-tuning on --data after each step but the last "
                         "(--finetune-epochs N fine-tunes after the last)")
     g.add_argument("--taylor-batches", type=positive_int, metavar="N",
-                   help=f"--importance taylor: training batches of --data run forward and "
+                   help=f"--importance taylor or taylor-raw: training batches of --data run forward and "
                         f"backward for the gradients (default {DEFAULT_TAYLOR_BATCHES})")
     u = p.add_argument_group("unstructured pruning")
     u.add_argument("--unstructured", action="store_true",
@@ -178,7 +178,7 @@ def check_prune_args(args: argparse.Namespace, ratio: Optional[float] = None) ->
             if _given(args, name):
                 raise UserError(f"{_flag(name)} applies to structured (channel) pruning, not "
                                 "--unstructured, which zeroes single weights by magnitude")
-        if getattr(args, "importance", "l1") != "l1":
+        if getattr(args, "importance", None) not in (None, "l1"):
             raise UserError(f"--importance {args.importance} ranks channels; --unstructured ranks "
                             "single weights by magnitude (leave --importance out)")
         if ratio is None:

@@ -102,6 +102,11 @@ def sparse_learning(args: argparse.Namespace) -> Optional[recipes.SparseLearning
         args.importance = args.importance or "l1"
         return None
     r = recipes.RECIPES.get(name)
+    clash = next((f for f in ("unstructured", "search", "target_latency")
+                  if getattr(args, f, None) not in (None, False)), None)
+    if clash:
+        raise UserError(f"--recipe {name} ends in global channel pruning under a MAC budget or "
+                        f"--ratio; it does not apply to --{clash.replace('_', '-')}")
     if args.importance not in (None, r.importance):
         raise UserError(f"--recipe {name} prunes with --importance {r.importance}; leave out "
                         f"--importance {args.importance}")

@@ -80,6 +80,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for dest, flag in NOT_FOR_SWEEP.items():
         if getattr(args, dest, None) is not None:
             raise UserError(f"{flag} is not a sweep option; give --ratios R1,R2,...")
+    if getattr(args, "recipe", None):
+        raise UserError("--recipe is not a sweep option: every ratio would repeat the same "
+                        "sparse learning (tp-vgg prune --recipe NAME prunes one budget)")
     ratios = parse_ratios(args.ratios)
     check_out_dir(args.out)
     if getattr(args, "data", None) and not getattr(args, "finetune_epochs", None):

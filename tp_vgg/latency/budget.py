@@ -315,16 +315,25 @@ class LatencyPlan:
     rounds: List[Dict[str, float]] = field(default_factory=list)
     table: Dict[str, Any] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
+    # "latency-aware" (this search's plan), or "uniform" where the guard kept the uniform plan:
+    # then measured_ms and channels are uniform's, predicted_ms and rounds the latency-aware plan's
+    kept: str = "latency-aware"
 
     @property
-    def prediction_error(self) -> float:
-        """(predicted - measured) / measured of the final model."""
+    def prediction_error(self) -> Optional[float]:
+        """(predicted - measured) / measured of the final model (None: the guard kept another
+        plan than the one predicted)."""
+        if self.kept != "latency-aware":
+            return None
         return (self.predicted_ms - self.measured_ms) / self.measured_ms
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
+        err = self.prediction_error
+        if self.kept != "latency-aware":
+            d["latency_aware_predicted_ms"] = d.pop("predicted_ms")
         d.update(latency_ms=self.target_ms, method=METHOD,
-                 prediction_error=round(self.prediction_error, 4),
+                 prediction_error=None if err is None else round(err, 4),
                  speedup=self.original_ms / self.measured_ms,
                  units="milliseconds per forward pass of a batch of batch_size, median")
         return d
@@ -333,10 +342,12 @@ class LatencyPlan:
 def describe(plan: LatencyPlan) -> str:
     """The terminal line: what was asked, predicted and measured."""
     state = "reached" if plan.reached else "NOT reached"
+    err = plan.prediction_error
+    predicted = (f"predicted {plan.predicted_ms:.2f} ms (error {100 * err:+.1f}%)"
+                 if err is not None else f"the {plan.kept} plan, kept by the latency guard")
     return (f"target {plan.target_ms:g} ms ({plan.runtime} {plan.runtime_version} on "
             f"{plan.device}, {plan.threads} threads, batch {plan.batch_size}): {state}, measured "
-            f"{plan.measured_ms:.2f} ms, predicted {plan.predicted_ms:.2f} ms (error "
-            f"{100 * plan.prediction_error:+.1f}%); original {plan.original_ms:.2f} ms, "
+            f"{plan.measured_ms:.2f} ms, {predicted}; original {plan.original_ms:.2f} ms, "
             f"{plan.original_ms / plan.measured_ms:.2f}x faster; {len(plan.rounds)} round(s), "
             f"no layer above {plan.max_layer_ratio:g}")
 
