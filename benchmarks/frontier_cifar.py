@@ -79,6 +79,10 @@ def main() -> int:
     ap.add_argument("--correlation", type=int, default=0)
     ap.add_argument("--sparse-epochs", type=int, default=10, help="the recipes' sparse learning")
     ap.add_argument("--latency-importance", default="taylor-raw")
+    ap.add_argument("--time-only", action="store_true",
+                    help="no runs: time every finished seed-0 row again (a quiet machine) and "
+                         "rewrite the table and plot")
+    ap.add_argument("--repeats", type=int, default=15, help="timing repeats per model")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="runs/frontier")
     ap.add_argument("--train-images", type=int, default=None, help="smoke runs: a sample")
@@ -135,7 +139,7 @@ def main() -> int:
                             "macs": base_counts.macs, "params": base_counts.params,
                             "base": base_path, "base_epochs": ck.meta.get("epoch")}
     ft = finetuning(epochs=a.epochs, device="cpu", progress="none")
-    done["setup"] = {
+    done["setup" if not a.time_only else "timing_setup"] = {
         "data": dataclasses.asdict(data_cfg), "train_images": len(data.train_labels),
         "test_images": len(data.test_labels), "finetune": ft.resolved().to_dict(),
         "bn_batches": BN_BATCHES, "search": {"candidates": a.search, "finalists": a.finalists,
@@ -149,7 +153,7 @@ def main() -> int:
     models = {}
     ctx = Context(a, ck, spec, data, pre, ft, log)
 
-    for speedup in [float(s) for s in a.speedups.split(",")]:
+    for speedup in [] if a.time_only else [float(s) for s in a.speedups.split(",")]:
         for seed in [int(s) for s in a.seeds.split(",")]:
             for row in a.rows.split(","):
                 key = (speedup, row, seed)
@@ -197,17 +201,22 @@ def main() -> int:
                 runs.append(rec)
                 write_json(out_json, done)
 
-    # measured latency, interleaved per budget (the seed-0 models)
+    # measured latency, interleaved per budget: every finished seed-0 row of the budget, rebuilt
+    # from its recorded widths (timing does not depend on the weights)
     lat = done.setdefault("latency", {})
     mcfg = timing.LatencyConfig(batch_sizes=(64,), device="cpu", channels_last=True,
-                                fuse_bn=True, threads=1, warmup=3, repeats=15)
-    for speedup in [float(s) for s in a.speedups.split(",")]:
-        group = {row: m for (s, row, seed), m in models.items() if s == speedup and seed == 0}
+                                fuse_bn=True, threads=1, warmup=3, repeats=a.repeats)
+    for speedup in sorted({r["speedup"] for r in runs}, reverse=True):
+        group = {r["row"]: architecture(ck, spec, r["widths"]) for r in runs
+                 if r["speedup"] == speedup and r["seed"] == 0}
         if len(group) < 2:
             continue
         group["unpruned"] = ck.build()
         res = timing.measure(group, spec, mcfg)[64]
         lat[f"{speedup:g}"] = {row: r.median_ms for row, r in res.items()}
+        done["latency_setup"] = {"batch": 64, "threads": 1, "repeats": a.repeats,
+                                 "date": time.strftime("%Y-%m-%d %H:%M"),
+                                 "load_before": os.getloadavg()[0]}
     write_json(out_json, done)
     write_text(os.path.join(RESULTS, f"frontier_cifar{a.tag}.md"), table(done))
     plot(done, os.path.join(RESULTS, f"frontier_cifar{a.tag}.png"))
@@ -354,6 +363,19 @@ def row_latency(ctx, speedup, seed, rec, prior):
     rec["latency_plan"] = {"measured_ms": plan.measured_ms, "predicted_ms": plan.predicted_ms,
                            "rounds": plan.rounds}
     return model, chosen, grads
+
+
+def architecture(ck, spec, kept: dict):
+    """The base model pruned to ``kept`` channels per layer (the weights are the base's)."""
+    from tp_vgg.pruning import graph as pruning
+    from tp_vgg.search import widths
+
+    model = ck.build()
+    space, _ = widths.mac_budget(model, spec, pruning.PruneConfig(ratio=0.5), None)
+    pruning.prune(model, spec, space.config(pruning.PruneConfig(), {r: kept[r]
+                                                                   for r in space.roots}))
+    assert all(pruning.out_channels(model)[n] == k for n, k in kept.items()), kept
+    return model
 
 
 def count_macs(ctx, model) -> int:
