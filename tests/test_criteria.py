@@ -189,3 +189,17 @@ def test_cli_criteria_that_cannot_apply_exit_2(run_cli, tmp_path):
     r = run_cli("prune", "--model", "cifar_vgg11_bn", "--width", "0.125", "--ratio", "0.5",
                 "--taylor-batches", "3", "--out", out)
     assert_one_line_error(r, "--taylor-batches applies to --importance taylor or taylor-raw", out)
+
+
+def test_global_without_importance_ranks_by_the_measured_default(run_cli, tmp_path):
+    """--global alone ranks by the cross-layer criterion the frontier measured best; a named
+    --importance is kept; uniform pruning stays l1."""
+    from tp_vgg.pruning.criteria import DEFAULT_GLOBAL_IMPORTANCE
+
+    for flags, want in ((["--global"], DEFAULT_GLOBAL_IMPORTANCE),
+                        (["--global", "--importance", "l1"], "l1"), ([], "l1")):
+        out = tmp_path / "_".join(flags or ["uniform"])
+        r = run_cli("prune", "--model", "cifar_vgg11_bn", "--width", "0.125", "--ratio", "0.4",
+                    *flags, "--out", out)
+        assert r.code == 0, r.err
+        assert read_report(out)["config"]["importance"] == want

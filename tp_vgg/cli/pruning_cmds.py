@@ -18,7 +18,7 @@ from tp_vgg.models import counting
 from tp_vgg.models.zoo import TIMM_INSTALL, TIMM_VGGS, list_models, timm_installed
 from tp_vgg.pruning import graph as pruning
 from tp_vgg.pruning import recipes
-from tp_vgg.pruning.criteria import IMPORTANCES
+from tp_vgg.pruning.criteria import IMPORTANCES, default_importance
 from tp_vgg.report import summary as report_json
 from tp_vgg.train import distributed
 
@@ -64,7 +64,8 @@ def add_prune_args(p: argparse.ArgumentParser) -> None:
                    help="fraction of channels removed from every prunable layer, in [0, 1) "
                         "(or give --target-speedup / --target-macs)")
     g.add_argument("--importance", choices=IMPORTANCES.names(),
-                   help="channel ranking criterion (default l1; --recipe sets its own)")
+                   help="channel ranking criterion (default l1; with --global group-norm; "
+                        "--recipe sets its own)")
     g.add_argument("--global", dest="global_pruning", action="store_true",
                    help="rank channels across layers instead of per layer")
     g.add_argument("--max-layer-ratio", type=ratio, metavar="R",
@@ -91,7 +92,9 @@ def add_prune_args(p: argparse.ArgumentParser) -> None:
 
 def sparse_learning(args: argparse.Namespace) -> Optional[recipes.SparseLearning]:
     """--recipe NAME: its sparse-learning stage; the flags it sets (--importance, --global,
-    --max-layer-ratio unless given) are filled into ``args``. --importance defaults to l1."""
+    --max-layer-ratio unless given) are filled into ``args``. Without one, --importance defaults
+    to l1, and with --global to the cross-layer ranking measured best
+    (:func:`tp_vgg.pruning.criteria.default_importance`)."""
     name = getattr(args, "recipe", None)
     if name is None:
         extra = next((f for f in ("sparse_epochs", "sparse_reg") if getattr(args, f, None)
@@ -99,7 +102,9 @@ def sparse_learning(args: argparse.Namespace) -> Optional[recipes.SparseLearning
         if extra:
             raise UserError(f"--{extra.replace('_', '-')} applies to a recipe: add --recipe "
                             f"NAME ({', '.join(recipes.RECIPES.names())}) with --data D")
-        args.importance = args.importance or "l1"
+        if args.importance is None:  # unstructured pruning ranks weights by magnitude alone
+            args.importance = default_importance(bool(args.global_pruning)
+                                                 and not getattr(args, "unstructured", False))
         return None
     r = recipes.RECIPES.get(name)
     clash = next((f for f in ("unstructured", "search", "target_latency")
