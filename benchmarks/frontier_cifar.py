@@ -307,6 +307,7 @@ def _recipe(name):
     def row(ctx, speedup, seed, rec, prior):
         from tp_vgg.job import sparse_learning
         from tp_vgg.pruning import recipes
+        from tp_vgg.pruning.graph import PruneConfig
         from tp_vgg.train import loop as train
 
         stage = recipes.SparseLearning(name, epochs=ctx.a.sparse_epochs)
@@ -321,7 +322,7 @@ def _recipe(name):
         else:  # the sparse-learned weights of the finished run
             path = os.path.join(ctx.a.work, f"{name}_s{seed}.pt")
             model.load_state_dict(torch.load(path, weights_only=True))
-        cfg = stage.prune_config(__import__("tp_vgg").PruneConfig(seed=seed), False)
+        cfg = stage.prune_config(PruneConfig(seed=seed), False)
         return (*_solved(ctx, speedup, seed, None, model, importance=cfg.importance,
                          global_pruning=True, max_layer_ratio=cfg.max_layer_ratio), None)
     row.__doc__ = f"--recipe {name} --sparse-epochs E"
