@@ -78,7 +78,6 @@ def main() -> int:
     ap.add_argument("--heldout", type=int, default=5000)
     ap.add_argument("--correlation", type=int, default=0)
     ap.add_argument("--sparse-epochs", type=int, default=10, help="the recipes' sparse learning")
-    ap.add_argument("--latency-importance", default="taylor-raw")
     ap.add_argument("--time-only", action="store_true",
                     help="no runs: time every finished seed-0 row again (a quiet machine) and "
                          "rewrite the table and plot")
@@ -329,15 +328,22 @@ def _recipe(name):
     return row
 
 
-def row_latency(ctx, speedup, seed, rec, prior):
-    """--target-latency at the measured latency of uniform --ratio 0.5, ranked by
-    --latency-importance, with the guard against uniform."""
+def _latency(imp):
+    def row(ctx, speedup, seed, rec, prior):
+        return row_latency(ctx, speedup, seed, rec, prior, imp)
+    row.__doc__ = (f"--target-latency at the measured latency of uniform --ratio 0.5, --importance "
+                   f"{imp}, with the guard against uniform")
+    return row
+
+
+def row_latency(ctx, speedup, seed, rec, prior, imp):
+    """--target-latency at the measured latency of uniform --ratio 0.5 (the median of 3
+    measurements), ranked by ``imp``, with the guard against uniform."""
     from tp_vgg.latency import budget as lt
     from tp_vgg.pruning import graph as pruning
     from tp_vgg.search import widths
 
     a = ctx.a
-    imp = a.latency_importance
     grads = _gradients(ctx, seed) if needs_gradients(imp) else None
     lb = lt.LatencyBudget(ms=1.0, batch_size=64, threads=1, channels_last=True, fuse_bn=True)
     mcfg = lb.config(ctx.spec, "cpu")
@@ -395,7 +401,7 @@ def needs_gradients(importance):
 ROWS = {"uniform": row_uniform, "fpgm": row_fpgm, "search": row_search, "scratch": row_scratch,
         "global-taylor-raw": _global("taylor-raw"), "global-group-norm": _global("group-norm"),
         "depgraph": _recipe("depgraph"), "slimming": _recipe("slimming"),
-        "target-latency": row_latency}
+        **{f"target-latency-{imp}": _latency(imp) for imp in ("l1", "group-norm", "taylor-raw")}}
 
 
 def correlation(s, srep, k: int, widths) -> dict:

@@ -294,3 +294,35 @@ def test_target_latency_without_data_says_it_was_not_compared(monkeypatch, tmp_p
     res = tp_vgg.run(job, None, log=lambda s: None)
     assert res.report["latency_guard"]["kept"] == "latency-aware"
     assert "no --data" in res.report["latency_guard"]["rule"]
+
+
+def test_target_latency_guard_takes_the_median_of_its_measurements(monkeypatch, tmp_path):
+    """One measurement in three is 100 times too slow (a machine that is busy now and then): the
+    guard's bisection and its final measurements are medians of three, so its uniform plan and
+    the measured ms it reports are those of a quiet machine."""
+    from tp_vgg.latency import budget as lt
+
+    spec = tp_vgg.ModelSpec("cifar_vgg11_bn", width=0.125).resolved()
+    full = _mac_ms(tp_vgg.build_model(spec), spec, None)
+    monkeypatch.setattr(widths.Search, "_heldout_top1", lambda self, m: 0.5)
+    monkeypatch.setattr(lt, "measured_ms", _mac_ms)
+    quiet = tp_vgg.run(_latency_job(0.8 * full, tmp_path / "q"), None,
+                       log=lambda s: None).report["latency_guard"]["plans"]["uniform"]
+    calls, guard = [], widths.guard_latency_plan
+
+    def busy(model, spec, cfg):  # the latency-aware solve before the guard measures quietly
+        calls.append(1)
+        return _mac_ms(model, spec, cfg) * (100 if calls[0] is None and len(calls) % 3 == 0
+                                            else 1)
+
+    def guarded(*a, **k):
+        calls[:] = [None]
+        return guard(*a, **k)
+
+    monkeypatch.setattr(lt, "measured_ms", busy)
+    monkeypatch.setattr(widths, "guard_latency_plan", guarded)
+    g = tp_vgg.run(_latency_job(0.8 * full, tmp_path / "b"), None,
+                   log=lambda s: None).report["latency_guard"]
+    assert g["plans"]["uniform"]["widths"] == quiet["widths"]
+    assert g["plans"]["uniform"]["measured_ms"] == pytest.approx(quiet["measured_ms"])
+    assert "median of 3" in g["rule"] and len(calls) > 3 * widths.GUARD_BISECTIONS

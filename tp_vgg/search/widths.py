@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -276,9 +277,9 @@ class Search:
         self.seen = set()
         self.rejected = 0
         # named plans scored after uniform whatever their cost (the latency guard's plan), and
-        # the one kept when no finalist measures within a latency budget
+        # the one kept when no finalist measures within a latency budget (None: the fastest)
         self.extra: Dict[str, Dict[str, int]] = {}
-        self.fallback = 0
+        self.fallback: Optional[int] = 0
 
     # -- one candidate ---------------------------------------------------------------------
     def _prune(self, kept: Dict[str, int]) -> nn.Module:
@@ -444,7 +445,8 @@ class Search:
         key = "finetuned" if all("finetuned" in f for f in finals) else "score"
         allowed = ([f for f in finals if f.get("measured_ms") is None
                     or f["measured_ms"] <= self.budget.goal]
-                   or [f for f in finals if f["id"] == self.fallback] or finals[:1])
+                   or [f for f in finals if f["id"] == self.fallback]
+                   or [min(finals, key=lambda f: f.get("measured_ms") or 0.0)])
         best = max(allowed, key=lambda f: (f[key], -f["id"]))
         by_id = {s.id: s for s in self.rows}
         winner = by_id[best["id"]]
@@ -490,8 +492,9 @@ def guard_latency_plan(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConf
     """``--target-latency``'s plan (``kept``) against the uniform plan measured within the same
     budget (the smallest uniform ratio that does, by bisection on measurements): both pruned on a
     copy, scored by the search's adaptive-BN held-out top-1 and measured again; the
-    better-scoring one measured within the budget is kept (the latency-aware plan, measured
-    within it when it was found, where neither measures within it now). Returns the kept plan's
+    better-scoring one measured within the budget is kept (the faster one, where neither
+    measures within it now). Every measurement here is the median of
+    :data:`GUARD_MEASUREMENTS`, each itself a median over repeats. Returns the kept plan's
     ``PruneConfig`` and report.json's ``"latency_guard"`` block (with the kept widths)."""
     from tp_vgg.latency import budget as lt
     from tp_vgg.pruning.targets import DEFAULT_MAX_LAYER_RATIO
@@ -509,8 +512,11 @@ def guard_latency_plan(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConf
         if key not in timed:
             m = copy.deepcopy(model)
             pruning.prune(m, spec, space.config(cfg, widths), gradients=gradients)
-            timed[key] = lt.measured_ms(m, spec, mcfg)
+            timed[key] = measure(m)
         return timed[key]
+
+    def measure(m: nn.Module) -> float:
+        return statistics.median(lt.measured_ms(m, spec, mcfg) for _ in range(GUARD_MEASUREMENTS))
 
     def uniform_at(ratio: float) -> Dict[str, int]:
         lost = ranked.plan(ratio)
@@ -525,7 +531,7 @@ def guard_latency_plan(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConf
             lo = mid
     uniform = uniform_at(hi)
     budget = Budget("ms", float(lb.ms), ms, uniform, ms(uniform),
-                    measure=lambda m: lt.measured_ms(m, spec, mcfg),
+                    measure=measure,
                     describe=f"{lb.ms:g} ms (measured: {mcfg.runtime} on {mcfg.device}, batch "
                              f"{mcfg.batch_sizes[0]})")
     total = len(data.train_labels)
@@ -534,14 +540,15 @@ def guard_latency_plan(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConf
     s = Search(model, spec, cfg, space, budget, scfg, data, preprocessing, train_cfg,
                device=device, log=lambda line: None, dist=dist, gradients=gradients)
     s.extra = {LATENCY_AWARE: {r: kept[r] for r in space.roots}}
-    s.fallback = 1
+    s.fallback = None
     chosen, rep = s.run()
     by_origin = {r["origin"]: r for r in rep["rows"]}
     measured = {f["id"]: f.get("measured_ms") for f in rep["finalists"]}
     out = {"kept": rep["chosen_origin"], "widths": dict(rep["chosen_widths"]),
            "rule": "the better held-out score of the two plans, among those measured within "
-                   "the budget; uniform: the smallest uniform --ratio measured within it "
-                   f"(bisection: ratio {hi:.3f})",
+                   "the budget (the faster where neither is); uniform: the smallest uniform "
+                   f"--ratio measured within it (bisection: ratio {hi:.3f}; each measurement "
+                   f"the median of {GUARD_MEASUREMENTS})",
            "score": rep["score"], "heldout_images": rep["heldout_images"],
            "budget_ms": budget.goal,
            "plans": {o: {"widths": r["widths"], "macs": r["macs"], "score": r["score"],
@@ -549,7 +556,8 @@ def guard_latency_plan(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConf
     return chosen, out
 
 
-GUARD_BISECTIONS = 6  # measurements that find the uniform ratio within the latency budget
+GUARD_BISECTIONS = 6  # steps that find the uniform ratio within the latency budget
+GUARD_MEASUREMENTS = 3  # each step's ms: the median of this many measurements (each a median)
 
 
 LATENCY_AWARE = "latency-aware"
