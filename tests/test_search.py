@@ -326,3 +326,40 @@ def test_target_latency_guard_takes_the_median_of_its_measurements(monkeypatch, 
     assert g["plans"]["uniform"]["widths"] == quiet["widths"]
     assert g["plans"]["uniform"]["measured_ms"] == pytest.approx(quiet["measured_ms"])
     assert "median of 3" in g["rule"] and len(calls) > 3 * widths.GUARD_BISECTIONS
+
+
+def test_latency_search_is_anchored_to_a_uniform_plan_measured_within_the_budget(monkeypatch,
+                                                                                  tmp_path):
+    """Where the latency table under-predicts the model (here: by 2.5 times), its widest
+    uniform plan within the budget measures over it; candidate 0 is then the smallest uniform
+    ratio measured within the budget, the candidates are predicted against it, and the model
+    handed back measures within the budget (not, as before, a plan predicted within it)."""
+    from tp_vgg.latency import budget as lt
+
+    monkeypatch.setattr(lt, "measured_ms", _mac_ms)
+    calibrate = lt.calibrate
+
+    def under(pred, *a, **k):
+        out = calibrate(pred, *a, **k)
+        pred.scale *= 0.4
+        pred.offset *= 0.4
+        return out
+
+    monkeypatch.setattr(lt, "calibrate", under)
+    spec = tp_vgg.ModelSpec("cifar_vgg11_bn", width=0.125).resolved()
+    goal = 0.6 * _mac_ms(tp_vgg.build_model(spec), spec, None)
+    job = _latency_job(goal, tmp_path)
+    job.search = widths.SearchConfig(candidates=6, finalists=2, finalist_epochs=0, bn_batches=2,
+                                     heldout=64, batch_size=32)
+    lines = []
+    res = tp_vgg.run(job, str(tmp_path / "out"), log=lines.append)
+    s = res.report["search"]
+    assert "anchored to uniform --ratio" in s["budget"]["describe"]
+    assert any("the latency table predicts uniform" in line for line in lines)
+    lo, hi = s["budget"]["window"]
+    assert hi <= s["budget"]["uniform"] * 1.01 + 1e-9 and hi < goal
+    assert all(lo <= r["predicted_ms"] <= hi for r in s["rows"][1:])
+    zero = next(f for f in s["finalists"] if f["id"] == 0)
+    assert zero["measured_ms"] <= goal
+    assert _mac_ms(res.model, spec, None) <= goal
+    assert not any("OVER the" in line for line in lines)

@@ -646,9 +646,15 @@ def save_outputs(out_dir: Optional[str], model: nn.Module, spec, history: List[l
 def _summary(job: PruneJob, plan, steps, after: Counts, result: pruning.PruneResult, log: Log,
              searched: Optional[Dict[str, Any]] = None) -> None:
     if searched is not None:
+        ms = next((f.get("measured_ms") for f in searched.get("finalists", [])
+                   if f["id"] == searched["chosen"]), None)
+        goal = searched["budget"]["goal"]
+        measured = ("" if ms is None else f"; measured {ms:.2f} ms" +
+                    (f", OVER the {goal:g} ms budget (no finalist measured within it)"
+                     if ms > goal else ""))
         log(f"width search: candidate {searched['chosen']} ({searched['chosen_origin']}) of "
-            f"{searched['scored']} within {searched['budget']['describe']}; uniform ranked "
-            f"{searched['uniform_rank']} by the held-out score")
+            f"{searched['scored']} within {searched['budget']['describe']}{measured}; uniform "
+            f"ranked {searched['uniform_rank']} by the held-out score")
     elif isinstance(plan, latency_target.LatencyPlan):
         log(latency_target.describe(plan))
     elif plan is not None:

@@ -505,31 +505,16 @@ def guard_latency_plan(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConf
     example = spec.example_input(device=next(model.parameters()).device)
     ranked = _Ranked(model, spec, cfg, example, max_ratio, gradients)
     space = Space(ranked, cfg.round_to, max_ratio)
-    timed: Dict[Tuple[int, ...], float] = {}
 
-    def ms(widths: Dict[str, int]) -> float:
-        key = tuple(widths[r] for r in space.roots)
-        if key not in timed:
-            m = copy.deepcopy(model)
-            pruning.prune(m, spec, space.config(cfg, widths), gradients=gradients)
-            timed[key] = measure(m)
-        return timed[key]
-
-    def measure(m: nn.Module) -> float:
-        return statistics.median(lt.measured_ms(m, spec, mcfg) for _ in range(GUARD_MEASUREMENTS))
+    measure = _median_measure(lambda m: lt.measured_ms(m, spec, mcfg))
+    ms = _widths_measure(model, spec, cfg, space, measure, gradients)
 
     def uniform_at(ratio: float) -> Dict[str, int]:
         lost = ranked.plan(ratio)
         return {r: space.sizes[r] - lost[r] for r in space.roots}
 
-    lo, hi = 0.0, max_ratio
-    for _ in range(GUARD_BISECTIONS if ms(uniform_at(hi)) <= lb.ms else 0):
-        mid = (lo + hi) / 2
-        if ms(uniform_at(mid)) <= lb.ms:
-            hi = mid
-        else:
-            lo = mid
-    uniform = uniform_at(hi)
+    found = measured_uniform(ms, uniform_at, lb.ms, 0.0, max_ratio)
+    hi, uniform = found if found is not None else (max_ratio, uniform_at(max_ratio))
     budget = Budget("ms", float(lb.ms), ms, uniform, ms(uniform),
                     measure=measure,
                     describe=f"{lb.ms:g} ms (measured: {mcfg.runtime} on {mcfg.device}, batch "
@@ -558,6 +543,44 @@ def guard_latency_plan(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConf
 
 GUARD_BISECTIONS = 6  # steps that find the uniform ratio within the latency budget
 GUARD_MEASUREMENTS = 3  # each step's ms: the median of this many measurements (each a median)
+
+
+def _median_measure(measure: Callable[[nn.Module], float]) -> Callable[[nn.Module], float]:
+    """``measure`` taken :data:`GUARD_MEASUREMENTS` times; the median (one busy moment of the
+    machine does not decide)."""
+    return lambda m: statistics.median(measure(m) for _ in range(GUARD_MEASUREMENTS))
+
+
+def _widths_measure(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, space: Space,
+                    measure: Callable[[nn.Module], float], gradients=None
+                    ) -> Callable[[Dict[str, int]], float]:
+    """The measured ms of ``model`` pruned on a copy to given widths (each widths once)."""
+    timed: Dict[Tuple[int, ...], float] = {}
+
+    def ms(widths: Dict[str, int]) -> float:
+        key = tuple(widths[r] for r in space.roots)
+        if key not in timed:
+            m = copy.deepcopy(model)
+            pruning.prune(m, spec, space.config(cfg, widths), gradients=gradients)
+            timed[key] = measure(m)
+        return timed[key]
+    return ms
+
+
+def measured_uniform(ms: Callable[[Dict[str, int]], float],
+                     uniform_at: Callable[[float], Dict[str, int]], goal: float, lo: float,
+                     hi: float) -> Optional[Tuple[float, Dict[str, int]]]:
+    """The smallest uniform ratio in [lo, hi] *measured* within ``goal`` ms (bisection in
+    :data:`GUARD_BISECTIONS` steps) and its widths; None where even ``hi`` measures over it."""
+    if ms(uniform_at(hi)) > goal:
+        return None
+    for _ in range(GUARD_BISECTIONS):
+        mid = (lo + hi) / 2
+        if ms(uniform_at(mid)) <= goal:
+            hi = mid
+        else:
+            lo = mid
+    return hi, uniform_at(hi)
 
 
 LATENCY_AWARE = "latency-aware"
@@ -611,22 +634,27 @@ def latency_budget(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, 
                    ) -> Tuple[Space, Budget]:
     """The space and a latency budget ``lb.ms`` predicted by the latency table (calibrated on
     the measured original and a uniform anchor, as ``--target-latency`` does); candidate 0 is
-    the widest uniform plan the table predicts within it."""
+    the widest uniform plan the table predicts within it, measured. Where that plan measures
+    over the budget (the table under-predicts this model), candidate 0 is instead the smallest
+    uniform ratio *measured* within it, and the window is anchored to its prediction: the
+    candidates are predicted as fast as a plan known to meet the budget. Measurements are
+    medians of :data:`GUARD_MEASUREMENTS`."""
     from tp_vgg.latency import budget as lt
     from tp_vgg.pruning.targets import DEFAULT_MAX_LAYER_RATIO
 
     mcfg = lb.config(spec, device)
     mcfg.validate()
-    measure = lambda m: lt.measured_ms(m, spec, mcfg)  # noqa: E731
+    one = lambda m: lt.measured_ms(m, spec, mcfg)  # noqa: E731
+    measure = _median_measure(one)
     max_ratio = cfg.max_layer_ratio if cfg.max_layer_ratio is not None else DEFAULT_MAX_LAYER_RATIO
     cfg = dataclasses.replace(cfg, ratio=0.0, max_layer_ratio=max_ratio, global_pruning=False)
-    original_ms = measure(model)
+    original_ms = one(model)
     if lb.ms >= original_ms:
         raise UserError(f"--target-latency {lb.ms:g} ms is not below the model's measured "
                         f"{original_ms:.2f} ms; accepted: less than {original_ms:.2f}")
     ranked, t, pred, block, learned = lt.build_predictor(model, spec, cfg, mcfg, gradients,
                                                          lb.cache_dir, lb.table_min_ms, log)
-    lt.calibrate(pred, ranked, model, spec, cfg, measure, original_ms, gradients)
+    lt.calibrate(pred, ranked, model, spec, cfg, one, original_ms, gradients)
     space = Space(ranked, cfg.round_to, max_ratio)
     lo, hi = 0.0, max_ratio
     uniform = lt.uniform_kept(pred, ranked, hi, cfg.round_to)
@@ -640,9 +668,32 @@ def latency_budget(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, 
             hi = mid
         else:
             lo = mid
-    uniform = space.kept(space.fractions(lt.uniform_kept(pred, ranked, hi, cfg.round_to)))
+    def uniform_at(ratio: float) -> Dict[str, int]:
+        return space.kept(space.fractions(lt.uniform_kept(pred, ranked, ratio, cfg.round_to)))
+
+    uniform = uniform_at(hi)
+    describe = (f"{lb.ms:g} ms ({mcfg.runtime} on {mcfg.device}, batch {mcfg.batch_sizes[0]}; "
+                "predicted by the latency table")
+    ms = _widths_measure(model, spec, cfg, space, measure, gradients)
+    table_ms = ms(uniform)
+    if table_ms > lb.ms:  # the table under-predicts: anchor to a uniform plan measured within
+        found = measured_uniform(ms, uniform_at, lb.ms, hi, max_ratio)
+        if found is None:
+            raise UserError(
+                f"--target-latency {lb.ms:g} ms cannot be reached while every layer keeps at "
+                f"least {1 - max_ratio:.0%} of its channels: uniform --ratio {max_ratio:g} is "
+                f"measured at {ms(uniform_at(max_ratio)):.2f} ms (original "
+                f"{original_ms:.2f} ms); raise --max-layer-ratio (now {max_ratio:g}) or the "
+                "target")
+        ratio, widest = found
+        log(f"search: the latency table predicts uniform --ratio {hi:.3f} at "
+            f"{pred.predict(uniform):.2f} ms, measured {table_ms:.2f} ms, over {lb.ms:g} ms; "
+            f"candidates are predicted against uniform --ratio {ratio:.3f}, measured "
+            f"{ms(widest):.2f} ms")
+        describe += (f", anchored to uniform --ratio {ratio:.3f} measured at {ms(widest):.2f} ms"
+                     f": the table predicted {pred.predict(uniform):.2f} ms for uniform --ratio "
+                     f"{hi:.3f}, measured {table_ms:.2f} ms")
+        uniform = widest
     return space, Budget("ms", float(lb.ms), pred.predict, uniform, pred.predict(uniform),
-                         measure=measure,
-                         describe=f"{lb.ms:g} ms ({mcfg.runtime} on {mcfg.device}, batch "
-                                  f"{mcfg.batch_sizes[0]}; predicted by the latency table)")
+                         measure=measure, describe=describe + ")")
 
