@@ -306,8 +306,9 @@ def test_target_latency_guard_takes_the_median_of_its_measurements(monkeypatch, 
     full = _mac_ms(tp_vgg.build_model(spec), spec, None)
     monkeypatch.setattr(widths.Search, "_heldout_top1", lambda self, m: 0.5)
     monkeypatch.setattr(lt, "measured_ms", _mac_ms)
-    quiet = tp_vgg.run(_latency_job(0.8 * full, tmp_path / "q"), None,
-                       log=lambda s: None).report["latency_guard"]["plans"]["uniform"]
+    quiet_guard = tp_vgg.run(_latency_job(0.8 * full, tmp_path / "q"), None,
+                             log=lambda s: None).report["latency_guard"]
+    quiet = quiet_guard["plans"]["uniform"]
     calls, guard = [], widths.guard_latency_plan
 
     def busy(model, spec, cfg):  # the latency-aware solve before the guard measures quietly
@@ -324,7 +325,9 @@ def test_target_latency_guard_takes_the_median_of_its_measurements(monkeypatch, 
     g = tp_vgg.run(_latency_job(0.8 * full, tmp_path / "b"), None,
                    log=lambda s: None).report["latency_guard"]
     assert g["plans"]["uniform"]["widths"] == quiet["widths"]
-    assert g["plans"]["uniform"]["measured_ms"] == pytest.approx(quiet["measured_ms"])
+    assert g["kept"] == quiet_guard["kept"]
+    for plan in g["plans"].values():  # both plans' final measurements: a quiet machine's
+        assert plan["measured_ms"] == pytest.approx(plan["macs"] / 1e5, rel=1e-3)
     assert "median of 3" in g["rule"] and len(calls) > 3 * widths.GUARD_BISECTIONS
 
 
@@ -358,8 +361,47 @@ def test_latency_search_is_anchored_to_a_uniform_plan_measured_within_the_budget
     assert any("the latency table predicts uniform" in line for line in lines)
     lo, hi = s["budget"]["window"]
     assert hi <= s["budget"]["uniform"] * 1.01 + 1e-9 and hi < goal
-    assert all(lo <= r["predicted_ms"] <= hi for r in s["rows"][1:])
+    assert all(lo - 1e-4 <= r["predicted_ms"] <= hi + 1e-4 for r in s["rows"][1:])
+    anchor = s["budget"]["anchor"]
+    assert anchor["table_measured_ms"] > goal >= anchor["measured_ms"]
+    assert anchor["ratio"] > anchor["table_ratio"]
+    assert anchor["predicted_ms"] == pytest.approx(s["budget"]["uniform"], rel=1e-3)
     zero = next(f for f in s["finalists"] if f["id"] == 0)
-    assert zero["measured_ms"] <= goal
+    assert zero["measured_ms"] == pytest.approx(anchor["measured_ms"], rel=1e-3)
+    assert all(f["measured_ms"] <= goal for f in s["finalists"] if f["id"] == s["chosen"])
     assert _mac_ms(res.model, spec, None) <= goal
     assert not any("OVER the" in line for line in lines)
+
+
+def test_target_latency_guard_keeps_the_faster_plan_where_neither_meets_the_budget(monkeypatch,
+                                                                                   tmp_path):
+    """A machine that turns busy once the guard starts: neither plan measures within the
+    budget, so the faster (uniform at --max-layer-ratio) is kept though the other scores higher,
+    and the note says why."""
+    from tp_vgg.latency import budget as lt
+
+    spec = tp_vgg.ModelSpec("cifar_vgg11_bn", width=0.125).resolved()
+    full = _mac_ms(tp_vgg.build_model(spec), spec, None)
+    busy, guard = [False], widths.guard_latency_plan
+
+    def measured(model, spec, cfg):
+        return _mac_ms(model, spec, cfg) * (100 if busy[0] else 1)
+
+    def guarded(*a, **k):
+        busy[0] = True
+        return guard(*a, **k)
+
+    def score(self, m):  # the latency-aware plan scores higher
+        is_uniform = all(pruning.out_channels(m)[r] == k for r, k in self.budget.uniform.items())
+        return 0.1 if is_uniform else 0.9
+
+    monkeypatch.setattr(lt, "measured_ms", measured)
+    monkeypatch.setattr(widths, "guard_latency_plan", guarded)
+    monkeypatch.setattr(widths.Search, "_heldout_top1", score)
+    res = tp_vgg.run(_latency_job(0.8 * full, tmp_path), None, log=lambda s: None)
+    g = res.report["latency_guard"]
+    ms = {name: p["measured_ms"] for name, p in g["plans"].items()}
+    assert min(ms.values()) > 0.8 * full and g["kept"] == "uniform" == min(ms, key=ms.get)
+    t = res.report["target"]
+    assert not t["reached"]
+    assert any("measured faster" in n and "neither plan measured within" in n for n in t["notes"])

@@ -446,10 +446,15 @@ def guard_latency(job: PruneJob, prep: Prepared, model: nn.Module, spec,
     plan.kept = rep["kept"]
     plan.measured_ms = mine["measured_ms"]
     plan.reached = mine["measured_ms"] <= plan.target_ms
-    why = (f"scored {mine['score']:.4f} on the held-out slice against the latency-aware plan's "
-           f"{theirs['score']:.4f}" if mine["score"] >= theirs["score"] else
-           f"measured within the budget and the latency-aware plan did not "
-           f"({theirs.get('measured_ms')} ms)")
+    if mine["score"] >= theirs["score"]:
+        why = (f"scored {mine['score']:.4f} on the held-out slice against the latency-aware "
+               f"plan's {theirs['score']:.4f}")
+    elif mine["measured_ms"] <= rep["budget_ms"]:
+        why = (f"measured within the budget and the latency-aware plan did not "
+               f"({theirs.get('measured_ms')} ms)")
+    else:
+        why = (f"measured faster ({mine['measured_ms']:.2f} against "
+               f"{theirs.get('measured_ms')} ms), and neither plan measured within the budget")
     plan.notes.append(f"latency guard: the uniform plan {why}, so the uniform plan is kept "
                       "(predicted_ms and rounds describe the latency-aware plan)")
     return chosen, rep

@@ -20,10 +20,13 @@ keeps. Under a budget -- MACs (``--target-speedup``, ``--target-macs``, or the M
    so.
 3. **Choose:** the ``finalists`` best candidates and uniform are fine-tuned ``finalist_epochs``
    epochs on the rest of the training data and scored again on the held-out slice; with a latency
-   budget they are also measured, and one measured above the budget is not chosen. The best is
-   returned as a :class:`~tp_vgg.pruning.graph.PruneConfig` of per-layer ratios; the job then
-   prunes the model with it and fine-tunes as usual, from the pruned, re-estimated weights (not
-   from the short fine-tune).
+   budget they are also measured (the median of 3), and one measured above the budget is not
+   chosen. Candidate 0 is measured first: where the latency table under-predicts the model and
+   its uniform plan measures over the budget, candidate 0 is the smallest uniform ratio measured
+   within it, and the window is anchored to that plan's prediction (``"budget"."anchor"``). The
+   best is returned as a :class:`~tp_vgg.pruning.graph.PruneConfig` of per-layer ratios; the job
+   then prunes the model with it and fine-tunes as usual, from the pruned, re-estimated weights
+   (not from the short fine-tune).
 
 Everything is deterministic per ``seed``. Under torchrun the ranks score disjoint shares of each
 wave and gather the scores; finalists are fine-tuned by all ranks together (DDP).
@@ -225,6 +228,10 @@ class Budget:
     uniform_cost: float
     measure: Optional[Callable[[nn.Module], float]] = None   # "ms": a real measurement
     describe: str = ""
+    # "ms": a real measurement by widths, cached (a plan measured within the budget while the
+    # budget was set is not measured again, and over, when it is a finalist)
+    measured: Optional[Callable[[Dict[str, int]], float]] = None
+    anchor: Optional[Dict[str, Any]] = None   # "ms": where candidate 0 was measured over
 
     @property
     def ceiling(self) -> float:
@@ -422,7 +429,9 @@ class Search:
                                 log=lambda line: None)
                 m.to("cpu", memory_format=torch.contiguous_format).eval()
                 row["finetuned"] = res.final.top1 if res.final else self._heldout_top1(m)
-            if self.budget.measure is not None:
+            if self.budget.measured is not None:
+                row["measured_ms"] = round(float(self.budget.measured(s.kept)), 4)
+            elif self.budget.measure is not None:
                 row["measured_ms"] = round(float(self.budget.measure(m)), 4)
             out.append(row)
         return out
@@ -461,7 +470,8 @@ class Search:
             "budget": {"kind": self.budget.kind, "goal": self.budget.goal, "window": [lo, hi],
                        "uniform": self.budget.uniform_cost, "describe": self.budget.describe,
                        "rule": f"at most the goal and within {100 * TOLERANCE:g}% below "
-                               f"min(goal, uniform + {100 * TOLERANCE:g}%)"},
+                               f"min(goal, uniform + {100 * TOLERANCE:g}%)",
+                       **({"anchor": self.budget.anchor} if self.budget.anchor else {})},
             "score": ("top-1 on the held-out slice after re-estimating BatchNorm statistics on "
                       f"{self.scfg.bn_batches} training batches" if self.has_bn and
                       self.scfg.bn_batches else
@@ -515,8 +525,7 @@ def guard_latency_plan(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConf
 
     found = measured_uniform(ms, uniform_at, lb.ms, 0.0, max_ratio)
     hi, uniform = found if found is not None else (max_ratio, uniform_at(max_ratio))
-    budget = Budget("ms", float(lb.ms), ms, uniform, ms(uniform),
-                    measure=measure,
+    budget = Budget("ms", float(lb.ms), ms, uniform, ms(uniform), measure=measure, measured=ms,
                     describe=f"{lb.ms:g} ms (measured: {mcfg.runtime} on {mcfg.device}, batch "
                              f"{mcfg.batch_sizes[0]})")
     total = len(data.train_labels)
@@ -637,8 +646,9 @@ def latency_budget(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, 
     the widest uniform plan the table predicts within it, measured. Where that plan measures
     over the budget (the table under-predicts this model), candidate 0 is instead the smallest
     uniform ratio *measured* within it, and the window is anchored to its prediction: the
-    candidates are predicted as fast as a plan known to meet the budget. Measurements are
-    medians of :data:`GUARD_MEASUREMENTS`."""
+    candidates are predicted as fast as a plan known to meet the budget. Candidate 0's and the
+    finalists' measurements are medians of :data:`GUARD_MEASUREMENTS` (the original and the
+    calibration anchor are measured once, as ``--target-latency`` does)."""
     from tp_vgg.latency import budget as lt
     from tp_vgg.pruning.targets import DEFAULT_MAX_LAYER_RATIO
 
@@ -668,6 +678,7 @@ def latency_budget(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, 
             hi = mid
         else:
             lo = mid
+
     def uniform_at(ratio: float) -> Dict[str, int]:
         return space.kept(space.fractions(lt.uniform_kept(pred, ranked, ratio, cfg.round_to)))
 
@@ -675,7 +686,7 @@ def latency_budget(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, 
     describe = (f"{lb.ms:g} ms ({mcfg.runtime} on {mcfg.device}, batch {mcfg.batch_sizes[0]}; "
                 "predicted by the latency table")
     ms = _widths_measure(model, spec, cfg, space, measure, gradients)
-    table_ms = ms(uniform)
+    table_ms, anchor = ms(uniform), None
     if table_ms > lb.ms:  # the table under-predicts: anchor to a uniform plan measured within
         found = measured_uniform(ms, uniform_at, lb.ms, hi, max_ratio)
         if found is None:
@@ -693,7 +704,12 @@ def latency_budget(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, 
         describe += (f", anchored to uniform --ratio {ratio:.3f} measured at {ms(widest):.2f} ms"
                      f": the table predicted {pred.predict(uniform):.2f} ms for uniform --ratio "
                      f"{hi:.3f}, measured {table_ms:.2f} ms")
+        anchor = {"table_ratio": round(hi, 4),
+                  "table_predicted_ms": round(pred.predict(uniform), 4),
+                  "table_measured_ms": round(table_ms, 4), "ratio": round(ratio, 4),
+                  "predicted_ms": round(pred.predict(widest), 4),
+                  "measured_ms": round(ms(widest), 4)}
         uniform = widest
     return space, Budget("ms", float(lb.ms), pred.predict, uniform, pred.predict(uniform),
-                         measure=measure, describe=describe + ")")
+                         measure=measure, describe=describe + ")", measured=ms, anchor=anchor)
 
