@@ -186,6 +186,23 @@ def test_bad_search_flags_are_one_line_errors(run_cli, tmp_path, flags, message)
     assert_one_line_error(r, message, out)
 
 
+@pytest.mark.parametrize("lo, hi", [(2.40e6, 2.42e6), (9.0e5, 1.1e6), (4.2e9, 4.3e9),
+                                    (1.0e6, 9.9e6)])
+def test_search_plot_mac_ticks_are_distinct(lo, hi):
+    """The search's window is narrow (1 %): its MAC tick labels keep enough decimals to differ."""
+    import matplotlib.ticker as ticker
+
+    from tp_vgg.report import plots
+
+    ticks = ticker.MaxNLocator().tick_values(lo, hi)
+    ticks = [t for t in ticks if lo <= t <= hi]
+    fmt = plots.si_over(hi - lo, hi)
+    labels = [fmt(t) for t in ticks]
+    assert len(set(labels)) == len(labels) >= 3, labels
+    assert all(float(label[:-1]) * {"K": 1e3, "M": 1e6, "G": 1e9}[label[-1]] ==
+               pytest.approx(t, rel=1e-3) for label, t in zip(labels, ticks))
+
+
 def test_spearman():
     assert widths.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert widths.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)

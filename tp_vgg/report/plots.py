@@ -65,6 +65,16 @@ def si(v: float) -> str:
     return f"{v:.3g}"
 
 
+def si_over(span: float, top: float) -> Callable[[float], str]:
+    """Tick labels in ``top``'s unit with as many decimals as ticks ``span`` apart need (a search
+    window of 2.40M-2.42M MACs reads 2.400M, 2.405M, ..., not 2.4M twice)."""
+    scale, unit = next(((s, u) for s, u in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K"))
+                        if abs(top) >= s), (1.0, ""))
+    step = span / scale / 4 if span > 0 else 1.0
+    decimals = max(0, -math.floor(math.log10(step)))
+    return lambda v: f"{v / scale:.{decimals}f}{unit}"
+
+
 def _plain(v: float) -> str:
     return f"{v:.3g}"
 
@@ -300,8 +310,9 @@ def search_figure(search: Dict[str, Any]) -> Figure:
         if r["id"] == search.get("chosen"):
             ax.scatter([x[i]], [y[i]], marker="o", s=110, facecolors="none", edgecolors="red",
                        linewidths=2, label="chosen", zorder=4)
-    if not ms:
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: si(v)))
+    if not ms and x:
+        fmt = si_over(max(x) - min(x), max(x))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt(v)))
     style(ax, "predicted latency (ms)" if ms else MAC_AXIS,
           "held-out top-1 after adaptive BN (%)", "Width search: candidates within the budget")
     legend_beside(ax)
