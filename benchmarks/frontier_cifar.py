@@ -232,6 +232,7 @@ class Context:
     pre: object
     ft: object
     log: object
+    shared: dict = dataclasses.field(default_factory=dict)
 
 
 def _solved(ctx, speedup: float, seed: int, grads=None, model=None, **prune):
@@ -353,9 +354,12 @@ def row_latency(ctx, speedup, seed, rec, prior, imp):
         space, _ = widths.mac_budget(model, ctx.spec, dataclasses.replace(cfg, ratio=0.5), None,
                                      grads)
         return model, space.config(cfg, prior["latency_guard"]["widths"]), grads
-    ref = ctx.ck.build()
-    pruning.prune(ref, ctx.spec, pruning.PruneConfig(ratio=0.5, importance="l1"))
-    ms = statistics.median(lt.measured_ms(ref, ctx.spec, mcfg) for _ in range(3))
+    if "latency_budget_ms" not in ctx.shared:  # one budget for every latency row of the run
+        ref = ctx.ck.build()
+        pruning.prune(ref, ctx.spec, pruning.PruneConfig(ratio=0.5, importance="l1"))
+        ctx.shared["latency_budget_ms"] = statistics.median(
+            lt.measured_ms(ref, ctx.spec, mcfg) for _ in range(3))
+    ms = ctx.shared["latency_budget_ms"]
     lb = dataclasses.replace(lb, ms=ms)
     rec["latency_budget_ms"] = ms
     rec["command"] = rec["command"].replace(
@@ -363,6 +367,8 @@ def row_latency(ctx, speedup, seed, rec, prior, imp):
         f"--importance {imp}").replace(f"--threads {a.threads}", "--threads 1")
     solved, plan = lt.solve(model, ctx.spec, cfg, lb, gradients=grads, device="cpu", log=ctx.log)
     kept = {n: after for n, (_, after) in plan.channels.items()}
+    if plan.round_to and plan.round_to > 1:  # uniform in the same fast-width steps, as the job
+        cfg = dataclasses.replace(cfg, round_to=plan.round_to)
     chosen, guard = widths.guard_latency_plan(model, ctx.spec, cfg, lb, kept, ctx.data, ctx.pre,
                                               dataclasses.replace(ctx.ft, seed=seed), "cpu",
                                               grads, seed, log=ctx.log)

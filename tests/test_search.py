@@ -242,7 +242,7 @@ def _mac_ms(model, spec, cfg):
     return tp_vgg.count(model, spec).macs / 1e5
 
 
-def _latency_job(target_ms, tmp):
+def _latency_job(target_ms, tmp, prune=None):
     from tp_vgg.data.datasets import DataConfig as DC
     from tp_vgg.job import FinetuneConfig
     from tp_vgg.latency.budget import LatencyBudget
@@ -252,7 +252,7 @@ def _latency_job(target_ms, tmp):
     spec = tp_vgg.ModelSpec("cifar_vgg11_bn", width=0.125)
     data = DC("fake", kwargs={"train_size": 400, "test_size": 64})
     return tp_vgg.PruneJob(
-        tp_vgg.ModelSource(spec=spec), tp_vgg.PruneConfig(round_to=1),  # not the table's block
+        tp_vgg.ModelSource(spec=spec), prune or tp_vgg.PruneConfig(round_to=1),  # not the block
         target=Target(latency=LatencyBudget(ms=target_ms, batch_size=2, threads=1,
                                             cache_dir=str(tmp), table_min_ms=0.05)),
         finetune=FinetuneConfig(data, finetuning(device="cpu", progress="none", batch_size=48),
@@ -374,15 +374,18 @@ def test_latency_search_is_anchored_to_a_uniform_plan_measured_within_the_budget
     lines = []
     res = tp_vgg.run(job, str(tmp_path / "out"), log=lines.append)
     s = res.report["search"]
-    assert "anchored to uniform --ratio" in s["budget"]["describe"]
+    assert "candidate 0: uniform --ratio" in s["budget"]["describe"]
     assert any("the latency table predicts uniform" in line for line in lines)
-    lo, hi = s["budget"]["window"]
-    assert hi <= s["budget"]["uniform"] * 1.01 + 1e-9 and hi < goal
-    assert all(lo - 1e-4 <= r["predicted_ms"] <= hi + 1e-4 for r in s["rows"][1:])
     anchor = s["budget"]["anchor"]
     assert anchor["table_measured_ms"] > goal >= anchor["measured_ms"]
     assert anchor["ratio"] > anchor["table_ratio"]
-    assert anchor["predicted_ms"] == pytest.approx(s["budget"]["uniform"], rel=1e-3)
+    # off by 2.5 times: the candidates are held to candidate 0's MACs, not to the table
+    assert s["budget"]["proxy"] == "macs" and "held to its MACs" in s["budget"]["describe"]
+    lo, hi = s["budget"]["window"]
+    assert s["rows"][0]["macs"] == pytest.approx(s["budget"]["uniform"], rel=1e-6)
+    assert hi == pytest.approx(s["budget"]["uniform"] * 1.01)
+    assert len(s["rows"]) > 1 and all(lo <= r["macs"] <= hi for r in s["rows"][1:])
+    assert all("predicted_ms" not in r for r in s["rows"])
     zero = next(f for f in s["finalists"] if f["id"] == 0)
     assert zero["measured_ms"] == pytest.approx(anchor["measured_ms"], rel=1e-3)
     assert all(f["measured_ms"] <= goal for f in s["finalists"] if f["id"] == s["chosen"])
@@ -422,3 +425,22 @@ def test_target_latency_guard_keeps_the_faster_plan_where_neither_meets_the_budg
     t = res.report["target"]
     assert not t["reached"]
     assert any("measured faster" in n and "neither plan measured within" in n for n in t["notes"])
+
+
+def test_target_latency_guard_keeps_the_fast_width_steps(monkeypatch, tmp_path):
+    """With --round-to 8 (or the table's fast-width block) the latency plan moves in whole steps; the guard's
+    uniform plan is bisected in the same steps (each width a whole block, or the layer whole
+    where one block is all it has), down to --max-layer-ratio, and prunes without error."""
+    from tp_vgg.latency import budget as lt
+
+    monkeypatch.setattr(lt, "measured_ms", _mac_ms)
+    monkeypatch.setattr(widths.Search, "_heldout_top1", lambda self, m: 0.5)
+    spec = tp_vgg.ModelSpec("cifar_vgg11_bn", width=0.125).resolved()
+    full = _mac_ms(tp_vgg.build_model(spec), spec, None)
+    res = tp_vgg.run(_latency_job(0.6 * full, tmp_path, tp_vgg.PruneConfig(round_to=8)), None,
+                     log=lambda s: None)
+    block = res.report["target"]["round_to"]
+    assert block and block > 1
+    before = {n: b for n, (b, _) in res.report["target"]["channels"].items()}
+    widths_ = res.report["latency_guard"]["plans"]["uniform"]["widths"]
+    assert all(k % block == 0 or k == before[n] for n, k in widths_.items()), widths_

@@ -295,7 +295,7 @@ def search_figure(search: Dict[str, Any]) -> Figure:
     """``--search``: every candidate's held-out score against its MACs (or predicted ms), with
     uniform (candidate 0) and the chosen plan marked."""
     rows = [r for r in search.get("rows", []) if r.get("score") is not None]
-    ms = search.get("budget", {}).get("kind") == "ms"
+    ms = search.get("budget", {}).get("kind") == "ms" and all("predicted_ms" in r for r in rows)
     x = [r["predicted_ms"] if ms else r["macs"] for r in rows]
     y = [100 * r["score"] for r in rows]
     fig = new_figure(7.5, 4.2)

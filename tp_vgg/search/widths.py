@@ -23,7 +23,8 @@ keeps. Under a budget -- MACs (``--target-speedup``, ``--target-macs``, or the M
    budget they are also measured (the median of 3), and one measured above the budget is not
    chosen. Candidate 0 is measured first: where the latency table under-predicts the model and
    its uniform plan measures over the budget, candidate 0 is the smallest uniform ratio measured
-   within it, and the window is anchored to that plan's prediction (``"budget"."anchor"``). The
+   within it, and the candidates are held to that plan's prediction, or to its MACs where the
+   table is off by more than :data:`TABLE_TRUST` (``"budget"."anchor"``, ``"proxy"``). The
    best is returned as a :class:`~tp_vgg.pruning.graph.PruneConfig` of per-layer ratios; the job
    then prunes the model with it and fine-tunes as usual, from the pruned, re-estimated weights
    (not from the short fine-tune).
@@ -232,10 +233,14 @@ class Budget:
     # budget was set is not measured again, and over, when it is a finalist)
     measured: Optional[Callable[[Dict[str, int]], float]] = None
     anchor: Optional[Dict[str, Any]] = None   # "ms": where candidate 0 was measured over
+    # "ms" whose candidates are held to candidate 0's MACs (``cost`` counts MACs), where the
+    # latency table cannot predict the model; the finalists are still measured against ``goal``
+    proxy: Optional[str] = None
 
     @property
     def ceiling(self) -> float:
-        return min(self.goal, self.uniform_cost * (1 + TOLERANCE))
+        goal = self.goal if self.proxy is None else math.inf
+        return min(goal, self.uniform_cost * (1 + TOLERANCE))
 
     @property
     def window(self) -> Tuple[float, float]:
@@ -256,7 +261,7 @@ class Scored:
     def row(self, budget: Budget) -> Dict[str, Any]:
         d = {"id": self.id, "origin": self.origin, "widths": dict(self.kept), "macs": self.macs,
              "params": self.params, "score": self.score, "in_budget": self.in_budget}
-        if budget.kind == "ms":
+        if budget.kind == "ms" and budget.proxy is None:
             d["predicted_ms"] = round(self.predicted, 4)
         return d
 
@@ -311,7 +316,7 @@ class Search:
         m = self._prune(kept)
         c = counting.count(m, self.spec)
         lo, hi = self.budget.window
-        if self.budget.kind == "macs" and not lo <= c.macs <= hi:
+        if "macs" in (self.budget.kind, self.budget.proxy) and not lo <= c.macs <= hi:
             return c.macs, c.params, None
         return c.macs, c.params, self._heldout_top1(self._adapt(m))
 
@@ -442,7 +447,8 @@ class Search:
         t1 = time.perf_counter()
         n_final = 1 + min(self.scfg.finalists, len(self.rows) - 1)
         lo, hi = self.budget.window
-        show = (lambda v: f"{v:.3f} ms") if self.budget.kind == "ms" else counting.human
+        show = ((lambda v: f"{v:.3f} ms") if self.budget.kind == "ms" and not self.budget.proxy
+                else counting.human)
         self.log(f"search: {len(self.rows)} candidates scored from {show(lo)} to {show(hi)} "
                  f"(budget {self.budget.describe}; uniform {show(self.budget.uniform_cost)}; "
                  f"{self.rejected} counted outside), in "
@@ -471,7 +477,8 @@ class Search:
                        "uniform": self.budget.uniform_cost, "describe": self.budget.describe,
                        "rule": f"at most the goal and within {100 * TOLERANCE:g}% below "
                                f"min(goal, uniform + {100 * TOLERANCE:g}%)",
-                       **({"anchor": self.budget.anchor} if self.budget.anchor else {})},
+                       **({"anchor": self.budget.anchor} if self.budget.anchor else {}),
+                       **({"proxy": self.budget.proxy} if self.budget.proxy else {})},
             "score": ("top-1 on the held-out slice after re-estimating BatchNorm statistics on "
                       f"{self.scfg.bn_batches} training batches" if self.has_bn and
                       self.scfg.bn_batches else
@@ -519,9 +526,9 @@ def guard_latency_plan(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConf
     measure = _median_measure(lambda m: lt.measured_ms(m, spec, mcfg))
     ms = _widths_measure(model, spec, cfg, space, measure, gradients)
 
-    def uniform_at(ratio: float) -> Dict[str, int]:
+    def uniform_at(ratio: float) -> Dict[str, int]:  # on the space's grid (--round-to steps)
         lost = ranked.plan(ratio)
-        return {r: space.sizes[r] - lost[r] for r in space.roots}
+        return space.kept(space.fractions({r: space.sizes[r] - lost[r] for r in space.roots}))
 
     found = measured_uniform(ms, uniform_at, lb.ms, 0.0, max_ratio)
     hi, uniform = found if found is not None else (max_ratio, uniform_at(max_ratio))
@@ -551,6 +558,7 @@ def guard_latency_plan(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConf
 
 
 GUARD_BISECTIONS = 6  # steps that find the uniform ratio within the latency budget
+TABLE_TRUST = 0.25  # the latency search holds candidates to MACs where the table is off by more
 GUARD_MEASUREMENTS = 3  # each step's ms: the median of this many measurements (each a median)
 
 
@@ -646,7 +654,9 @@ def latency_budget(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, 
     the widest uniform plan the table predicts within it, measured. Where that plan measures
     over the budget (the table under-predicts this model), candidate 0 is instead the smallest
     uniform ratio *measured* within it, and the window is anchored to its prediction: the
-    candidates are predicted as fast as a plan known to meet the budget. Candidate 0's and the
+    candidates are predicted as fast as a plan known to meet the budget; where the table is off
+    by more than :data:`TABLE_TRUST` (or predicts that plan at 0 ms or less), the candidates are
+    held to that plan's MACs instead (``proxy="macs"``). Candidate 0's and the
     finalists' measurements are medians of :data:`GUARD_MEASUREMENTS` (the original and the
     calibration anchor are measured once, as ``--target-latency`` does)."""
     from tp_vgg.latency import budget as lt
@@ -697,18 +707,25 @@ def latency_budget(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, 
                 f"{original_ms:.2f} ms); raise --max-layer-ratio (now {max_ratio:g}) or the "
                 "target")
         ratio, widest = found
-        log(f"search: the latency table predicts uniform --ratio {hi:.3f} at "
-            f"{pred.predict(uniform):.2f} ms, measured {table_ms:.2f} ms, over {lb.ms:g} ms; "
-            f"candidates are predicted against uniform --ratio {ratio:.3f}, measured "
-            f"{ms(widest):.2f} ms")
-        describe += (f", anchored to uniform --ratio {ratio:.3f} measured at {ms(widest):.2f} ms"
-                     f": the table predicted {pred.predict(uniform):.2f} ms for uniform --ratio "
-                     f"{hi:.3f}, measured {table_ms:.2f} ms")
-        anchor = {"table_ratio": round(hi, 4),
-                  "table_predicted_ms": round(pred.predict(uniform), 4),
+        predicted, error = pred.predict(uniform), table_ms / max(pred.predict(uniform), 1e-9) - 1
+        proxy = "macs" if pred.predict(widest) <= 0 or error > TABLE_TRUST else None
+        held = ("its MACs: the table is off by more than "
+                f"{100 * TABLE_TRUST:g}% here" if proxy else "its prediction")
+        log(f"search: the latency table predicts uniform --ratio {hi:.3f} at {predicted:.2f} ms, "
+            f"measured {table_ms:.2f} ms, over {lb.ms:g} ms; candidate 0 is uniform --ratio "
+            f"{ratio:.3f}, measured {ms(widest):.2f} ms, and the candidates are held to {held}")
+        describe += (f"; candidate 0: uniform --ratio {ratio:.3f} measured at {ms(widest):.2f} ms, "
+                     f"the candidates held to {held} (the table predicted {predicted:.2f} ms for "
+                     f"uniform --ratio {hi:.3f}, measured {table_ms:.2f} ms)")
+        anchor = {"table_ratio": round(hi, 4), "table_predicted_ms": round(predicted, 4),
                   "table_measured_ms": round(table_ms, 4), "ratio": round(ratio, 4),
                   "predicted_ms": round(pred.predict(widest), 4),
                   "measured_ms": round(ms(widest), 4)}
+        if proxy:
+            cost = MacCost(model, spec, ranked, space)
+            return space, Budget("ms", float(lb.ms), cost, widest, float(cost(widest)),
+                                 measure=measure, describe=describe + ")", measured=ms,
+                                 anchor=anchor, proxy=proxy)
         uniform = widest
     return space, Budget("ms", float(lb.ms), pred.predict, uniform, pred.predict(uniform),
                          measure=measure, describe=describe + ")", measured=ms, anchor=anchor)
