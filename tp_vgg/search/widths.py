@@ -227,7 +227,6 @@ class Budget:
     cost: Callable[[Dict[str, int]], float]
     uniform: Dict[str, int]             # candidate 0
     uniform_cost: float
-    measure: Optional[Callable[[nn.Module], float]] = None   # "ms": a real measurement
     describe: str = ""
     # "ms": a real measurement by widths, cached (a plan measured within the budget while the
     # budget was set is not measured again, and over, when it is a finalist)
@@ -436,8 +435,6 @@ class Search:
                 row["finetuned"] = res.final.top1 if res.final else self._heldout_top1(m)
             if self.budget.measured is not None:
                 row["measured_ms"] = round(float(self.budget.measured(s.kept)), 4)
-            elif self.budget.measure is not None:
-                row["measured_ms"] = round(float(self.budget.measure(m)), 4)
             out.append(row)
         return out
 
@@ -454,7 +451,7 @@ class Search:
                  f"{self.rejected} counted outside), in "
                  f"{t1 - t0:.0f} s; finalists: {n_final}, fine-tuned "
                  f"{self.scfg.finalist_epochs} epoch(s) each on the held-out split's rest")
-        finals = self.finalists() if len(self.rows) > 1 or self.budget.measure else [
+        finals = self.finalists() if len(self.rows) > 1 or self.budget.measured else [
             {"id": 0, "score": self.rows[0].score}]
         t2 = time.perf_counter()
         key = "finetuned" if all("finetuned" in f for f in finals) else "score"
@@ -532,7 +529,7 @@ def guard_latency_plan(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConf
 
     found = measured_uniform(ms, uniform_at, lb.ms, 0.0, max_ratio)
     hi, uniform = found if found is not None else (max_ratio, uniform_at(max_ratio))
-    budget = Budget("ms", float(lb.ms), ms, uniform, ms(uniform), measure=measure, measured=ms,
+    budget = Budget("ms", float(lb.ms), ms, uniform, ms(uniform), measured=ms,
                     describe=f"{lb.ms:g} ms (measured: {mcfg.runtime} on {mcfg.device}, batch "
                              f"{mcfg.batch_sizes[0]})")
     total = len(data.train_labels)
@@ -724,9 +721,9 @@ def latency_budget(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, 
         if proxy:
             cost = MacCost(model, spec, ranked, space)
             return space, Budget("ms", float(lb.ms), cost, widest, float(cost(widest)),
-                                 measure=measure, describe=describe + ")", measured=ms,
-                                 anchor=anchor, proxy=proxy)
+                                 describe=describe + ")", measured=ms, anchor=anchor,
+                                 proxy=proxy)
         uniform = widest
     return space, Budget("ms", float(lb.ms), pred.predict, uniform, pred.predict(uniform),
-                         measure=measure, describe=describe + ")", measured=ms, anchor=anchor)
+                         describe=describe + ")", measured=ms, anchor=anchor)
 
