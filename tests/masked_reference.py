@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from tp_vgg.models.zoo import ModelSpec
+from tp_vgg.pruning import mapping
 from tp_vgg.pruning.graph import build_graph
 
 _OUT_FNS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels,
@@ -48,6 +49,7 @@ def _group_norm_over_kept(layer: nn.GroupNorm, gone: set) -> None:
     layer.register_forward_hook(hook)
 
 
+@mapping.scoped
 @torch.no_grad()
 def zero_removed_channels(model: nn.Module, spec: ModelSpec, history: List[list],
                           example: Optional[torch.Tensor] = None) -> nn.Module:

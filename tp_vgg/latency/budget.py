@@ -43,6 +43,7 @@ from tp_vgg.latency import table as latency_table
 from tp_vgg.latency import timing as latency
 from tp_vgg.models.zoo import ModelSpec
 from tp_vgg.pruning import graph as pruning
+from tp_vgg.pruning import mapping
 
 MAX_ROUNDS = 4
 # Steps the search prices for each layer, in units of --round-to: the next unit and jumps ahead, so
@@ -267,6 +268,7 @@ class Predictor:
         return [n for n in [root] + [c for c, _ in self.feeds.get(root, ())] if n in self.segs]
 
 
+@mapping.scoped
 def _feeds(ranked, names: Dict[nn.Module, str]) -> Dict[str, List[Tuple[str, int]]]:
     """Root -> the prunable layers whose inputs its channels are, with the input features per
     channel, read from the DependencyGraph's pruning group of one channel."""

@@ -41,21 +41,24 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from tp_vgg.errors import UserError, first_line
-from tp_vgg.models.zoo import ModelSpec, keep_mode, select_logits
+from tp_vgg.models import outputs
+from tp_vgg.models.zoo import ModelSpec, keep_mode
 from tp_vgg.pruning import diagnosis
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
 _MIXING = (nn.LayerNorm, nn.LocalResponseNorm, nn.CrossMapLRN2d)  # normalize across channels
-_LAYERS = (nn.Conv2d, nn.Linear) + _NORMS + _MIXING
+_PRUNABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+_LAYERS = _PRUNABLE + _NORMS + _MIXING
 _FLATTEN_HINT = ("a size written as a number in view/reshape does not follow pruning: flatten "
                  "with torch.flatten(x, 1), x.view(x.size(0), -1) or nn.Flatten()")
 
 
-def logits_shape(model: nn.Module, spec: ModelSpec, example: torch.Tensor) -> torch.Size:
-    """The logits' shape before pruning (eval mode, no grad; the caller keeps the modes)."""
+def output_shapes(model: nn.Module, spec: ModelSpec, example: torch.Tensor) -> List[torch.Size]:
+    """The shape of every tensor the model outputs, before pruning (eval mode, no grad; the
+    caller keeps the modes)."""
     model.eval()
     with torch.no_grad():
-        return select_logits(model(example), spec.output_key).shape
+        return [t.shape for t in outputs.require_tensors(outputs.run(model, example))]
 
 
 def bare_parameters(graph: tp.DependencyGraph) -> Dict[str, Tuple[tuple, int]]:
@@ -68,7 +71,7 @@ def bare_parameters(graph: tp.DependencyGraph) -> Dict[str, Tuple[tuple, int]]:
 def no_output_layer_message(model: nn.Module, bare: Dict[str, Tuple[tuple, int]],
                             graph: Optional[tp.DependencyGraph] = None) -> str:
     """Why the graph found no layer that produces the logits, and what to do."""
-    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    layers = [n for n, m in model.named_modules() if isinstance(m, _PRUNABLE)]
     outside = f" (it computes with parameters outside modules: {', '.join(bare)})" if bare else ""
     if not layers:
         return ("the model has no Conv2d or Linear module" + outside + "; tp-vgg prunes the "
@@ -85,7 +88,7 @@ def untraced_layers(graph: tp.DependencyGraph, model: nn.Module) -> List[str]:
     """Conv2d/Linear layers the graph did not reach from the logits (unused in eval-mode forward,
     or run under torch.no_grad() / .detach()): torch-pruning leaves them alone."""
     return [n for n, m in model.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and m not in graph.module2node]
+            if isinstance(m, _PRUNABLE) and m not in graph.module2node]
 
 
 def untraced_message(untraced: List[str]) -> str:
@@ -100,7 +103,7 @@ def coupled_bare_parameters(graph: tp.DependencyGraph, model: nn.Module) -> Dict
     names = getattr(graph, "_param_to_name", {})
     out: Dict[str, List[str]] = {}
     for lname, layer in model.named_modules():
-        if not isinstance(layer, (nn.Conv2d, nn.Linear)) or layer not in graph.module2node:
+        if not isinstance(layer, _PRUNABLE) or layer not in graph.module2node:
             continue
         try:
             group = graph.get_pruning_group(layer, graph.get_pruner_of_module(layer).prune_out_channels, [0])
@@ -119,7 +122,7 @@ def feeders(graph: tp.DependencyGraph, model: nn.Module) -> Callable[[nn.Module]
     def f(layer: nn.Module) -> List[str]:
         out = []
         for name, m in model.named_modules():
-            if not isinstance(m, (nn.Conv2d, nn.Linear)) or m is layer or m not in graph.module2node:
+            if not isinstance(m, _PRUNABLE) or m is layer or m not in graph.module2node:
                 continue
             try:
                 group = graph.get_pruning_group(m, graph.get_pruner_of_module(m).prune_out_channels,
@@ -251,7 +254,8 @@ class MaskedOriginal:
     def __init__(self, model: nn.Module, graph: tp.DependencyGraph, spec: ModelSpec,
                  example: torch.Tensor):
         self.model, self.graph, self.spec, self.example = model, graph, spec, example
-        self.logits: Optional[torch.Tensor] = None
+        self.logits: Optional[List[torch.Tensor]] = None  # every tensor output
+        self.paths: List[str] = []  # where each is in the output (``output['boxes']``)
         self.layers: Dict[str, torch.Tensor] = {}
         self.log: Optional[diagnosis.OpLog] = None  # the tensor ops of that pass
 
@@ -264,8 +268,8 @@ class MaskedOriginal:
             self.model.eval()
             try:
                 with removed.zeroed(self.model):
-                    logits, self.layers, _, self.log = _record(self.model, self.example,
-                                                               self.spec)
+                    logits, self.layers, _, self.log, self.paths = _record(
+                        self.model, self.example, self.spec)
             except Exception:
                 return
         self.logits = logits
@@ -294,7 +298,7 @@ def kept_group_norm(layer: nn.GroupNorm, gone) -> torch.utils.hooks.RemovableHan
 
 def check_pruned(model: nn.Module, spec: ModelSpec, example: torch.Tensor,
                  masked: Optional[MaskedOriginal] = None,
-                 expect_shape: Optional[torch.Size] = None,
+                 expect_shape: Optional[List[torch.Size]] = None,
                  bare: Optional[Dict[str, Tuple[tuple, int]]] = None,
                  coupled: Optional[Callable[[], Dict[str, List[str]]]] = None,
                  feeders: Optional[Callable[[nn.Module], List[str]]] = None) -> None:
@@ -309,20 +313,35 @@ def check_pruned(model: nn.Module, spec: ModelSpec, example: torch.Tensor,
         got = _forward_or_explain(model, spec, example, bare, coupled,
                                   masked.log if masked is not None else None, feeders)
     want = masked.logits if masked is not None else None
+    paths = (masked.paths if masked is not None and masked.paths
+             else [f"output {i}" for i in range(len(got))])
     if want is not None:
-        expect_shape = want.shape
-    if expect_shape is not None and got.shape != expect_shape:
+        expect_shape = [w.shape for w in want]
+    if expect_shape is not None and [g.shape for g in got] != list(expect_shape):
+        if len(got) != len(expect_shape):
+            raise UserError(f"after pruning, the model returns {len(got)} tensors instead of "
+                            f"{len(expect_shape)}")
+        i = next(i for i, (g, e) in enumerate(zip(got, expect_shape)) if g.shape != e)
+        what = "the logits" if len(got) == 1 else paths[i]
         raise UserError(
-            f"pruning changed the logits from shape {tuple(expect_shape)} to {tuple(got.shape)}: "
-            "the layer that produces them lost outputs; name it with --output-layer NAME "
-            "(a Conv2d or Linear, as in named_modules())")
+            f"pruning changed {what} from shape {tuple(expect_shape[i])} to "
+            f"{tuple(got[i].shape)}: the layer that produces it lost outputs; name it with "
+            "--output-layer NAME (a Conv2d or Linear, as in named_modules())")
     if want is None:
         return
-    scale = float(want.abs().max()) if want.numel() else 0.0
-    tol = (1e-4 if want.device.type == "cpu" else 1e-2) * scale + 1e-6
-    diff = float((got.float() - want.float()).abs().max()) if want.numel() else 0.0
-    if diff <= tol or not torch.isfinite(want).all():
+    worst = None  # (excess over tolerance, diff, tol, path)
+    for g, w, path in zip(got, want, paths):
+        if not w.numel() or not torch.isfinite(w).all():
+            continue
+        scale = float(w.abs().max())
+        tol = (1e-4 if w.device.type == "cpu" else 1e-2) * scale + 1e-6
+        diff = float((g.float() - w.float()).abs().max())
+        if diff > tol and (worst is None or diff / tol > worst[0]):
+            worst = (diff / tol, diff, tol, path)
+    if worst is None:
         return
+    _, diff, tol, path = worst
+    which = f" in {path}" if len(got) > 1 else ""
     first, prev, op = _first_divergence(model, masked.layers, spec, example)
     where = ""
     if first is not None:
@@ -331,7 +350,7 @@ def check_pruned(model: nn.Module, spec: ModelSpec, example: torch.Tensor,
                  + (f", right after {prev!r}" if prev else ""))
     keep = f" with --layer-ratios '{json.dumps({prev: 0})}'" if prev else ""
     head = ("after pruning, the model no longer computes what the original computes with the "
-            f"removed channels zeroed (largest logit difference {diff:.3g}, tolerance {tol:.3g})"
+            f"removed channels zeroed (largest difference{which} {diff:.3g}, tolerance {tol:.3g})"
             f"{where}")
     layer = model.get_submodule(first) if first is not None else None
     if isinstance(layer, nn.GroupNorm) and keep:  # not from torch-pruning's grouping: a history
@@ -363,7 +382,7 @@ def _forward_or_explain(model: nn.Module, spec: ModelSpec, example: torch.Tensor
                         coupled: Optional[Callable[[], Dict[str, List[str]]]],
                         before: Optional[diagnosis.OpLog] = None,
                         feeders: Optional[Callable[[nn.Module], List[str]]] = None
-                        ) -> torch.Tensor:
+                        ) -> List[torch.Tensor]:
     names = {m: n for n, m in model.named_modules()}
     stack: List[nn.Module] = []
     last_layer: List[Optional[str]] = [None]  # the last Conv/Linear that ran
@@ -374,7 +393,7 @@ def _forward_or_explain(model: nn.Module, spec: ModelSpec, example: torch.Tensor
     def leave(m, args, out):
         if stack and stack[-1] is m:
             stack.pop()
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, _PRUNABLE):
             last_layer[0] = names.get(m)
 
     handles = []
@@ -384,7 +403,7 @@ def _forward_or_explain(model: nn.Module, spec: ModelSpec, example: torch.Tensor
     log = diagnosis.OpLog(diagnosis.bare_ids(model, list(bare)))
     try:
         with log:
-            out = select_logits(model(example), spec.output_key)
+            out = outputs.require_tensors(outputs.run(model, example))
     except UserError:
         raise
     except Exception as e:
@@ -400,7 +419,7 @@ def _forward_or_explain(model: nn.Module, spec: ModelSpec, example: torch.Tensor
 
 def _empty_layers(model: nn.Module) -> List[str]:
     return [n for n, m in model.named_modules()
-            if (isinstance(m, nn.Conv2d) and (m.out_channels == 0 or m.in_channels == 0))
+            if (isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and (m.out_channels == 0 or m.in_channels == 0))
             or (isinstance(m, nn.Linear) and (m.out_features == 0 or m.in_features == 0))]
 
 
@@ -476,9 +495,11 @@ def _forward_failure(e: BaseException, module_name: Optional[str], module: Optio
 
 
 def _record(model: nn.Module, example: torch.Tensor, spec: ModelSpec
-            ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], List[str], diagnosis.OpLog]:
-    """(logits, each conv/linear/normalization layer's first output, their execution order,
-    the tensor ops recorded, with ``log.layers`` counting the layers run)."""
+            ) -> Tuple[List[torch.Tensor], Dict[str, torch.Tensor], List[str], diagnosis.OpLog,
+                       List[str]]:
+    """(every output tensor, each conv/linear/normalization layer's first output, their
+    execution order, the tensor ops recorded, with ``log.layers`` counting the layers run, the
+    path of each output tensor)."""
     outs: Dict[str, torch.Tensor] = {}
     order: List[str] = []
     log = diagnosis.OpLog()
@@ -494,11 +515,11 @@ def _record(model: nn.Module, example: torch.Tensor, spec: ModelSpec
             handles.append(m.register_forward_hook(hook))
     try:
         with torch.no_grad(), log:
-            logits = select_logits(model(example), spec.output_key)
+            out = outputs.run(model, example)
     finally:
         for h in handles:
             h.remove()
-    return logits, outs, order, log
+    return outputs.require_tensors(out), outs, order, log, outputs.tensor_paths(out)
 
 
 def _channel_subsequence(p: torch.Tensor, z: torch.Tensor) -> bool:
@@ -526,13 +547,13 @@ def _first_divergence(pruned: nn.Module, want: Dict[str, torch.Tensor], spec: Mo
     removed channels, the Conv/Linear before it, the reduction or index over the channel
     dimension recorded between the two), in execution order."""
     try:
-        _, got, order, log = _record(pruned, example, spec)
+        _, got, order, log, _ = _record(pruned, example, spec)
     except Exception:
         return None, None, None
     prev, since = None, 0
     for name in order:
         if name in want and not _channel_subsequence(got[name], want[name]):
             return name, prev, diagnosis.channel_ops(log, since, log.ends[name] - 1)
-        if isinstance(pruned.get_submodule(name), (nn.Conv2d, nn.Linear)):
+        if isinstance(pruned.get_submodule(name), _PRUNABLE):
             prev, since = name, log.ends[name]
     return None, prev, None

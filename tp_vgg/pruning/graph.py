@@ -25,12 +25,12 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from tp_vgg.errors import UserError, first_line
-from tp_vgg.models.zoo import ModelSpec, keep_mode, select_logits
+from tp_vgg.models import outputs
+from tp_vgg.models.zoo import ModelSpec, keep_mode
 from tp_vgg.pruning import checks, diagnosis, mapping
 from tp_vgg.pruning.criteria import IMPORTANCES
 
-PRUNABLE = (nn.Conv2d, nn.Linear)
-mapping.install()  # flatten strides and concat offsets from the traced shapes
+PRUNABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)  # the layers whose channels are pruned
 
 @dataclass
 class PruneConfig:
@@ -77,14 +77,17 @@ class PruneResult:
 
 
 def _forward_fn(spec: ModelSpec):
+    """torch-pruning's ``forward_fn``: every tensor the model outputs (on its raw path,
+    :mod:`tp_vgg.models.outputs`), so that each is traced and its layers protected."""
     def fn(model, inputs):
-        logits = select_logits(model(inputs), spec.output_key)
-        if not isinstance(logits, torch.Tensor) or logits.grad_fn is None:
+        traced = [t for t in outputs.require_tensors(outputs.run(model, inputs))
+                  if t.grad_fn is not None]
+        if not traced:
             raise UserError(
-                "the logits are not connected to the model's layers in autograd (forward uses "
+                "the model's outputs are not connected to its layers in autograd (forward uses "
                 ".detach(), .data, torch.no_grad() or NumPy), so torch-pruning cannot trace which "
                 "layers produce them; keep forward differentiable")
-        return logits
+        return traced
     return fn
 
 
@@ -121,9 +124,11 @@ def _trace_failed(e: Exception, what: str, model: Optional[nn.Module] = None) ->
         "sizes written as numbers, parameters outside modules); --debug shows the traceback")
 
 
+@mapping.scoped
 def build_graph(model: nn.Module, spec: ModelSpec, example: torch.Tensor) -> tp.DependencyGraph:
     """torch-pruning's DependencyGraph of ``model``; the model's train/eval mode is kept."""
-    with keep_mode(model), _traceable(model):  # the graph is traced through autograd
+    with keep_mode(model), _traceable(model), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch-pruning's own ("Maximum recursive depth")
         try:
             return tp.DependencyGraph().build_dependency(
                 model, example_inputs=example, forward_fn=_forward_fn(spec), verbose=False)
@@ -152,6 +157,7 @@ def _graph_output_layers(graph: tp.DependencyGraph) -> List[nn.Module]:
     return found
 
 
+@mapping.scoped
 def output_layers(model: nn.Module, output_layer: Optional[str] = None,
                   graph: Optional[tp.DependencyGraph] = None, spec: Optional[ModelSpec] = None,
                   check_type: bool = False) -> List[nn.Module]:
@@ -181,7 +187,7 @@ def output_layer_names(model: nn.Module, spec: ModelSpec,
 
 
 def out_channels(model: nn.Module) -> Dict[str, int]:
-    return {name: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+    return {name: (m.out_features if isinstance(m, nn.Linear) else m.out_channels)
             for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
 
 
@@ -252,7 +258,7 @@ def _check_kept_channels(model: nn.Module, cfg: PruneConfig, ratios: Dict[nn.Mod
     for m, name in names.items():
         if not isinstance(m, PRUNABLE) or m in protected:
             continue
-        c = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        c = m.out_features if isinstance(m, nn.Linear) else m.out_channels
         r = layer_ratio.get(m, cfg.ratio)
         g = (groups or {}).get(m, 1)
         keep = kept_channels(c, r, g)
@@ -294,6 +300,7 @@ def _group_norm_message(name: str, c: int, g: int, r: float, round_to: Optional[
     return f"{head}{rounded}; " + _at_most(name, 1 - least / size)
 
 
+@mapping.scoped
 def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
           example: Optional[torch.Tensor] = None,
           between_steps: Optional[Callable[[int, nn.Module], None]] = None,
@@ -318,16 +325,19 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
     if max_ratio is None:
         max_ratio = 0.9 if cfg.global_pruning else 1.0
     with keep_mode(model):
-        expect = checks.logits_shape(model, spec, example) if cfg.output_layer is not None else None
+        expect = checks.output_shapes(model, spec, example) if cfg.output_layer is not None else None
+        if not protected:
+            # Found on a graph of their own, before the pruner is made: torch-pruning groups
+            # every layer it is not told to ignore when the pruner is made, and the groups of a
+            # detection head (its outputs reshaped per anchor and concatenated) alone took 60 s
+            # of SSD300's 62 s (measured); a second trace costs about a second.
+            graph = build_graph(model, spec, example)
+            protected = output_layers(model, graph=graph)
+            if not protected:
+                raise UserError(checks.no_output_layer_message(
+                    model, checks.bare_parameters(graph), graph))
         pruner = _make_pruner(model, spec, cfg, example, ratios, protected, max_ratio)
         bare = checks.bare_parameters(pruner.DG)
-        if not protected:
-            # Found on the pruner's own graph (one trace, not two); BasePruner reads
-            # ``ignored_layers`` when it ranks, so setting it here protects the logits layer.
-            protected = output_layers(model, graph=pruner.DG)
-            if not protected:
-                raise UserError(checks.no_output_layer_message(model, bare, pruner.DG))
-            pruner.ignored_layers = [s for m in protected for s in m.modules()]
         whole = _recurrent_and_feeders(model, pruner.DG, protected)
         if whole:  # kept whole, automatically: their outputs are not ranked or pruned
             pruner.ignored_layers = list(pruner.ignored_layers) + [
@@ -579,10 +589,17 @@ def _follow_flatten_order(groups: list, model: nn.Module, spec: ModelSpec,
 
 def _step(pruner: tp.pruner.BasePruner, model: nn.Module, spec: ModelSpec, example: torch.Tensor,
           planned: Optional[Callable[[list], None]] = None) -> None:
-    """``pruner.step()``: the groups of the step are planned first (torch-pruning 1.6.1 scores
-    every group before it yields the first), handed to ``planned`` (the masked-equivalence
+    """``pruner.step()``: the groups of the step are planned first, all on the unpruned model (so
+    every criterion scores the model as it is), handed to ``planned`` (the masked-equivalence
     check takes the original's output there), then pruned one by one, so that a failure names
-    the layer being ranked or pruned."""
+    the layer being ranked or pruned.
+
+    A planned group's indices are in the numbering of the unpruned model. That stays right for
+    its root layer, whose outputs no other group touches, but not for a layer that several groups
+    reach: a convolution after ``torch.cat([up, skip], 1)`` (a U-Net's decoder) loses inputs to
+    the group of ``up`` and to the group of ``skip``, and once the first is pruned the second's
+    offsets are stale. So each group is derived again from its root, right before it is pruned,
+    on the graph as it is then -- as torch-pruning's own ``step()`` does."""
     names = {m: n for n, m in model.named_modules()}
     try:
         groups = list(pruner.step(interactive=True))
@@ -594,10 +611,14 @@ def _step(pruner: tp.pruner.BasePruner, model: nn.Module, spec: ModelSpec, examp
     if planned is not None:
         planned(groups)
     for group in groups:
+        dep, idxs = group[0]
         try:
+            group = pruner.DG.get_pruning_group(dep.target.module, dep.handler,
+                                                tp._helpers.to_plain_idxs(idxs))
+            _follow_flatten_order([group], model, spec, example, pruner.DG)
             group.prune()
         except Exception as e:
-            root = names.get(group[0].dep.target.module, "?")
+            root = names.get(dep.target.module, "?")
             raise _trace_failed(e, f"prune layer {root!r}") from e
 
 
@@ -682,6 +703,7 @@ def _load_history(graph: tp.DependencyGraph, model: nn.Module, spec: ModelSpec,
         group.prune(record_history=False)
 
 
+@mapping.scoped
 def replay(model: nn.Module, spec: ModelSpec, history: List[list],
            example: Optional[torch.Tensor] = None) -> nn.Module:
     """Apply a saved pruning history to a freshly built model (architecture only)."""

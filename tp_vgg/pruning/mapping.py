@@ -12,7 +12,7 @@ torch-pruning raises ``IndexError`` or expands indices without end).
 
 The traced graph knows the real sizes: every autograd node records the shape of what it
 produced (``grad_fn._input_metadata``). :func:`update_index_mapping` wraps torch-pruning's own
-(every ``DependencyGraph`` calls it before it builds a group) and, where the recorded shapes say
+(every ``DependencyGraph`` calls it before it builds a group) while a :func:`scope` is open and, where the recorded shapes say
 otherwise, sets
 
 * a ``torch.cat`` along dim 1 to offsets in the units of its inputs' dim 1 (columns for
@@ -28,7 +28,10 @@ the masked-equivalence check (:mod:`tp_vgg.pruning.checks`) still refuses a wron
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import contextlib
+import functools
+import warnings
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch_pruning as tp
 from torch_pruning.dependency import index_mapping as _tp_mapping
@@ -50,8 +53,8 @@ def _concat_sizes(node) -> None:
     """A dim-1 ``torch.cat``'s input sizes along dim 1, from the shapes its inputs produced."""
     dim = getattr(node.grad_fn, "_saved_dim", 1)
     out = _shape(node)
-    if out is None or dim not in (1, 1 - len(out)):
-        return
+    if out is None or len(out) not in (2, 4) or dim not in (1, 1 - len(out)):
+        return  # dim 1 holds channels (N, C, H, W) or columns (N, F); of (N, L, C) it is L
     sizes = [_shape(n) for n in node.inputs]
     if any(s is None or len(s) != len(out) for s in sizes) or len(sizes) < 2:
         return
@@ -114,7 +117,34 @@ def update_index_mapping(graph: tp.DependencyGraph) -> None:
             _flatten_stride(graph, node)
 
 
-def install() -> None:
-    """Route torch-pruning's graphs through :func:`update_index_mapping` (idempotent; a no-op
-    wherever torch-pruning's own mapping already agrees with the traced shapes)."""
-    _tp_mapping.update_index_mapping = update_index_mapping
+_depth = 0  # open scopes (they nest)
+
+
+@contextlib.contextmanager
+def scope() -> Iterator[None]:
+    """While open, torch-pruning's graphs use :func:`update_index_mapping`, and torch-pruning's
+    own warnings are not shown (tp-vgg says in one line what went wrong). On leaving the
+    outermost scope, torch-pruning's function is put back: raw torch-pruning in the same process
+    behaves exactly as if tp-vgg had never run (tests/test_mapping_scope.py). Every tp-vgg call
+    that builds, groups or prunes with a graph runs inside one (:func:`scoped`)."""
+    global _depth
+    if _depth == 0:
+        _tp_mapping.update_index_mapping = update_index_mapping
+    _depth += 1
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"torch_pruning")
+            yield
+    finally:
+        _depth -= 1
+        if _depth == 0:
+            _tp_mapping.update_index_mapping = _ORIGINAL
+
+
+def scoped(fn: Callable) -> Callable:
+    """``fn`` run inside :func:`scope`."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with scope():
+            return fn(*args, **kwargs)
+    return wrapper

@@ -26,6 +26,7 @@ import torch_pruning as tp
 from tp_vgg.errors import UserError
 from tp_vgg.models.zoo import ModelSpec, keep_mode
 from tp_vgg.pruning import graph as pruning
+from tp_vgg.pruning import mapping
 from tp_vgg.registry import Registry
 
 _BN = nn.modules.batchnorm._BatchNorm
@@ -65,6 +66,7 @@ class Regularizer:
     """Adds the sparsity gradient to the model's ``.grad`` when called (after ``backward``,
     before the optimizer step; with a GradScaler, after ``unscale_``)."""
 
+    @mapping.scoped
     def __init__(self, model: nn.Module, spec: ModelSpec, method: str, reg: float = DEFAULT_REG):
         check(method, reg)
         entry = METHODS.get(method)
@@ -82,6 +84,7 @@ class Regularizer:
                                       forward_fn=pruning._forward_fn(spec))
         self.before = gamma_stats(model)
 
+    @mapping.scoped
     def __call__(self) -> None:
         with torch.no_grad():
             self.pruner.regularize(self.model)

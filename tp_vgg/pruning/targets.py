@@ -28,6 +28,7 @@ from tp_vgg.errors import UserError
 from tp_vgg.models.counting import Counts, count, human
 from tp_vgg.models.zoo import ModelSpec, keep_mode
 from tp_vgg.pruning import checks
+from tp_vgg.pruning import mapping
 from tp_vgg.pruning import graph as pruning
 
 DEFAULT_MAX_LAYER_RATIO = 0.75   # every layer keeps at least a quarter of its channels
@@ -105,6 +106,7 @@ class _Ranked:
     """The layers the criterion ranks on a copy of the model, and (global) one ranking of all
     their channels -- the same scores :func:`tp_vgg.pruning.graph.prune` computes."""
 
+    @mapping.scoped
     def __init__(self, model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig,
                  example: torch.Tensor, max_ratio: float,
                  gradients: Optional[Callable[[nn.Module], None]]):
@@ -179,6 +181,7 @@ class _Sizer:
     channels times its input channels per group; other ops keep theirs -- so that a step costs no
     trace; :meth:`exact` counts with fvcore."""
 
+    @mapping.scoped
     def __init__(self, model: nn.Module, spec: ModelSpec, example: torch.Tensor, base: Counts):
         self.model = copy.deepcopy(model)
         self.spec = spec
@@ -193,6 +196,7 @@ class _Sizer:
                 self.layers[l.name] = (l.macs, _in_per_group(m), _out(m))
         self.other = base.macs - sum(macs for macs, _, _ in self.layers.values())
 
+    @mapping.scoped
     def prune_to(self, plan: Dict[str, int]) -> None:
         for name, k in plan.items():
             more = k - self.removed.get(name, 0)
