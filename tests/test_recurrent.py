@@ -17,7 +17,6 @@ from tp_vgg.models.zoo import ModelSpec, build_model
 
 from conftest import randomize
 from masked_reference import zero_removed_channels
-from methods_util import assert_one_line_error
 
 CRNN = f"{Path(__file__).parent / 'user_models' / 'crnn.py'}:make"
 
@@ -50,14 +49,28 @@ def test_recurrent_layers_are_kept_whole_and_the_rest_prunes_exactly(rnn, bidire
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
 
-def test_a_gru_head_is_refused_in_one_line_that_names_it(run_cli, tmp_path):
-    """torch-pruning 1.6.1 fails to trace nn.GRU (measured): said as such, with no flag offered
-    that would not work."""
-    out = tmp_path / "d"
-    r = run_cli("prune", "--model", CRNN, "--model-kwargs", '{"rnn": "gru"}', "--in-channels",
-                "1", "--input-size", "32x128", "--ratio", "0.5", "--out", out)
-    assert_one_line_error(r, "torch-pruning 1.6.1 cannot trace the nn.GRU 'rnn'", out)
-    assert "--layer-ratios" not in r.err
+@pytest.mark.parametrize("bidirectional,batch_first", [(True, True), (False, False)])
+def test_a_gru_head_is_kept_whole_and_the_rest_prunes_exactly(bidirectional, batch_first):
+    """torch-pruning 1.6.1 cannot trace nn.GRU's gates (its split mapping fails): traced as one
+    node, the GRU is kept whole like an LSTM, the layer feeding it keeps its outputs, the rest
+    prunes, and the result is the masked original."""
+    spec = ModelSpec(CRNN, in_channels=1, input_size=[32, 128], kwargs={
+        "rnn": "gru", "bidirectional": bidirectional, "batch_first": batch_first}).resolved()
+    model = randomize(build_model(spec)).eval()
+    original = copy.deepcopy(model)
+    result = tp_vgg.prune(model, spec, tp_vgg.PruneConfig(ratio=0.5))
+    kept = dict(original.rnn.named_parameters())
+    assert all(torch.equal(p, kept[n]) for n, p in model.rnn.named_parameters())
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    assert result.channels_after[convs[-1]] == result.channels_before[convs[-1]]
+    assert all(result.channels_after[n] == result.channels_before[n] // 2 for n in convs[:-1])
+    assert any("recurrent layer 'rnn' (GRU" in n and "kept whole" in n for n in result.notes)
+    x = spec.example_input(batch=2)
+    zeroed = zero_removed_channels(copy.deepcopy(original), spec, result.history)
+    with torch.no_grad():
+        got, want = model(x), zeroed(x)
+    assert got.shape == (2, 32, 37)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
 
 @pytest.mark.slow

@@ -32,6 +32,53 @@ from tp_vgg.pruning.criteria import IMPORTANCES
 
 PRUNABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)  # the layers whose channels are pruned
 
+class _KeptWhole(tp.pruner.BasePruningFunc):
+    """torch-pruning's view of a layer it has no pruner for, here ``nn.GRU``: one node with
+    inputs and outputs, so that the graph traces through it (torch-pruning 1.6.1 otherwise
+    follows the GRU's gates one op at a time and fails in its split mapping). The layer is kept
+    whole (:func:`_recurrent_and_feeders`), so nothing ever calls its pruning functions."""
+
+    def prune_out_channels(self, layer, idxs):
+        raise RuntimeError(f"{type(layer).__name__} is kept whole")
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer):
+        return layer.hidden_size * (2 if layer.bidirectional else 1)
+
+    def get_in_channels(self, layer):
+        return layer.input_size
+
+
+@contextlib.contextmanager
+def _opaque_grus(model: nn.Module):
+    """While tracing, each ``nn.GRU`` computes its output without autograd and joins its input's
+    graph through one op: torch-pruning then sees one GRU node fed by the features (its gates,
+    chunked one op at a time, break torch-pruning 1.6.1's split mapping). The output is the
+    GRU's own; only the traced structure is simplified. The GRU is kept whole."""
+    grus = [m for m in model.modules() if type(m) is nn.GRU]
+    for gru in grus:
+        def forward(input, hx=None, _gru=gru):
+            with torch.no_grad():
+                out, h = nn.GRU.forward(_gru, input, hx)
+            data = input.data if isinstance(input, nn.utils.rnn.PackedSequence) else input
+            link = data.sum() * 0  # the features -> the GRU, in the traced graph
+            if isinstance(out, nn.utils.rnn.PackedSequence):
+                return out._replace(data=out.data + link), h
+            return out + link, h
+        gru.forward = forward
+    try:
+        yield
+    finally:
+        for gru in grus:
+            del gru.forward
+
+
+def customized_pruners() -> Dict[type, tp.pruner.BasePruningFunc]:
+    """The ``customized_pruners`` of every graph tp-vgg builds."""
+    return {nn.GRU: _KeptWhole()}
+
+
 @dataclass
 class PruneConfig:
     """How to prune. ``ratio`` is the fraction of channels removed from every prunable layer."""
@@ -80,8 +127,9 @@ def _forward_fn(spec: ModelSpec):
     """torch-pruning's ``forward_fn``: every tensor the model outputs (on its raw path,
     :mod:`tp_vgg.models.outputs`), so that each is traced and its layers protected."""
     def fn(model, inputs):
-        traced = [t for t in outputs.require_tensors(outputs.run(model, inputs))
-                  if t.grad_fn is not None]
+        with _opaque_grus(model):
+            out = outputs.run(model, inputs)
+        traced = [t for t in outputs.require_tensors(out) if t.grad_fn is not None]
         if not traced:
             raise UserError(
                 "the model's outputs are not connected to its layers in autograd (forward uses "
@@ -108,14 +156,6 @@ def _traceable(model: nn.Module):
 
 def _trace_failed(e: Exception, what: str, model: Optional[nn.Module] = None) -> UserError:
     """A failure inside torch-pruning while tracing or pruning, said in one line."""
-    grus = [n for n, m in (model.named_modules() if model is not None else ())
-            if isinstance(m, nn.GRU)]
-    if grus:  # measured: torch-pruning 1.6.1 fails to trace a GRU's tuple output
-        return UserError(
-            f"torch-pruning 1.6.1 cannot trace the nn.GRU {grus[0]!r} ({type(e).__name__} in its "
-            "index mapping), and no flag works around it; nn.LSTM and nn.RNN heads are kept "
-            "whole automatically, so use one of those, or prune the convolutional part as its "
-            "own model")
     site = diagnosis.user_frame(e)
     at = f" {diagnosis.show_site(site)}" if site else ""
     return UserError(
@@ -131,7 +171,8 @@ def build_graph(model: nn.Module, spec: ModelSpec, example: torch.Tensor) -> tp.
         warnings.simplefilter("ignore")  # torch-pruning's own ("Maximum recursive depth")
         try:
             return tp.DependencyGraph().build_dependency(
-                model, example_inputs=example, forward_fn=_forward_fn(spec), verbose=False)
+                model, example_inputs=example, forward_fn=_forward_fn(spec), verbose=False,
+                customized_pruners=customized_pruners())
         except UserError:
             raise
         except Exception as e:
@@ -472,7 +513,8 @@ def _make_pruner(model, spec, cfg, example, ratios, protected, max_ratio) -> tp.
                 global_pruning=cfg.global_pruning, pruning_ratio=cfg.ratio,
                 pruning_ratio_dict=ratios or None, max_pruning_ratio=max_ratio,
                 iterative_steps=cfg.iterative_steps, ignored_layers=protected,
-                round_to=cfg.round_to, forward_fn=_forward_fn(spec))
+                round_to=cfg.round_to, forward_fn=_forward_fn(spec),
+                customized_pruners=customized_pruners())
         except UserError:
             raise
         except Exception as e:

@@ -68,6 +68,18 @@ def _default_forward(model: nn.Module, x: torch.Tensor) -> Any:
     return model(x)
 
 
+def _deepcopy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, also for a model holding computed (non-leaf) tensors as plain
+    attributes, as the hook-based ``torch.nn.utils.weight_norm``/``spectral_norm`` leave
+    ``module.weight``: those are copied detached (their hooks recompute them on each forward)."""
+    memo: Dict[int, Any] = {}
+    for m in model.modules():
+        for v in vars(m).values():
+            if isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter) and not v.is_leaf:
+                memo[id(v)] = v.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
 def _error_text(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0].strip()}" if lines else type(e).__name__
@@ -144,13 +156,13 @@ def raw_prune(model: nn.Module, example: torch.Tensor, ratio: float = 0.5,
         traced[:] = out     # the last trace's output tensors, for output_layers
         return out
 
-    work = copy.deepcopy(model).eval()
-    before = _n_params(work)
+    before = _n_params(model)
     seconds = 0.0
     after: Optional[int] = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
+            work = _deepcopy(model).eval()
             t0 = time.perf_counter()
             with torch.enable_grad():
                 DG = tp.DependencyGraph().build_dependency(work, example, forward_fn=leaves_fn)
@@ -161,7 +173,7 @@ def raw_prune(model: nn.Module, example: torch.Tensor, ratio: float = 0.5,
                     pruning_ratio=ratio, ignored_layers=ignored, forward_fn=leaves_fn)
             seconds += time.perf_counter() - t0
 
-            masked = copy.deepcopy(work)        # before any group is pruned
+            masked = _deepcopy(work)            # before any group is pruned
             name_of = {id(m): n for n, m in work.named_modules()}
             alive: Dict[int, List[int]] = {}    # module id -> its alive channels, original numbers
             removed: Dict[int, List[int]] = {}  # module id -> removed channels, original numbers
