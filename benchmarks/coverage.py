@@ -12,12 +12,15 @@ VGG, torchvision's vgg16_bn at 32x32 and SSD300):
   ``exact`` when it returns, ``refused`` on a ``tp_vgg.UserError`` (with its message), ``error``
   on any other exception. ``--raw-only`` leaves it out.
 
-Each model is built from a fixed seed on the CPU, pruned once at ``--ratio`` with ``--threads``
-torch threads; seconds are wall time of the prune (for raw: its output-layer graph, pruner and
-pruning; not the check).
+Each model is built from a fixed seed on the CPU and pruned once at ``--ratio`` with
+``--threads`` torch threads, each side in a forked child process that is killed after
+``--timeout`` seconds (torch-pruning 1.6.1 does not finish building the groups of
+vgg_multiscale in minutes); seconds are wall time of the prune (for raw: its output-layer
+graph, pruner and pruning; not the check). "nothing pruned" marks a row whose parameter count
+did not change (a model without output tensors: torch-pruning traces no graph).
 
     python benchmarks/coverage.py [--out benchmarks/results/coverage.json] [--ratio 0.5]
-                                  [--threads 1] [--raw-only] [--only NAME ...]
+                                  [--threads 1] [--timeout 30] [--raw-only] [--only NAME ...]
 
 Writes the JSON rows and a CSV next to it, and prints a markdown table.
 """
@@ -29,6 +32,7 @@ import csv
 import importlib
 import importlib.util
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -171,6 +175,44 @@ def tp_vgg_row(target: str, kwargs: Optional[Dict[str, Any]], num_classes: Optio
     return out
 
 
+def run_limited(fn: Callable[..., Dict[str, Any]], args: tuple, timeout: float) -> Dict[str, Any]:
+    """``fn(*args)`` in a forked child process, given up after ``timeout`` seconds (torch-pruning
+    can loop for good while it builds the groups of some graphs): then the child is killed and
+    the row is an ``error`` saying so."""
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+
+    def child():
+        try:
+            send.send(fn(*args))
+        except BaseException as e:  # noqa: BLE001
+            send.send({"status": "error", "rel_err": None, "seconds": None,
+                       "params": {"before": None, "after": None},
+                       "error": f"{type(e).__name__}: {e}"[:300]})
+        finally:
+            send.close()
+
+    proc = ctx.Process(target=child, daemon=True)
+    proc.start()
+    send.close()
+    result = None
+    if recv.poll(timeout):
+        try:
+            result = recv.recv()
+        except EOFError:            # the child died without a word (killed for memory?)
+            pass
+    proc.join(5)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    if result is None:
+        result = {"status": "error", "rel_err": None, "seconds": float(timeout),
+                  "params": {"before": None, "after": None},
+                  "error": (f"Timeout: no result in {timeout:g} s, killed" if proc.exitcode in
+                            (-9, None) else f"the child process died (exit code {proc.exitcode})")}
+    return result
+
+
 def _fmt_err(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.1e}"
 
@@ -195,6 +237,9 @@ def markdown(rows: List[Dict[str, Any]]) -> str:
         cells = [r["structure"], f"`{target}`", raw["status"], _fmt_err(raw["rel_err"]),
                  f"{raw['seconds']:.2f}", _fmt_params(raw["params"])]
         notes = [f"raw: {raw['error']}"] if raw.get("error") else []
+        p = raw["params"]
+        if p.get("before") is not None and p.get("before") == p.get("after"):
+            notes.append("raw: nothing pruned")
         if tp_col:
             t = r.get("tp_vgg") or {}
             cells += [t.get("status") or "-",
@@ -229,6 +274,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--out", default=os.path.join(HERE, "results", "coverage.json"))
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--timeout", type=float, default=30.0,
+                    help="seconds one prune (build, prune, check) may take, per side")
     ap.add_argument("--raw-only", action="store_true", help="leave out tp-vgg's side")
     ap.add_argument("--only", nargs="*", default=None,
                     help="structures whose target contains one of these strings")
@@ -241,18 +288,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     for s in todo:
         row = {"structure": s["structure"], "target": s["target"], "kwargs": s.get("kwargs") or {},
                "num_classes": s.get("num_classes"), "in_channels": s.get("in_channels"),
-               "input_size": s.get("input_size"), "raw": raw_row(s, args.ratio)}
+               "input_size": s.get("input_size"),
+               "raw": run_limited(raw_row, (s, args.ratio), args.timeout)}
         if not args.raw_only:
-            row["tp_vgg"] = tp_vgg_row(s["target"], s.get("kwargs"), s.get("num_classes"),
-                                       s.get("input_size"), s.get("in_channels"), args.ratio)
+            row["tp_vgg"] = run_limited(
+                tp_vgg_row, (s["target"], s.get("kwargs"), s.get("num_classes"),
+                             s.get("input_size"), s.get("in_channels"), args.ratio), args.timeout)
         rows.append(row)
         print(f"{s['structure']}: raw {row['raw']['status']}"
               + (f", tp-vgg {row['tp_vgg']['status']}" if "tp_vgg" in row else ""),
               file=sys.stderr, flush=True)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    meta = {"ratio": args.ratio, "threads": args.threads, "torch": torch.__version__,
-            "torch_pruning": _tp_version()}
+    meta = {"ratio": args.ratio, "threads": args.threads, "timeout_s": args.timeout,
+            "torch": torch.__version__, "torch_pruning": _tp_version()}
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     write_csv(os.path.splitext(args.out)[0] + ".csv", rows)

@@ -27,7 +27,7 @@ import torch_pruning as tp
 from tp_vgg.errors import UserError, first_line
 from tp_vgg.models import outputs
 from tp_vgg.models.zoo import ModelSpec, keep_mode
-from tp_vgg.pruning import checks, diagnosis, mapping
+from tp_vgg.pruning import checks, diagnosis, mapping, reparam
 from tp_vgg.pruning.criteria import IMPORTANCES
 
 PRUNABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)  # the layers whose channels are pruned
@@ -130,12 +130,14 @@ def _forward_fn(spec: ModelSpec):
         with _opaque_grus(model):
             out = outputs.run(model, inputs)
         traced = [t for t in outputs.require_tensors(out) if t.grad_fn is not None]
+        fn.outputs = [t.grad_fn for t in traced]  # read by _graph_output_layers
         if not traced:
             raise UserError(
                 "the model's outputs are not connected to its layers in autograd (forward uses "
                 ".detach(), .data, torch.no_grad() or NumPy), so torch-pruning cannot trace which "
                 "layers produce them; keep forward differentiable")
         return traced
+    fn.outputs = []
     return fn
 
 
@@ -170,9 +172,12 @@ def build_graph(model: nn.Module, spec: ModelSpec, example: torch.Tensor) -> tp.
     with keep_mode(model), _traceable(model), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch-pruning's own ("Maximum recursive depth")
         try:
-            return tp.DependencyGraph().build_dependency(
-                model, example_inputs=example, forward_fn=_forward_fn(spec), verbose=False,
+            fn = _forward_fn(spec)
+            graph = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example, forward_fn=fn, verbose=False,
                 customized_pruners=customized_pruners())
+            graph.tp_vgg_outputs = fn.outputs
+            return graph
         except UserError:
             raise
         except Exception as e:
@@ -184,7 +189,9 @@ def _graph_output_layers(graph: tp.DependencyGraph) -> List[nn.Module]:
     Conv/Linear: walk back from the graph's sinks through BN, pooling, flatten and the like."""
     found: List[nn.Module] = []
     seen = set()
-    stack = [n for n in graph.module2node.values() if not n.outputs]
+    produced = set(getattr(graph, "tp_vgg_outputs", ()))  # every output, not only the sinks:
+    # an embedding returned beside the logits it feeds is an output too
+    stack = [n for n in graph.module2node.values() if not n.outputs or n.grad_fn in produced]
     while stack:
         node = stack.pop()
         if id(node) in seen:
@@ -365,7 +372,8 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
     max_ratio = cfg.max_layer_ratio
     if max_ratio is None:
         max_ratio = 0.9 if cfg.global_pruning else 1.0
-    with keep_mode(model):
+    # spectral / weight norm off while pruning, registered again on leaving (reparam)
+    with keep_mode(model), reparam.unwrapped(model) as unwrapped:
         expect = checks.output_shapes(model, spec, example) if cfg.output_layer is not None else None
         if not protected:
             # Found on a graph of their own, before the pruner is made: torch-pruning groups
@@ -414,7 +422,7 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
                 ranked = False
                 # the masked-equivalence check of every step, on the model itself (no copy)
                 masked = checks.MaskedOriginal(model, pruner.DG, spec, example)
-                _step(pruner, model, spec, example, masked.take)
+                _step(pruner, model, spec, example, masked.take, unwrapped)
                 checks.check_pruned(model, spec, example, masked, expect, bare, coupled,
                                     checks.feeders(pruner.DG, model))
                 if between_steps is not None and step + 1 < cfg.iterative_steps:
@@ -427,6 +435,11 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
             notes = list(notes) + checks.bare_parameter_notes(
                 model, bare, checks.coupled_bare_parameters(pruner.DG, model), before,
                 out_channels(model))
+    notes = list(notes) + unwrapped.notes()
+    skipped = _skipped_outputs(model, example)
+    if skipped:
+        notes.append(f"output leaves that are not tensors are not traced or checked: "
+                     f"{', '.join(skipped)}")
     if gradients is not None:
         model.zero_grad(set_to_none=True)
     for n, p in model.named_parameters():  # torch-pruning's new Parameters require grad
@@ -436,6 +449,12 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
     return PruneResult(history=history, channels_before=before,
                        channels_after=out_channels(model),
                        output_layers=[names[m] for m in protected], notes=list(notes))
+
+
+def _skipped_outputs(model: nn.Module, example: torch.Tensor) -> List[str]:
+    with keep_mode(model), torch.no_grad():
+        model.eval()
+        return outputs.skipped_leaves(outputs.run(model, example))
 
 
 def _recurrent_and_feeders(model: nn.Module, graph: tp.DependencyGraph,
@@ -508,13 +527,16 @@ def _make_pruner(model, spec, cfg, example, ratios, protected, max_ratio) -> tp.
     with warnings.catch_warnings(), _traceable(model):
         warnings.simplefilter("ignore")
         try:
-            return _Pruner(
+            fn = _forward_fn(spec)
+            pruner = _Pruner(
                 model, example, importance=importance,
                 global_pruning=cfg.global_pruning, pruning_ratio=cfg.ratio,
                 pruning_ratio_dict=ratios or None, max_pruning_ratio=max_ratio,
                 iterative_steps=cfg.iterative_steps, ignored_layers=protected,
-                round_to=cfg.round_to, forward_fn=_forward_fn(spec),
+                round_to=cfg.round_to, forward_fn=fn,
                 customized_pruners=customized_pruners())
+            pruner.DG.tp_vgg_outputs = fn.outputs
+            return pruner
         except UserError:
             raise
         except Exception as e:
@@ -630,7 +652,8 @@ def _follow_flatten_order(groups: list, model: nn.Module, spec: ModelSpec,
 
 
 def _step(pruner: tp.pruner.BasePruner, model: nn.Module, spec: ModelSpec, example: torch.Tensor,
-          planned: Optional[Callable[[list], None]] = None) -> None:
+          planned: Optional[Callable[[list], None]] = None,
+          unwrapped: Optional[reparam.Unwrapped] = None) -> None:
     """``pruner.step()``: the groups of the step are planned first, all on the unpruned model (so
     every criterion scores the model as it is), handed to ``planned`` (the masked-equivalence
     check takes the original's output there), then pruned one by one, so that a failure names
@@ -652,16 +675,17 @@ def _step(pruner: tp.pruner.BasePruner, model: nn.Module, spec: ModelSpec, examp
     _follow_flatten_order(groups, model, spec, example, pruner.DG)
     if planned is not None:
         planned(groups)
-    for group in groups:
-        dep, idxs = group[0]
-        try:
-            group = pruner.DG.get_pruning_group(dep.target.module, dep.handler,
-                                                tp._helpers.to_plain_idxs(idxs))
-            _follow_flatten_order([group], model, spec, example, pruner.DG)
-            group.prune()
-        except Exception as e:
-            root = names.get(dep.target.module, "?")
-            raise _trace_failed(e, f"prune layer {root!r}") from e
+    with unwrapped.tracking() if unwrapped is not None else contextlib.nullcontext():
+        for group in groups:
+            dep, idxs = group[0]
+            try:
+                group = pruner.DG.get_pruning_group(dep.target.module, dep.handler,
+                                                    tp._helpers.to_plain_idxs(idxs))
+                _follow_flatten_order([group], model, spec, example, pruner.DG)
+                group.prune()
+            except Exception as e:
+                root = names.get(dep.target.module, "?")
+                raise _trace_failed(e, f"prune layer {root!r}") from e
 
 
 def _global_allocation(pruner: tp.pruner.BasePruner, cfg: PruneConfig, fixed: set,
@@ -753,10 +777,11 @@ def replay(model: nn.Module, spec: ModelSpec, history: List[list],
         return model
     if example is None:
         example = spec.example_input(device=next(model.parameters()).device)
-    with keep_mode(model):
+    with keep_mode(model), reparam.unwrapped(model) as unwrapped:
         graph = build_graph(model, spec, example)
         try:
-            _load_history(graph, model, spec, example, history)
+            with unwrapped.tracking():
+                _load_history(graph, model, spec, example, history)
         except Exception as e:
             raise UserError(
                 f"the saved pruning history does not fit the model {spec.name} builds now "

@@ -111,6 +111,14 @@ def output_layers(DG: tp.DependencyGraph, outputs: Sequence[torch.Tensor] = ()) 
     return found
 
 
+def _out_channels(DG: tp.DependencyGraph, module: nn.Module) -> Optional[int]:
+    try:
+        n = DG.get_out_channels(module)
+    except Exception:  # noqa: BLE001 -- a module type torch-pruning cannot measure
+        return None
+    return n if isinstance(n, int) else None
+
+
 def _zero_hook(idxs: List[int], last_dim: bool) -> Callable:
     def hook(module, inputs, output):
         out = output[0] if isinstance(output, tuple) else output
@@ -158,6 +166,7 @@ def raw_prune(model: nn.Module, example: torch.Tensor, ratio: float = 0.5,
 
     before = _n_params(model)
     seconds = 0.0
+    t0: Optional[float] = None          # set while a timed stage runs
     after: Optional[int] = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -172,13 +181,14 @@ def raw_prune(model: nn.Module, example: torch.Tensor, ratio: float = 0.5,
                     work, example, importance=tp.importance.MagnitudeImportance(p=1),
                     pruning_ratio=ratio, ignored_layers=ignored, forward_fn=leaves_fn)
             seconds += time.perf_counter() - t0
+            t0 = None
 
             masked = _deepcopy(work)            # before any group is pruned
             name_of = {id(m): n for n, m in work.named_modules()}
             alive: Dict[int, List[int]] = {}    # module id -> its alive channels, original numbers
             removed: Dict[int, List[int]] = {}  # module id -> removed channels, original numbers
             last_dim: Dict[int, bool] = {}
-            width = {id(m): pruner.DG.get_out_channels(m)   # out channels before pruning
+            width = {id(m): _out_channels(pruner.DG, m)     # out channels before pruning
                      for m in pruner.DG.module2node if id(m) in name_of}
 
             t0 = time.perf_counter()
@@ -192,7 +202,8 @@ def raw_prune(model: nn.Module, example: torch.Tensor, ratio: float = 0.5,
                         continue
                     plain = [int(i) for i in tp._helpers.to_plain_idxs(idxs)]
                     if id(module) not in alive:       # its width before any group was pruned
-                        alive[id(module)] = list(range(width[id(module)]))
+                        n = width.get(id(module)) or max(plain, default=-1) + 1
+                        alive[id(module)] = list(range(n))
                         removed[id(module)] = []
                         last_dim[id(module)] = isinstance(module, _LAST_DIM)
                     now = alive[id(module)]
@@ -202,6 +213,7 @@ def raw_prune(model: nn.Module, example: torch.Tensor, ratio: float = 0.5,
                 t0 += time.perf_counter() - t1      # the bookkeeping is the check's, not timed
                 group.prune()
             seconds += time.perf_counter() - t0
+            t0 = None
             after = _n_params(work)
 
             for key, idxs in removed.items():
@@ -212,6 +224,8 @@ def raw_prune(model: nn.Module, example: torch.Tensor, ratio: float = 0.5,
                 want = tensor_leaves(fwd(masked, example))
                 got = tensor_leaves(fwd(work, example))
         except Exception as e:  # noqa: BLE001 -- any failure is the result being measured
+            if t0 is not None:              # failed while building or pruning
+                seconds += time.perf_counter() - t0
             return RawResult("error", None, seconds, before, after, _error_text(e))
     err = _rel_err(got, want)
     if isinstance(err, str):
