@@ -141,16 +141,22 @@ def test_output_layer_remedy(run_cli, tmp_path):
 
 # --- layers that normalize across channels, reductions over channels ---------------------------
 
-def test_layernorm_rewrite_remedy(run_cli, tmp_path):
+def test_a_layernorm_over_the_channels_keeps_its_feeder_and_says_the_rewrite(run_cli, tmp_path):
+    """nn.LayerNorm([C, H, W]) normalizes across the channels: the conv feeding it keeps its
+    outputs, automatically, the rest prunes, and the note names the GroupNorm(1, C) rewrite,
+    which then prunes that conv too."""
     out = tmp_path / "out"
     r = _prune(run_cli, _model("unsupported_channel_norm"), out)
-    assert_one_line_error(r, "write it as nn.GroupNorm(1, C)", out)
+    assert r.code == 0, r.err
+    notes = json.loads((out / "report.json").read_text())["notes"]
+    note = next(n for n in notes if "'features.1' (LayerNorm)" in n)
+    assert "('features.0') keep their output channels" in note and "nn.GroupNorm(1, C)" in note
+    assert tp_vgg.load(str(out / "pruned.pt"), trust_model_code=True).features[0].out_channels == 8
     fixed = _rewritten(tmp_path, "unsupported_channel_norm", "nn.LayerNorm([8, 32, 32])",
                        "nn.GroupNorm(1, 8)")
-    assert _prune(run_cli, fixed, out).code == 0
-    keep = _flag(r.err, "--layer-ratios")
-    assert _prune(run_cli, _model("unsupported_channel_norm"), tmp_path / "b", "0.5",
-                  "--layer-ratios", keep).code == 0
+    assert _prune(run_cli, fixed, tmp_path / "b").code == 0
+    assert tp_vgg.load(str(tmp_path / "b" / "pruned.pt"),
+                       trust_model_code=True).features[0].out_channels == 4
 
 
 @pytest.mark.parametrize("name, factory, cause", [
@@ -228,27 +234,26 @@ import torch
 import torch.nn as nn
 
 
-class BufferBias(nn.Module):
+class ChannelRoll(nn.Module):
     def __init__(self, num_classes=10):
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                                       nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4))
-        self.register_buffer("offset", torch.zeros(1, 16, 1, 1))
         self.fc = nn.Linear(16 * 4 * 4, num_classes)
 
-    def forward(self, x):
-        return self.fc(torch.flatten(self.features(x) + self.offset, 1))
+    def forward(self, x):  # channel c takes channel c - 1's values: torch-pruning cannot see it
+        return self.fc(torch.flatten(torch.roll(self.features(x), 1, dims=1), 1))
 
 
 def make(num_classes=10):
-    return BufferBias(num_classes)
+    return ChannelRoll(num_classes)
 '''
 
 
 def test_an_unconfirmed_cause_is_said_and_no_remedy_offered(run_cli, tmp_path):
-    path = tmp_path / "buffer_bias.py"
+    path = tmp_path / "channel_roll.py"
     path.write_text(UNKNOWN)
     out = tmp_path / "out"
     r = _prune(run_cli, f"{path}:make", out)
     assert_one_line_error(r, "none of the causes tp-vgg knows", out)
-    assert "buffer_bias.py:15" in r.err and "--" not in r.err.split("):", 1)[1]
+    assert "first layer whose output differs is 'fc'" in r.err and "--layer-ratios" not in r.err

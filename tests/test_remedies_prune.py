@@ -142,8 +142,6 @@ ELSEWHERE = {
         "test_constant_size_in_a_view_that_is_not_a_flatten_gets_the_size_remedy",
     "is used outside any module, so torch-pruning guessed its channel dimension":
         "tests/test_diagnoses.py::test_bare_parameter_remedy",
-    "nn.LayerNorm over (C, H, W) is pruned by torch-pruning along its last dimension":
-        "tests/test_diagnoses.py::test_layernorm_rewrite_remedy",
     "which torch-pruning cannot follow; keep the layer before it unpruned":
         "tests/test_diagnoses.py::test_keep_layer_unpruned_remedy",
     " with --layer-ratios '": "tests/test_diagnoses.py::test_keep_layer_unpruned_remedy",

@@ -376,11 +376,6 @@ UNSUPPORTED = {
     "output layer not a layer": (
         "vgg_seq_linear", ["--output-layer", "features.2"],
         ["--output-layer 'features.2' is a ReLU; accepted: the Conv2d or Linear"]),
-    "LayerNorm over (C, H, W)": (
-        "unsupported_channel_norm", [],
-        ["forward fails in module 'features.1' (LayerNorm)", "normalized_shape=[8, 32, 28]",
-         "nn.LayerNorm over (C, H, W) is pruned by torch-pruning along its last dimension",
-         "nn.GroupNorm(1, C)", "--layer-ratios '{\"features.0\": 0}'"]),
     "LocalResponseNorm (mixes neighbouring channels)": (
         "unsupported_channel_norm:make_lrn", [],
         ["the first layer whose output differs is 'features.1' (LocalResponseNorm)",

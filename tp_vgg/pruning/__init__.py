@@ -5,7 +5,13 @@
 * ``criteria`` -- the ``IMPORTANCES`` registry (l1, l2, fpgm, taylor, lamp, bn-scale, random,
   and the cross-layer rankings taylor-raw and group-norm);
 * ``mapping`` -- torch-pruning's index mappings through flattens and concatenations, corrected
-  from the traced shapes;
+  from the traced shapes, inside tp-vgg's own calls only (``scope``);
+* ``reparam`` -- spectral-norm and weight-norm layers, unwrapped for pruning and registered
+  again on the kept rows and columns;
+* ``buffers`` -- per-channel registered buffers of the user's modules, pruned with their
+  channels;
+* ``raw`` -- raw torch-pruning as a new user runs it, with its own masked-equivalence check:
+  the reference tp-vgg is compared with (the parity test, benchmarks/coverage.py);
 * ``checks`` -- patterns torch-pruning cannot follow, detected and explained;
 * ``diagnosis`` -- the tensor ops of a forward pass recorded, and each cause of a failure
   confirmed against them before it is named;

@@ -325,7 +325,7 @@ def check_pruned(model: nn.Module, spec: ModelSpec, example: torch.Tensor,
         what = "the logits" if len(got) == 1 else paths[i]
         raise UserError(
             f"pruning changed {what} from shape {tuple(expect_shape[i])} to "
-            f"{tuple(got[i].shape)}: the layer that produces it lost outputs; name it with "
+            f"{tuple(got[i].shape)}: the layer that produces them lost outputs; name it with "
             "--output-layer NAME (a Conv2d or Linear, as in named_modules())")
     if want is None:
         return
@@ -479,18 +479,13 @@ def _forward_failure(e: BaseException, module_name: Optional[str], module: Optio
         return (f"{msg}: parameter {name!r} is used outside any module, so torch-pruning guessed "
                 f"its channel dimension and cut dimension {dim} ({_shape(shape)} -> {_shape(now)}); "
                 f"make it a per-channel (1, C, 1, 1) parameter or part of a module{keep}")
-    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) >= 3 and last_layer:
-        return (f"{msg}: nn.LayerNorm over (C, H, W) is pruned by torch-pruning along its last "
-                "dimension (the width), not the channels; write it as nn.GroupNorm(1, C) (the same "
-                "normalization, with per-channel affine terms), which prunes with the channels, "
-                f"or keep the layer before it unpruned with {_keep([last_layer])}")
     empty = _empty_layers(model)
     if empty:
         return (f"{msg}: torch-pruning removed all the channels of {', '.join(map(repr, empty))}, "
                 "more than the ratio asks: its index mapping went wrong there")
     return (f"{msg}: none of the causes tp-vgg knows (a size written as a number in view/reshape, "
             "a torch.cat or flatten mapped to the wrong columns, a parameter used outside "
-            f"modules, nn.LayerNorm over (C, H, W)) is confirmed; the {op}call that failed is "
+            f"modules) is confirmed; the {op}call that failed is "
             "the one named here")
 
 

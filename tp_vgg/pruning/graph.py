@@ -27,7 +27,7 @@ import torch_pruning as tp
 from tp_vgg.errors import UserError, first_line
 from tp_vgg.models import outputs
 from tp_vgg.models.zoo import ModelSpec, keep_mode
-from tp_vgg.pruning import checks, diagnosis, mapping, reparam
+from tp_vgg.pruning import buffers, checks, diagnosis, mapping, reparam
 from tp_vgg.pruning.criteria import IMPORTANCES
 
 PRUNABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)  # the layers whose channels are pruned
@@ -373,7 +373,8 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
     if max_ratio is None:
         max_ratio = 0.9 if cfg.global_pruning else 1.0
     # spectral / weight norm off while pruning, registered again on leaving (reparam)
-    with keep_mode(model), reparam.unwrapped(model) as unwrapped:
+    with keep_mode(model), reparam.unwrapped(model) as unwrapped, \
+            buffers.as_parameters(model) as taken:
         expect = checks.output_shapes(model, spec, example) if cfg.output_layer is not None else None
         if not protected:
             # Found on a graph of their own, before the pruner is made: torch-pruning groups
@@ -386,8 +387,11 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
                 raise UserError(checks.no_output_layer_message(
                     model, checks.bare_parameters(graph), graph))
         pruner = _make_pruner(model, spec, cfg, example, ratios, protected, max_ratio)
-        bare = checks.bare_parameters(pruner.DG)
+        bare = {n: v for n, v in checks.bare_parameters(pruner.DG).items()
+                if n not in taken.shapes}  # the buffers say their own note
         whole = _recurrent_and_feeders(model, pruner.DG, protected)
+        mixing, mixing_notes = _mixers_and_feeders(model, pruner.DG, protected + whole)
+        whole = whole + mixing
         if whole:  # kept whole, automatically: their outputs are not ranked or pruned
             pruner.ignored_layers = list(pruner.ignored_layers) + [
                 s for m in whole for s in m.modules()]
@@ -400,8 +404,10 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
                                 "keep forward differentiable for the layers to prune")
         _check_kept_channels(model, cfg, ratios, protected, channel_groups(pruner))
         notes = _criterion_hook(pruner, "check", model, gradients) or []
-        if whole:
-            notes = list(notes) + [_recurrent_note(model, whole)]
+        if any(isinstance(m, nn.RNNBase) for m in whole):
+            notes = list(notes) + [_recurrent_note(model, [m for m in whole
+                                                           if m not in mixing])]
+        notes = list(notes) + mixing_notes
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             ranked = False
@@ -435,7 +441,7 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
             notes = list(notes) + checks.bare_parameter_notes(
                 model, bare, checks.coupled_bare_parameters(pruner.DG, model), before,
                 out_channels(model))
-    notes = list(notes) + unwrapped.notes()
+    notes = list(notes) + unwrapped.notes() + taken.notes(model)
     skipped = _skipped_outputs(model, example)
     if skipped:
         notes.append(f"output leaves that are not tensors are not traced or checked: "
@@ -477,6 +483,68 @@ def _recurrent_and_feeders(model: nn.Module, graph: tp.DependencyGraph,
             if any(isinstance(dep.target.module, nn.RNNBase) for dep, _ in group):
                 feeders.append(m)
     return rnns + feeders
+
+
+def _own_forward(m: nn.Module) -> bool:
+    """A Conv/Linear subclass with a forward of its own (weight standardization, a scaled or
+    masked weight): it may compute each output from all its inputs together."""
+    for base in PRUNABLE:
+        if isinstance(m, base):
+            return type(m).forward is not base.forward
+    return False
+
+
+def _mixers_and_feeders(model: nn.Module, graph: tp.DependencyGraph,
+                        protected: List[nn.Module]) -> tuple:
+    """Layers whose outputs cannot lose channels exactly because what they feed mixes its input
+    channels -- an ``nn.LayerNorm`` (it normalizes over the channels, channels-last or over
+    (C, H, W)), or a Conv/Linear subclass with its own ``forward`` (weight standardization
+    normalizes each filter over all its inputs) -- found all at once, in one pass over the
+    graph: ``(feeders, notes)``. The feeders are kept whole; the mixers' own outputs are pruned
+    where that stays exact (the masked-equivalence check proves it)."""
+    mixers = [m for m in model.modules()
+              if m in graph.module2node and (isinstance(m, nn.LayerNorm) or _own_forward(m))]
+    if not mixers:
+        return [], []
+    names = {m: n for n, m in model.named_modules()}
+    feeds: Dict[nn.Module, List[nn.Module]] = {}
+    for m in model.modules():
+        if not isinstance(m, PRUNABLE) or m not in graph.module2node or m in protected:
+            continue
+        try:
+            group = graph.get_pruning_group(m, graph.get_pruner_of_module(m).prune_out_channels,
+                                            [0])
+        except Exception:
+            continue
+        for dep, _ in group:
+            t = dep.target.module
+            if t in mixers and t is not m and (isinstance(t, nn.LayerNorm)
+                                              or graph.is_in_channel_pruning_fn(dep.handler)):
+                feeds.setdefault(t, []).append(m)
+    feeders = list(dict.fromkeys(f for fs in feeds.values() for f in fs))
+    notes = []
+    for kind, why in (
+            ("LayerNorm", "normalizes across the channels, so removing some would change what "
+                          "the kept ones compute"),
+            ("own forward", "computes from all its input channels together (a forward of its "
+                            "own, e.g. weight standardization over each filter's inputs), so "
+                            "it keeps its inputs and only its outputs are pruned")):
+        hit = [t for t in feeds if (kind == "LayerNorm") == isinstance(t, nn.LayerNorm)]
+        if not hit:
+            continue
+        fed = list(dict.fromkeys(f for t in hit for f in feeds[t]))
+        shown = ", ".join(f"{names[t]!r} ({type(t).__name__})" for t in hit[:4])
+        more = f" and {len(hit) - 4} more" if len(hit) > 4 else ""
+        notes.append(f"{shown}{more}: each {why}; the {len(fed)} "
+                     f"layer{'s' if len(fed) != 1 else ''} feeding "
+                     f"{'them' if len(hit) != 1 else 'it'} "
+                     f"({', '.join(repr(names[f]) for f in fed[:6])}"
+                     f"{', ...' if len(fed) > 6 else ''}) keep their output channels"
+                     + ("; a LayerNorm over (C, H, W) written as nn.GroupNorm(1, C), the same "
+                        "normalization with per-channel affine terms, prunes with the channels"
+                        if any(isinstance(t, nn.LayerNorm) and len(t.normalized_shape) >= 3
+                               for t in hit) else ""))
+    return feeders, notes
 
 
 def _recurrent_note(model: nn.Module, whole: List[nn.Module]) -> str:
@@ -777,7 +845,7 @@ def replay(model: nn.Module, spec: ModelSpec, history: List[list],
         return model
     if example is None:
         example = spec.example_input(device=next(model.parameters()).device)
-    with keep_mode(model), reparam.unwrapped(model) as unwrapped:
+    with keep_mode(model), reparam.unwrapped(model) as unwrapped, buffers.as_parameters(model):
         graph = build_graph(model, spec, example)
         try:
             with unwrapped.tracking():
