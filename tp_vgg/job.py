@@ -42,7 +42,7 @@ from tp_vgg.errors import UserError
 from tp_vgg.files import atomic_path, ensure_dir, write_json, write_text
 from tp_vgg.latency import budget as latency_target
 from tp_vgg.latency import timing as latency
-from tp_vgg.models import counting
+from tp_vgg.models import counting, outputs
 from tp_vgg.models.counting import Counts, human
 from tp_vgg.models.zoo import ModelSpec, build_model
 from tp_vgg.pruning import graph as pruning
@@ -303,6 +303,7 @@ class Prepared:
 def load(job: PruneJob, log: Log = print) -> Prepared:
     """The model; with a fine-tuning sub-config its data, the teacher, and top-1 before."""
     loaded = load_source(job.source, log)
+    check_classifies(job, loaded.model)
     ft = job.finetune
     if ft is None:
         return Prepared(loaded, preprocessing=Preprocessing.of(loaded.preprocessing))
@@ -313,6 +314,18 @@ def load(job: PruneJob, log: Log = print) -> Prepared:
     before = (evaluation.evaluate_on(loaded.model, loaded.spec, data, pre, device=cfg.device).top1
               if ft.evaluates else None)
     return Prepared(loaded, data, pre, cfg, teacher, before)
+
+
+def check_classifies(job: PruneJob, model: nn.Module) -> None:
+    """A model that tp-vgg's classification loop cannot run (a detector) is pruned without
+    data: fine-tuning, accuracy and data-driven criteria would need its own loss."""
+    if outputs.classifies(model) or job.finetune is None:
+        return
+    what = (f"--finetune-epochs {job.finetune.epochs}" if job.finetune.epochs else "--data")
+    raise UserError(
+        f"{what} is not accepted for {type(model).__name__}: tp-vgg fine-tunes and evaluates "
+        "classifiers, and a detector needs its own loss; prune without --data and fine-tune in "
+        "your own training loop (README: \"Your own training loop\")")
 
 
 def make_teacher(job: PruneJob, loaded: Loaded) -> train.Teacher:

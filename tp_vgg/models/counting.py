@@ -20,7 +20,8 @@ with warnings.catch_warnings():  # fvcore's focal_loss calls the deprecated torc
     warnings.simplefilter("ignore", FutureWarning)
     from fvcore.nn import FlopCountAnalysis, parameter_count
 
-from tp_vgg.models.zoo import LogitsOnly, ModelSpec, keep_mode
+from tp_vgg.models import outputs
+from tp_vgg.models.zoo import ModelSpec, keep_mode
 
 # Ops fvcore counts by default that are not conv/linear work: counted as 0 MACs. (In fvcore 0.1.5
 # ``set_op_handle(op, None)`` does not stop them being counted; a handle returning 0 does.)
@@ -62,7 +63,7 @@ class Counts:
 
 
 def _channels(m: nn.Module):
-    if isinstance(m, nn.Conv2d):
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
         return m.in_channels, m.out_channels
     if isinstance(m, nn.Linear):
         return m.in_features, m.out_features
@@ -76,7 +77,7 @@ def count(model: nn.Module, spec: ModelSpec, example: Optional[torch.Tensor] = N
     device = next(model.parameters()).device
     if example is None:
         example = spec.example_input(batch=1, device=device)
-    wrapped = LogitsOnly(model, spec.output_key)
+    wrapped = outputs.AllOutputs(model)  # every output, on the model's raw path
     with keep_mode(model), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fv_logger = logging.getLogger("fvcore")
@@ -98,7 +99,8 @@ def count(model: nn.Module, spec: ModelSpec, example: Optional[torch.Tensor] = N
     params = parameter_count(model)
     layers = []
     for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear,
+                          nn.modules.batchnorm._BatchNorm)):
             cin, cout = _channels(m)
             layers.append(LayerCount(name, type(m).__name__, cin, cout,
                                      int(by_module.get("model." + name, 0)), int(params.get(name, 0))))

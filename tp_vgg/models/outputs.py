@@ -95,10 +95,9 @@ PATHS: Registry = Registry("model path")
 
 
 def _torchvision_detector(model: nn.Module) -> bool:
-    try:
-        from torchvision.models.detection import FCOS, SSD, RetinaNet
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        return False
+    from torchvision.models.detection.fcos import FCOS
+    from torchvision.models.detection.retinanet import RetinaNet
+    from torchvision.models.detection.ssd import SSD
     return isinstance(model, (SSD, RetinaNet, FCOS))
 
 
@@ -117,10 +116,7 @@ PATHS.register("torchvision-detection", Path(
 
 
 def _two_stage(model: nn.Module) -> bool:
-    try:
-        from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-    except ImportError:  # pragma: no cover
-        return False
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
     return isinstance(model, GeneralizedRCNN)
 
 

@@ -35,6 +35,7 @@ from torchvision.models.vgg import cfgs as TORCHVISION_CFGS
 
 from tp_vgg.data.preprocessing import InputSize, input_hw, size_text, size_value
 from tp_vgg.errors import UserError
+from tp_vgg.models import outputs
 from tp_vgg.registry import Registry
 
 
@@ -896,7 +897,7 @@ def check_forward(model: nn.Module, spec: ModelSpec) -> torch.Size:
         try:
             model.eval()
             with torch.no_grad():
-                out = model(s.example_input(device=device))
+                out = outputs.run(model, s.example_input(device=device))
         except UserError:
             raise
         except Exception as e:
@@ -905,7 +906,16 @@ def check_forward(model: nn.Module, spec: ModelSpec) -> torch.Size:
                             f"{'x'.join(map(str, input_hw(s.input_size)))} input "
                             f"({type(e).__name__}: {msg}); check "
                             "--input-size and --in-channels") from e
+    found = outputs.require_tensors(out)
+    if not outputs.classifies(model) or (s.output_key is None and len(found) > 1
+                                         and not _has_logits(out)):
+        return found[0].shape  # no single logits: every output is pruned and checked
     return select_logits(out, s.output_key).shape
+
+
+def _has_logits(out: Any) -> bool:
+    return isinstance(out, dict) and any(isinstance(out.get(k), torch.Tensor)
+                                         for k in ("logits", "out"))
 
 
 class LogitsOnly(nn.Module):

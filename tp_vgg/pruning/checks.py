@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -98,12 +98,17 @@ def untraced_message(untraced: List[str]) -> str:
             "torch-pruning cannot prune them")
 
 
-def coupled_bare_parameters(graph: tp.DependencyGraph, model: nn.Module) -> Dict[str, List[str]]:
-    """Layer name -> names of the bare parameters torch-pruning would prune with its channels."""
+def coupled_bare_parameters(graph: tp.DependencyGraph, model: nn.Module,
+                            skip: Sequence[nn.Module] = ()) -> Dict[str, List[str]]:
+    """Layer name -> names of the bare parameters torch-pruning would prune with its channels
+    (layers in ``skip`` -- protected, their outputs never pruned -- are not asked)."""
     names = getattr(graph, "_param_to_name", {})
     out: Dict[str, List[str]] = {}
+    skip = set(skip)
+    if not names:
+        return out
     for lname, layer in model.named_modules():
-        if not isinstance(layer, _PRUNABLE) or layer not in graph.module2node:
+        if not isinstance(layer, _PRUNABLE) or layer not in graph.module2node or layer in skip:
             continue
         try:
             group = graph.get_pruning_group(layer, graph.get_pruner_of_module(layer).prune_out_channels, [0])

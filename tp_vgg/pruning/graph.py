@@ -421,7 +421,8 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
                 ratios = {**_global_allocation(pruner, cfg, fixed, max_ratio), **ratios}
                 pruner = _make_pruner(model, spec, dataclasses.replace(cfg, global_pruning=False),
                                       example, ratios, protected + whole, 1.0)
-            coupled = lambda: checks.coupled_bare_parameters(pruner.DG, model)  # noqa: E731
+            coupled = lambda: checks.coupled_bare_parameters(  # noqa: E731
+                pruner.DG, model, protected + whole)
             for step in range(cfg.iterative_steps):
                 if not ranked:
                     _criterion_hook(pruner, "prepare", model, gradients)
@@ -439,9 +440,13 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
             notes = list(notes) + [checks.untraced_message(untraced) + "; they keep all channels"]
         if bare:
             notes = list(notes) + checks.bare_parameter_notes(
-                model, bare, checks.coupled_bare_parameters(pruner.DG, model), before,
+                model, bare, checks.coupled_bare_parameters(pruner.DG, model, protected + whole),
+                before,
                 out_channels(model))
     notes = list(notes) + unwrapped.notes() + taken.notes(model)
+    if outputs.label(model):  # a detector: what was traced, counted and timed
+        notes.append(f"{type(model).__name__}: pruned, checked, counted and timed on its "
+                     f"{outputs.label(model)}; the saved model is the whole {type(model).__name__}")
     skipped = _skipped_outputs(model, example)
     if skipped:
         notes.append(f"output leaves that are not tensors are not traced or checked: "
