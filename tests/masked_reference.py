@@ -76,8 +76,13 @@ def zero_removed_channels(model: nn.Module, spec: ModelSpec, history: List[list]
                 layer = dep.target.module
                 ii = torch.as_tensor([int(i) for i in dep_idxs], dtype=torch.long)
                 # the running mean too: an affine-free BN then maps a zero channel to zero
-                for t in (getattr(layer, a, None) for a in ("weight", "bias", "running_mean")):
-                    if t is not None:
+                for a in ("weight", "bias", "running_mean"):
+                    t = getattr(layer, a, None)
+                    if t is None:
+                        continue
+                    if a == "weight" and isinstance(layer, nn.ConvTranspose2d):
+                        t[:, ii] = 0  # (in, out, kh, kw)
+                    else:
                         t[ii] = 0
                 gone.setdefault(layer, set()).update(int(i) for i in dep_idxs)
         drop = set(original)

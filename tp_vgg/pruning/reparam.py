@@ -124,9 +124,13 @@ def _strip(layer: _Layer) -> None:
     """``layer.module.<attr>`` becomes a plain Parameter holding the effective weight."""
     m, attr = layer.module, layer.attr
     if layer.style == "parametrize":
-        parametrize.remove_parametrizations(m, attr, leave_parametrized=True)
-        with torch.no_grad():
-            getattr(m, attr).copy_(layer.tensors["weight"])  # the eval-mode weight exactly
+        # By hand, not remove_parametrizations(): that deletes the weight property from the
+        # module's class, which a deepcopy of the model shares -- the user's own copy (or the
+        # job's unpruned original) would lose its weight (measured).
+        base = parametrize.type_before_parametrizations(m)
+        del m._modules["parametrizations"]
+        m.__class__ = base
+        m.register_parameter(attr, nn.Parameter(layer.tensors["weight"].clone()))
         return
     if layer.kind == "spectral":
         torch.nn.utils.remove_spectral_norm(m, attr)
