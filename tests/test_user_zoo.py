@@ -168,7 +168,9 @@ def test_dict_with_several_tensors_asks_for_output_key(run_cli, tmp_path):
     r = run_cli("prune", "--model", model, "--ratio", "0.5", "--output-key", "scores",
                 "--out", tmp_path / "o")
     assert r.code == 0, r.err
-    assert json.loads((tmp_path / "o" / "report.json").read_text())["output_layers"] == ["scores"]
+    # every output's layer is protected, the embedding beside the scores
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["output_layers"] == [
+        "scores", "embedding"]
     loaded = tp_vgg.load(str(tmp_path / "o" / "pruned.pt"), trust_model_code=True)
     assert loaded(torch.randn(1, 3, 32, 32))["scores"].shape == (1, 10)
 
