@@ -11,7 +11,7 @@ recipe (or ``--base CKPT``). For each budget (``--speedups``, MACs before / afte
 
 Both rows start from the pruned, re-estimated weights and fine-tune the same epochs (the
 search's short fine-tunes of its finalists are not carried over; their cost is in
-``search_s``). Each run is the library calls ``tp-vgg prune`` makes (``tp_vgg.job`` stages and
+``search_s``). Each run is the library calls ``tp-vgg prune`` makes (``tp_vgg.jobs.stages`` and
 ``tp_vgg.search.widths``), on data loaded once. After the runs, each budget's pruned models are
 timed interleaved (median ms, batch 64, 1 thread, BN folded, channels-last).
 
@@ -305,7 +305,7 @@ def _global(importance):
 
 def _recipe(name):
     def row(ctx, speedup, seed, rec, prior):
-        from tp_vgg.job import sparse_learning
+        from tp_vgg.jobs.stages import sparse_learning
         from tp_vgg.pruning import recipes
         from tp_vgg.pruning.graph import PruneConfig
         from tp_vgg.train import loop as train

@@ -6,7 +6,7 @@ Its latency L is measured (torch, BN folded, channels-last, batch 64, ``--thread
 ``latency``: ``--target-latency L`` on the same device and runtime (L1 scores, importance per
 predicted ms; :mod:`tp_vgg.latency.budget`). Both are fine-tuned identically (tp-vgg's
 fine-tuning recipe, ``--epochs``, BN recalibration first) for each seed, through the library's
-prune job (:func:`tp_vgg.job.run`, what ``tp-vgg prune`` runs). At the end both pruned models are
+prune job (:func:`tp_vgg.jobs.prune.run`, what ``tp-vgg prune`` runs). At the end both pruned models are
 timed together, interleaved, medians.
 
     python benchmarks/latency_budget_cifar.py --base runs/recovery/base/last.pt \\
@@ -54,7 +54,7 @@ def main() -> int:
     from tp_vgg.checkpoint.store import load_checkpoint
     from tp_vgg.data.datasets import DataConfig
     from tp_vgg.files import write_json, write_text
-    from tp_vgg.job import FinetuneConfig, PruneJob, run
+    from tp_vgg.jobs import FinetuneConfig, PruneJob, run
     from tp_vgg.latency import budget as latency_target
     from tp_vgg.latency import timing as latency
     from tp_vgg.models.counting import count

@@ -126,7 +126,7 @@ def test_torchrun_prune_recalibrates_and_distills_on_two_cpu_processes(tmp_path)
 
 def test_torchrun_prune_refuses_latency(tmp_path):
     from tp_vgg.checkpoint.source import ModelSource
-    from tp_vgg.job import PruneJob, run
+    from tp_vgg.jobs import PruneJob, run
     from tp_vgg.latency.timing import LatencyConfig
     from tp_vgg.pruning.graph import PruneConfig
 

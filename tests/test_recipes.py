@@ -10,7 +10,8 @@ from methods_util import QUIET, TINY, assert_one_line_error, read_report, user_m
 
 import tp_vgg
 from tp_vgg.pruning import graph as pruning
-from tp_vgg.job import UnstructuredConfig
+from tp_vgg.jobs import UnstructuredConfig
+from tp_vgg.jobs.stages import sparse_learning
 from tp_vgg.pruning import recipes
 
 DATA = ["--data", "fake", "--data-kwargs", '{"train_size": 192, "test_size": 48}']
@@ -62,7 +63,7 @@ def test_sparse_learning_moves_the_weights_the_recipe_regularizes(tmp_path):
     for reg in (1e-6, 1e-1):
         torch.manual_seed(0)
         m = tp_vgg.build_model(spec)
-        rep = tp_vgg.job.sparse_learning(m, spec, data, pre, recipes.SparseLearning("slimming", 2,
+        rep = sparse_learning(m, spec, data, pre, recipes.SparseLearning("slimming", 2,
                                                                                   reg),
                                       finetuning(device="cpu", progress="none", batch_size=48),
                                       log=lambda s: None)

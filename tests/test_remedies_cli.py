@@ -314,7 +314,7 @@ REMEDIES = [
                       "--onnx", c.path("fused.onnx")],
            setup=onnx_files, check=no_batchnorm_in("fused.onnx")),
 
-    # --- tp_vgg/cli/methods_cmds.py, tp_vgg/job.py -------------------------------------------
+    # --- tp_vgg/cli/methods_cmds.py, tp_vgg/jobs/ -------------------------------------------
     Remedy("latency-with-unstructured",
            "--latency with --unstructured would time the same dense layers: zeroed weights do "
            "not make dense kernels faster",
@@ -353,7 +353,7 @@ REMEDIES = [
 
     # (--search, also its job.py messages: tests/test_remedies_search.py)
 
-    # --- tp_vgg/cli/pruning_cmds.py, tp_vgg/job.py: prune --out / --resume -------------------
+    # --- tp_vgg/cli/pruning_cmds.py, tp_vgg/jobs/: prune --out / --resume -------------------
     Remedy("prune-needs-out", "--out DIR is required",
            lambda c: ["prune", *TINY, "--ratio", "0.3"],
            lambda c: ["prune", *TINY, "--ratio", "0.3", "--out", c.path("p")],
@@ -426,7 +426,7 @@ def test_a_job_fine_tuning_per_step_takes_the_data_it_asks_for(tmp_path):
     from tp_vgg.checkpoint.source import ModelSource
     from tp_vgg.data.datasets import DataConfig
     from tp_vgg.errors import UserError
-    from tp_vgg.job import FinetuneConfig, IterativeConfig, PruneJob, run
+    from tp_vgg.jobs import FinetuneConfig, IterativeConfig, PruneJob, run
     from tp_vgg.pruning.graph import PruneConfig
     from tp_vgg.train.config import TrainConfig
 

@@ -10,7 +10,7 @@ from remedies_util import Remedy, run_remedy
 import tp_vgg
 from tp_vgg.checkpoint.source import ModelSource
 from tp_vgg.data.datasets import DataConfig
-from tp_vgg.job import FinetuneConfig, PruneJob
+from tp_vgg.jobs import FinetuneConfig, PruneJob
 from tp_vgg.models.zoo import ModelSpec
 from tp_vgg.search.widths import SearchConfig
 
@@ -95,10 +95,10 @@ def test_the_library_search_needs_data_and_runs_with_it(tmp_path):
                    search=SearchConfig(candidates=3, heldout=64, bn_batches=1,
                                        finalist_epochs=0))
     with pytest.raises(tp_vgg.UserError, match="pass --data D"):
-        tp_vgg.job.run(job, log=lambda s: None)
+        tp_vgg.jobs.run(job, log=lambda s: None)
     job.finetune = FinetuneConfig(DataConfig("fake", kwargs={"train_size": 300,
                                                              "test_size": 32}), bn_batches=0)
-    res = tp_vgg.job.run(job, str(tmp_path / "out"), log=lambda s: None)
+    res = tp_vgg.jobs.run(job, str(tmp_path / "out"), log=lambda s: None)
     assert res.report["search"]["scored"] == 3
 
 
@@ -141,12 +141,12 @@ def test_the_library_recipe_needs_data_and_its_prune_config(tmp_path):
     job = PruneJob(ModelSource(spec=ModelSpec("cifar_vgg11_bn", width=0.125)),
                    tp_vgg.PruneConfig(ratio=0.3), sparse=stage)
     with pytest.raises(tp_vgg.UserError, match="pass --data D"):
-        tp_vgg.job.run(job, log=lambda s: None)
+        tp_vgg.jobs.run(job, log=lambda s: None)
     job.finetune = FinetuneConfig(DataConfig("fake", kwargs={"train_size": 96,
                                                              "test_size": 32}), bn_batches=0)
     with pytest.raises(tp_vgg.UserError, match="SparseLearning.prune_config"):
-        tp_vgg.job.run(job, log=lambda s: None)
+        tp_vgg.jobs.run(job, log=lambda s: None)
     job.prune = stage.prune_config(job.prune, max_layer_ratio_given=False)
-    res = tp_vgg.job.run(job, str(tmp_path / "out"), log=lambda s: None)
+    res = tp_vgg.jobs.run(job, str(tmp_path / "out"), log=lambda s: None)
     assert res.report["sparse_learning"]["recipe"] == "depgraph"
     assert res.report["config"]["importance"] == "group-norm"

@@ -14,7 +14,7 @@ import pytest
 
 from tp_vgg import files
 from tp_vgg.checkpoint.source import ModelSource
-from tp_vgg.job import PruneJob, sweep
+from tp_vgg.jobs import PruneJob, sweep
 from tp_vgg.latency.timing import LatencyConfig
 from tp_vgg.models.zoo import ModelSpec
 from tp_vgg.pruning.graph import PruneConfig

@@ -244,7 +244,7 @@ def _mac_ms(model, spec, cfg):
 
 def _latency_job(target_ms, tmp, prune=None):
     from tp_vgg.data.datasets import DataConfig as DC
-    from tp_vgg.job import FinetuneConfig
+    from tp_vgg.jobs import FinetuneConfig
     from tp_vgg.latency.budget import LatencyBudget
     from tp_vgg.pruning.targets import Target
     from tp_vgg.train.config import finetuning

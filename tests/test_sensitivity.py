@@ -9,7 +9,8 @@ import pytest
 import torch
 from methods_util import FAKE, TRUST, assert_one_line_error, models, read_report
 
-from tp_vgg import UserError, job
+from tp_vgg import UserError
+from tp_vgg.jobs import sensitivity as job
 from tp_vgg.models.zoo import ModelSpec, build_model
 from tp_vgg.pruning import sensitivity
 
@@ -108,7 +109,7 @@ def test_suggested_command_repeats_the_model_flags():
 
 
 def test_sensitivity_study_runs_as_a_library_call(tmp_path):
-    """tp_vgg.job.run_sensitivity: the study `tp-vgg sensitivity` runs, without the command line;
+    """tp_vgg.jobs.sensitivity.run_sensitivity: the study `tp-vgg sensitivity` runs, without the command line;
     nothing is written without out_dir."""
     from tp_vgg.checkpoint.source import ModelSource
     from tp_vgg.data.datasets import DataConfig

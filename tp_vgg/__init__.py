@@ -18,7 +18,8 @@ fine-tune -> measure -> report -> save::
 
 The code is organized by part of the job, one subpackage each (lowest layer first; a layer
 imports only the ones before it): ``data``, ``models``, ``report``, ``pruning``, ``checkpoint``,
-``train``, ``export``, ``latency``; ``job`` runs them. ``errors``, ``registry``, ``files`` and
+``train``, ``export``, ``latency``, ``search``; ``jobs`` runs them, one module per job.
+``errors``, ``registry``, ``files`` and
 ``device`` are the foundation, and ``cli`` only parses. README's "How the code is organized"
 says more.
 """
@@ -34,7 +35,7 @@ _PUBLIC = {
     "load_checkpoint": "tp_vgg.checkpoint.store", "save": "tp_vgg.checkpoint.store",
     "DataConfig": "tp_vgg.data.datasets",
     "UserError": "tp_vgg.errors",
-    **{name: "tp_vgg.job" for name in (
+    **{name: "tp_vgg.jobs" for name in (
         "FinetuneConfig", "IterativeConfig", "JobResult", "PruneJob", "SensitivityStudy",
         "UnstructuredConfig", "run", "run_sensitivity", "sweep")},
     "LatencyBudget": "tp_vgg.latency.budget",
@@ -50,7 +51,7 @@ _PUBLIC = {
 
 
 _SUBMODULES = ("data", "models", "report", "pruning", "checkpoint", "train", "export", "latency",
-               "job", "errors", "registry", "files", "device")
+               "jobs", "errors", "registry", "files", "device")
 
 
 def __getattr__(name: str):
@@ -58,7 +59,7 @@ def __getattr__(name: str):
 
     module = _PUBLIC.get(name)
     if module is None:
-        if name in _SUBMODULES:  # `import tp_vgg` then `tp_vgg.job.run`, as before
+        if name in _SUBMODULES:  # `import tp_vgg` then `tp_vgg.jobs.run`
             return importlib.import_module(f"tp_vgg.{name}")
         raise AttributeError(f"module 'tp_vgg' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)

@@ -6,5 +6,5 @@
   rebuild (a user factory's only with consent).
 
 May import: pruning, models, data, errors, registry, files, device.
-Imported by: train, job, cli.
+Imported by: train, jobs, cli.
 """

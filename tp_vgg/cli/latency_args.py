@@ -60,7 +60,7 @@ RUNTIME_HELP = ("what the model is timed in: " + "; ".join(
 
 
 # ``--round-to``: a positive integer, or ``auto`` (the device's multiple; see
-# :meth:`tp_vgg.job.PruneJob.prune_config`).
+# :meth:`tp_vgg.jobs.prune.PruneJob.prune_config`).
 round_to_arg = numeric(int, lambda v: v >= 1, "an integer >= 1 or auto", "is below 1",
                        words=("auto",))
 

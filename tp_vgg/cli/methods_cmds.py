@@ -8,7 +8,7 @@
 * flags of `tp-vgg train` and `tp-vgg finetune`: ``--sparsity``/``--sparsity-reg``.
 
 `prune`'s own command (tp_vgg/cli/pruning_cmds.py) takes their sub-configs of the
-:class:`tp_vgg.job.PruneJob` from :func:`method_configs`.
+:class:`tp_vgg.jobs.prune.PruneJob` from :func:`method_configs`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import math
 import shlex
 from typing import Any, Dict, Optional
 
-from tp_vgg import job
+from tp_vgg.jobs import sensitivity as sensitivity_job
 from tp_vgg.cli import train_cmds
 from tp_vgg.cli.common import (MODEL_FLAGS, add_model_args, code_consent, comma_list, log,
                                model_source, nonneg_float, nonneg_int, numeric, positive_int)
 from tp_vgg.data.datasets import DATASETS
 from tp_vgg.errors import UserError
-from tp_vgg.job import IterativeConfig, UnstructuredConfig
+from tp_vgg.jobs import IterativeConfig, UnstructuredConfig
 from tp_vgg.latency.budget import LatencyBudget
 from tp_vgg.pruning import sensitivity, sparsity, targets
 from tp_vgg.pruning.criteria import DEFAULT_TAYLOR_BATCHES, IMPORTANCES, needs_gradients
@@ -248,13 +248,13 @@ def method_configs(args: argparse.Namespace, ratio: Optional[float] = None) -> D
 # `tp-vgg sensitivity`.
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    study = job.SensitivityStudy(
+    study = sensitivity_job.SensitivityStudy(
         model_source(args), train_cmds.data_config(args), ratios=args.ratios,
         importance=args.importance, budget=args.budget, layers=args.layers,
         eval_images=args.eval_images, batch_size=args.batch_size,
         taylor_batches=args.taylor_batches, output_layer=args.output_layer, seed=args.seed,
         device=args.device, source_flags=_source_flags(args), bn_batches=args.bn_recalibrate)
-    job.run_sensitivity(study, args.out, log=log)
+    sensitivity_job.run_sensitivity(study, args.out, log=log)
     return 0
 
 

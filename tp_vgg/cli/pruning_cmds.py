@@ -12,7 +12,8 @@ from tp_vgg.cli.common import (REQUIRE_ONE_OF, add_model_args, code_consent, jso
                                load_model, ratio)
 from tp_vgg.data.datasets import DATASETS
 from tp_vgg.errors import UserError
-from tp_vgg.job import PruneJob, check_out_dir, resume_run, run
+from tp_vgg.jobs import PruneJob, resume_run, run
+from tp_vgg.jobs.stages import check_out_dir
 from tp_vgg.latency.layers import format_layer_times
 from tp_vgg.models import counting
 from tp_vgg.models.zoo import TIMM_INSTALL, TIMM_VGGS, list_models, timm_installed

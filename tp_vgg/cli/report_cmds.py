@@ -10,7 +10,8 @@ from tp_vgg.cli import pruning_cmds
 from tp_vgg.cli.common import add_model_args, load_model, log, positive_int
 from tp_vgg.errors import UserError, parse_list
 from tp_vgg.export import exporters as export
-from tp_vgg.job import check_out_dir, sweep
+from tp_vgg.jobs.stages import check_out_dir
+from tp_vgg.jobs.sweep import sweep
 from tp_vgg.report import markdown as report_md
 
 

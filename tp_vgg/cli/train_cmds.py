@@ -20,7 +20,8 @@ from tp_vgg.cli.common import (MODEL_FLAGS, Loaded, add_model_args, add_trust_ar
                                nonneg_int, positive_float, positive_int, ratio, unit_float)
 from tp_vgg.data.datasets import DATASETS, LOADERS, MEMORY_SHARE, DataConfig, load_data
 from tp_vgg.errors import UserError
-from tp_vgg.job import DEFAULT_BN_RECALIBRATE, FinetuneConfig
+from tp_vgg.jobs import FinetuneConfig
+from tp_vgg.train.evaluation import DEFAULT_BN_RECALIBRATE
 from tp_vgg.models.zoo import MODELS
 from tp_vgg.train import distributed, evaluation
 from tp_vgg.train import loop as train

@@ -7,5 +7,5 @@
 * ``layers`` -- where a model's time goes, layer by layer.
 
 May import: export, pruning, report, models, data, errors, registry, files, device.
-Imported by: search, job, cli.
+Imported by: search, jobs, cli.
 """

@@ -9,5 +9,5 @@
   ``head(backbone(x))``).
 
 May import: data, errors, registry, files, device.
-Imported by: report, pruning, checkpoint, train, export, latency, search, job, cli.
+Imported by: report, pruning, checkpoint, train, export, latency, search, jobs, cli.
 """

@@ -22,5 +22,5 @@
 * ``sensitivity`` -- per-layer sensitivity curves and the ratios they recommend.
 
 May import: report, models, data, errors, registry, files, device.
-Imported by: checkpoint, train, latency, search, job, cli.
+Imported by: checkpoint, train, latency, search, jobs, cli.
 """

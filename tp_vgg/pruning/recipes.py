@@ -7,7 +7,7 @@ few epochs, then global pruning with the criterion that regularizer prepares.
 * ``slimming`` -- Network Slimming (Liu et al., ICCV 2017): ``--sparsity bn-l1`` (L1 on the
   BatchNorm gammas), then ``--importance bn-scale --global``.
 
-A recipe is data only (:class:`Recipe`); :func:`tp_vgg.job.sparse_learning` is the stage the
+A recipe is data only (:class:`Recipe`); :func:`tp_vgg.jobs.stages.sparse_learning` is the stage the
 prune job runs before pruning, with the fine-tuning recipe of the job and the regularizer added
 to the gradients (:class:`tp_vgg.pruning.sparsity.Regularizer`, through
 ``TrainConfig.sparsity``).

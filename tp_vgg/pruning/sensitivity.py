@@ -6,7 +6,7 @@ into per-layer ratios for an accuracy budget -- sensitive layers are pruned less
 where the data come from. :func:`recommend` gives, for every layer, the largest ratio of the grid
 at which -- and at every smaller ratio -- pruning that layer alone costs at most ``budget``
 points of top-1; layers that cannot be pruned within the budget are left out.
-:func:`tp_vgg.job.run_sensitivity` is `tp-vgg sensitivity`: a study loaded, analyzed,
+:func:`tp_vgg.jobs.sensitivity.run_sensitivity` is `tp-vgg sensitivity`: a study loaded, analyzed,
 recommended and written.
 """
 

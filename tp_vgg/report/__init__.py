@@ -5,5 +5,5 @@
 * ``plots`` -- headless PNG plots.
 
 May import: models, data, errors, registry, files, device.
-Imported by: pruning, latency, job, cli.
+Imported by: pruning, latency, jobs, cli.
 """

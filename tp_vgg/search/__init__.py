@@ -7,5 +7,5 @@
 
 May import: latency, export, train, checkpoint, pruning, report, models, data, errors, registry,
 files, device.
-Imported by: job, cli.
+Imported by: jobs, cli.
 """

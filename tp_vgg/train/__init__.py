@@ -8,5 +8,5 @@
 * ``interrupt`` -- Ctrl-C and SIGTERM: stop at the next step, resumably.
 
 May import: checkpoint, pruning, models, data, errors, registry, files, device.
-Imported by: export, search, job, cli.
+Imported by: export, search, jobs, cli.
 """
