@@ -1,4 +1,4 @@
-"""`tp-vgg export`, `tp-vgg report` and `tp-vgg sweep`."""
+"""`tp-vgg export`, `tp-vgg report`, `tp-vgg compare` and `tp-vgg sweep`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from tp_vgg.errors import UserError, parse_list
 from tp_vgg.export import exporters as export
 from tp_vgg.jobs.stages import check_out_dir
 from tp_vgg.jobs.sweep import sweep
+from tp_vgg.report import compare as report_compare
 from tp_vgg.report import markdown as report_md
 
 
@@ -36,6 +37,17 @@ def register(sub, common) -> None:
                             "report.json / sweep.json / metrics.jsonl")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by prune, sweep, train or finetune")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", parents=[common],
+                       help="prune runs side by side: top-1, MACs, params, latency, and per "
+                            "layer the overlap (Jaccard) of the channels each removed with the "
+                            "first run's; --out DIR writes compare.json, compare.md, compare.png")
+    p.add_argument("runs", nargs="*", metavar="RUN",
+                   help="two or more folders written by tp-vgg prune --out (the first is the "
+                        "reference)")
+    p.add_argument("--out", metavar="DIR",
+                   help="write DIR/compare.json, compare.md and compare.png")
+    p.set_defaults(func=cmd_compare)
 
     # sweep takes every `prune` option (the same actions, so new prune flags apply here too),
     # with --ratios in place of --ratio; each run is one cmd_prune into DIR/ratio_R/.
@@ -62,6 +74,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     written = report_md.write_report(args.run_dir)
     print(f"wrote {written.markdown}" + (f" and {len(written.plots)} plots in "
                                          f"{os.path.join(args.run_dir, 'plots')}" if written.plots else ""))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    done = report_compare.compare(args.runs, args.out)
+    print(done.text)
+    if done.written:
+        print("wrote " + ", ".join(done.written))
     return 0
 
 

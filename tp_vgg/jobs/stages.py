@@ -427,7 +427,9 @@ def measure(config: Optional[latency.LatencyConfig], runtimes: Sequence[str],
 def make_report(job: PruneJob, spec, cfg: pruning.PruneConfig, before: Counts, after: Counts,
                 result: pruning.PruneResult, plan: Optional[targets.TargetPlan],
                 steps: Optional[iterative.Schedule], **extra: Any) -> Dict[str, Any]:
-    """report.json of a structured prune."""
+    """report.json of a structured prune, with ``removed_channels``: the output channels each
+    layer lost in this job, numbered as in the model before it
+    (:func:`tp_vgg.report.summary.removed_channels` of this job's history)."""
     more: Dict[str, Any] = dict(extra)
     if isinstance(plan, latency_target.LatencyPlan):
         more["target"] = dict(plan.to_dict(), reached_macs=after.macs,
@@ -441,8 +443,9 @@ def make_report(job: PruneJob, spec, cfg: pruning.PruneConfig, before: Counts, a
         more["schedule"] = steps.to_dict()
     if result.notes:
         more["notes"] = list(result.notes)
+    removed = report_json.removed_channels(result.history, result.channels_before)
     return report_json.prune_report(spec, cfg, before, after, result.output_layers,
-                               len(result.history), **more)
+                               len(result.history), removed, **more)
 
 
 def save_outputs(out_dir: Optional[str], model: nn.Module, spec, history: List[list],

@@ -5,7 +5,9 @@ A folder is one of (checked in this order):
 * a sweep (``sweep.json``, written by ``tp-vgg sweep``): one prune run per ratio in sub-folders;
   a trade-off table and accuracy-vs-MACs / latency-vs-MACs plots;
 * a prune run (``report.json``, written by ``tp-vgg prune``), possibly with ``finetune/metrics.jsonl``:
-  totals, accuracy and latency when recorded, per-layer tables and plots;
+  totals, accuracy and latency when recorded, per-layer tables and plots (channels.png and
+  macs.png; for an ``--unstructured`` run, whose channels all stay, the per-layer sparsity table
+  and sparsity.png instead);
 * a training run (``metrics.jsonl``, written by ``tp-vgg train``/``finetune``): the epoch table
   and curve.
 
@@ -190,7 +192,11 @@ def run_markdown(run_dir: str, rep: Dict[str, Any], records: List[Dict[str, Any]
         parts.append(plotter.save(plots.latency_vs_macs_figure(latency_points(rep)),
                                   "latency_vs_macs.png") + "\n")
     layers = rep.get("layers", [])
-    if layers:
+    un = rep.get("unstructured")
+    if isinstance(un, dict) and isinstance(un.get("layers"), list) or cfg.get("unstructured"):
+        # unstructured: no channel is removed; the share of zeroed weights per layer instead
+        parts.append(sparsity_section(un if isinstance(un, dict) else {}, plotter))
+    elif layers:
         parts.append("## Channels and MACs per layer\n\n"
                      + plotter.save(plots.channels_figure(layers), "channels.png") + "\n\n"
                      + plotter.save(plots.macs_figure(layers), "macs.png") + "\n")
@@ -210,6 +216,31 @@ def run_markdown(run_dir: str, rep: Dict[str, Any], records: List[Dict[str, Any]
         parts.append(_training_section(records, plotter, "Fine-tuning", start))
     parts.append(f"---\n{MAC_NOTE}; counted at batch 1 in eval mode.\n")
     return "\n".join(parts)
+
+
+def sparsity_section(un: Dict[str, Any], plotter: _Plots) -> str:
+    """An unstructured run's per-layer sparsity (report.json ``unstructured.layers``): a table
+    and sparsity.png."""
+    rows = [r for r in un.get("layers") or [] if isinstance(r, dict)]
+    if not rows:
+        return ("## Sparsity per layer\n\nreport.json records no per-layer sparsity "
+                "(``unstructured.layers``).\n")
+    table = [[f"`{r['name']}`", r.get("type", ""), r["weights"], r["zeros"],
+              f"{100 * r['sparsity']:.2f}%", human(r.get("macs_dense", 0)),
+              human(r.get("macs_nonzero", 0))] for r in rows]
+    if "weights" in un and "zeros" in un:
+        table.append(["total", "", un["weights"], un["zeros"],
+                      f"{100 * un.get('sparsity', 0):.2f}%", human(un.get("macs_dense", 0)),
+                      human(un.get("macs_nonzero", 0))])
+    img = plotter.save(plots.sparsity_figure(rows, un.get("sparsity")), "sparsity.png")
+    empty = un.get("empty_layers") or []
+    return ("## Sparsity per layer\n\nUnstructured pruning keeps every channel and zeroes single "
+            "weights: zeroed = conv/linear weights set to 0, sparsity = zeroed / weights.\n\n"
+            + _md_table(["layer", "type", "weights", "zeroed", "sparsity", "dense MACs",
+                         "nonzero MACs"], table)
+            + ("\n\nLayers left entirely zero: " + ", ".join(f"`{n}`" for n in empty) + "."
+               if empty else "")
+            + "\n\n" + img + "\n")
 
 
 def search_section(search: Dict[str, Any], plotter: _Plots) -> str:

@@ -202,6 +202,32 @@ def macs_figure(rows: Sequence[Dict[str, Any]]) -> Figure:
                  "MACs per layer (bar: before; the share removed above it)", fmt=si)
 
 
+def sparsity_figure(rows: Sequence[Dict[str, Any]], total: Optional[float] = None) -> Figure:
+    """An unstructured run: the share of each Conv2d/Linear layer's weights set to zero
+    (report.json ``unstructured.layers``), and the whole model's as a dashed line."""
+    rows = list(rows)
+    fig = new_figure(max(6.5, 0.55 * len(rows) + 2.5), 4.4)
+    ax = fig.add_subplot()
+    xs = list(range(len(rows)))
+    ys = [100 * (r.get("sparsity") or 0.0) for r in rows]
+    ax.bar(xs, ys, 0.7, color="C1", label="zeroed")
+    for x, y in zip(xs, ys):
+        ax.annotate(f"{y:.0f}%", (x, y), textcoords="offset points", xytext=(0, 2),
+                    ha="center", va="bottom", fontsize=FONT - 1)
+    if total is not None:
+        ax.axhline(100 * total, linestyle="--", linewidth=1, color="gray",
+                   label=f"all layers: {100 * total:.1f}%")
+    ax.set_ylim(0, 112)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([r["name"] for r in rows], rotation=45, ha="right",
+                       rotation_mode="anchor", fontsize=FONT)
+    style(ax, "", "weights set to zero (%)", "Sparsity per layer (unstructured)")
+    legend_beside(ax)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    return fig
+
+
 # --------------------------------------------------------------------------------------------
 # Trade-off curves.
 
@@ -347,4 +373,68 @@ def training_figure(records: Sequence[Dict[str, Any]], title: Optional[str] = No
     ax.grid(alpha=0.3)
     if ys:
         legend_beside(ax)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# `tp-vgg compare`.
+
+def compare_figure(cmp: Dict[str, Any]) -> Figure:
+    """compare.json drawn: left, per layer the Jaccard index of each run's removed channels with
+    the first run's (a short black mark: what a random choice of as many channels would give);
+    right, each run's top-1 (else the pruned ms at the smallest batch, else params) against its
+    MACs."""
+    runs, layers = cmp["runs"], cmp["layers"]
+    fig = new_figure(max(11.0, 0.5 * len(layers) * max(len(runs) - 1, 1) + 7.0), 4.6)
+    ax = fig.add_subplot(1, 2, 1)
+    others = list(range(1, len(runs)))
+    width = 0.8 / max(len(others), 1)
+    xs = list(range(len(layers)))
+    for k, i in enumerate(others):
+        pos = [x - 0.4 + width * (k + 0.5) for x in xs]
+        ys = [row["jaccard"][i] if row["jaccard"][i] is not None else 0.0 for row in layers]
+        ax.bar(pos, ys, width * 0.9, color=f"C{k}", label=f"{runs[i]['label']} vs "
+               f"{runs[0]['label']}")
+        for x, row in zip(pos, layers):
+            c, a, b = row["chance_shared"][i], row["removed"][0], row["removed"][i]
+            if c is not None and a + b - c > 0:
+                ax.plot([x - width * 0.4, x + width * 0.4], [c / (a + b - c)] * 2, color="black",
+                        linewidth=1.5)
+    ax.plot([], [], color="black", linewidth=1.5, label="random choice (expected)")
+    ax.set_ylim(0, 1.08)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([row["layer"] for row in layers], rotation=45, ha="right",
+                       rotation_mode="anchor", fontsize=FONT)
+    style(ax, "", "Jaccard index (shared / union)", "Removed channels: overlap with the first run")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.32), fontsize=FONT, frameon=False,
+              ncol=2)
+    right = fig.add_subplot(1, 2, 2)
+    if any(r.get("top1") is not None for r in runs):
+        pts = [(r["macs"], 100 * r["top1"], r["label"]) for r in runs if r.get("top1") is not None]
+        ylabel = "test top-1 (%)"
+    else:
+        sizes = sorted({b for r in runs if r.get("latency") for b in r["latency"]["batch_sizes"]},
+                       key=int)
+        if sizes:
+            b = sizes[0]
+            pts = [(r["macs"], r["latency"]["batch_sizes"][b]["pruned_ms"], r["label"])
+                   for r in runs if r.get("latency") and b in r["latency"]["batch_sizes"]]
+            ylabel = f"pruned model, median ms per batch of {b}"
+        else:
+            pts = [(r["macs"], r["params"], r["label"]) for r in runs]
+            ylabel = "params"
+            right.yaxis.set_major_formatter(FuncFormatter(lambda v, _: si(v)))
+    same: Dict[tuple, List[str]] = {}  # runs at the same point share one marker and label
+    for x, y, label in pts:
+        same.setdefault((x, y), []).append(label)
+    for (x, y), labels in same.items():
+        right.plot([x], [y], marker="o", linestyle="none", color="black", markersize=7)
+        right.annotate(", ".join(labels), (x, y), textcoords="offset points", xytext=(6, 4),
+                       fontsize=FONT)
+    right.margins(x=0.25, y=0.25)
+    right.xaxis.set_major_formatter(FuncFormatter(lambda v, _: si(v)))
+    style(right, MAC_AXIS, ylabel, "Runs")
+    right.grid(alpha=0.3)
     return fig

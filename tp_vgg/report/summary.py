@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from tp_vgg.models.counting import Counts, human
 from tp_vgg.models.zoo import ModelSpec
@@ -48,10 +48,58 @@ def layer_rows(before: Counts, after: Optional[Counts] = None) -> List[Dict[str,
     return rows
 
 
+def removed_channels(history: Sequence[Sequence[Any]],
+                     channels_before: Optional[Dict[str, int]] = None) -> Dict[str, List[int]]:
+    """The output channels each layer lost, in the numbering of the model before the pruning
+    that ``history`` records: ``{layer: sorted indices}``.
+
+    ``history`` is torch-pruning's ``pruning_history()`` as plain lists (``PruneResult.history``):
+    ``[root_module_name, is_out_channel_pruning, idxs]`` per pruned group, in order. The indices
+    of a later entry for the same layer (an iterative step) count the channels left after the
+    earlier ones, and are mapped back here: index ``i`` of a step is the ``i``-th channel not
+    removed before it. Only out-channel entries are read (a group's root layer; the layers
+    coupled with it -- its BatchNorm, the next layer's inputs -- lose the same channels and are
+    not listed). ``channels_before`` (the layers' out channels before, e.g.
+    ``PruneResult.channels_before``) checks every index is in range and orders the layers as it
+    does (the model's order); layers it does not name come last.
+    """
+    removed: Dict[str, List[int]] = {}
+    for name, is_out, idxs in history:
+        if not is_out:
+            continue
+        gone = sorted(removed.setdefault(str(name), []))
+        mapped = []
+        for i in sorted(int(i) for i in idxs):
+            orig = i
+            for g in gone:  # the i-th channel left: skip every one removed at or before it
+                if g <= orig:
+                    orig += 1
+                else:
+                    break
+            mapped.append(orig)
+        removed[str(name)] = sorted(set(gone) | set(mapped))
+        size = (channels_before or {}).get(str(name))
+        if size is not None and removed[str(name)] and (removed[str(name)][-1] >= size or len(
+                removed[str(name)]) != len(gone) + len(mapped)):
+            raise ValueError(f"pruning history of {name!r} does not fit its {size} channels")
+    order = list(channels_before or {})
+    return dict(sorted(removed.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order
+                       else len(order)))
+
+
 def prune_report(spec: ModelSpec, config: Any, before: Counts, after: Counts,
-                 output_layers: List[str], history_len: int, **extra: Any) -> Dict[str, Any]:
+                 output_layers: List[str], history_len: int,
+                 removed: Optional[Dict[str, List[int]]] = None, **extra: Any) -> Dict[str, Any]:
+    """report.json of a prune job. Its keys: the version, the MAC units, ``model``, ``config``,
+    the counts ``before``/``after`` and their reductions, ``output_layers`` (never pruned),
+    ``pruning_steps`` (history entries), ``unsupported_ops``, ``layers`` (one row per
+    Conv/Linear/BN layer: channels, MACs, params before and after), then with ``removed`` (a
+    structured prune) ``removed_channels``: ``{layer: [index, ...]}``, the output channels each
+    pruned layer lost, in the numbering of the model before this job (:func:`removed_channels`),
+    then ``extra``."""
     from tp_vgg import __version__
 
+    removed_block = {} if removed is None else {"removed_channels": removed}
     return {
         "tp_vgg_version": __version__,
         "units": MAC_NOTE + "; counted at batch 1, eval mode",
@@ -65,6 +113,7 @@ def prune_report(spec: ModelSpec, config: Any, before: Counts, after: Counts,
         "pruning_steps": history_len,
         "unsupported_ops": after.unsupported_ops,
         "layers": layer_rows(before, after),
+        **removed_block,
         **extra,
     }
 
