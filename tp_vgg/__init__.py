@@ -4,10 +4,15 @@ Public API (one function per stage)::
 
     spec = tp_vgg.ModelSpec("cifar_vgg11_bn", width=0.25)
     model = tp_vgg.build_model(spec)
-    result = tp_vgg.prune(model, spec, tp_vgg.PruneConfig(ratio=0.5))
-    counts = tp_vgg.count(model, spec)          # MACs: one multiply-add = 1 (fvcore's "flop")
-    tp_vgg.save(path, model, spec, history=result.history)
+    result = tp_vgg.prune(model, tp_vgg.PruneConfig(ratio=0.5))
+    counts = tp_vgg.count(model)                # MACs: one multiply-add = 1 (fvcore's "flop")
+    tp_vgg.finetune(model, "digits", epochs=2)  # fine-tuning defaults: no warm-up
+    tp_vgg.save(path, model)                    # spec and pruning history kept on the model
     model = tp_vgg.load(path)     # a user factory's checkpoint runs code: trust_model_code=True
+
+A model tp-vgg built or loaded keeps its spec, pruning history, preprocessing and meta
+(``model.tp_vgg_record``, :class:`ModelRecord`), so ``count``, ``prune``, ``finetune`` and
+``save`` need no spec; pass one for a model built elsewhere.
 
 The whole prune job (what `tp-vgg prune` runs): load -> count -> solve target -> prune ->
 fine-tune -> measure -> report -> save::
@@ -47,6 +52,7 @@ _PUBLIC = {
     "prune": "tp_vgg.pruning.graph",
     "Target": "tp_vgg.pruning.targets",
     "TrainConfig": "tp_vgg.train.config", "finetuning": "tp_vgg.train.config",
+    "finetune": "tp_vgg.train.finetune", "ModelRecord": "tp_vgg.models.zoo",
 }
 
 
@@ -78,4 +84,5 @@ __all__ = [
     "PruneJob", "ModelSource", "Target", "IterativeConfig", "UnstructuredConfig",
     "FinetuneConfig", "DataConfig", "TrainConfig", "finetuning", "LatencyConfig",
     "LatencyBudget", "JobResult", "run", "sweep", "SensitivityStudy", "run_sensitivity",
+    "finetune", "ModelRecord",
 ]

@@ -42,8 +42,8 @@ import torch.nn as nn
 from tp_vgg.data.preprocessing import Preprocessing
 from tp_vgg.errors import UserError, first_line
 from tp_vgg.files import write_with
-from tp_vgg.models.zoo import (FactoryRef, ModelCode, ModelSpec, build_model, check_spec,
-                               factory_kwargs)
+from tp_vgg.models.zoo import (FactoryRef, ModelCode, ModelRecord, ModelSpec, attach_record,
+                               build_model, check_spec, factory_kwargs, record_of, spec_of)
 from tp_vgg.pruning.graph import replay
 
 FORMAT = "tp-vgg-checkpoint"
@@ -81,6 +81,8 @@ class Checkpoint:
         except UserError as e:
             raise UserError(f"checkpoint {self.path!r}: {e}") from e
         _load_weights(model, self.state_dict, self.path)
+        attach_record(model, ModelRecord(self.spec, list(self.history), self.preprocessing,
+                                         dict(self.meta)))
         return model.to(device)
 
     def build_unpruned(self) -> nn.Module:
@@ -118,13 +120,24 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
-def save(path: str, model: nn.Module, spec: ModelSpec, history: Optional[List[list]] = None,
+def save(path: str, model: nn.Module, spec: Optional[ModelSpec] = None,
+         history: Optional[List[list]] = None,
          preprocessing: Preprocessing | Dict[str, Any] | None = None,
          meta: Optional[Dict[str, Any]] = None,
          train_state: Optional[Dict[str, Any]] = None, atomic: bool = True) -> None:
     """Write the checkpoint atomically (temp file, then rename); ``atomic=False`` writes ``path``
-    directly (when it is already a temp name of the caller's)."""
+    directly (when it is already a temp name of the caller's). For a model tp-vgg built or loaded,
+    ``spec``, ``history``, ``preprocessing`` and ``meta`` default to what is kept on it
+    (:class:`tp_vgg.models.zoo.ModelRecord`): ``save(path, tp_vgg.load(path))`` writes back what
+    was read."""
     from tp_vgg import __version__
+
+    rec = record_of(model)
+    spec = spec_of(model, spec, "save")
+    if rec is not None and rec.spec == spec:
+        history = rec.history if history is None else history
+        preprocessing = rec.preprocessing if preprocessing is None else preprocessing
+        meta = rec.meta if meta is None else meta
 
     payload = {
         "format": FORMAT,

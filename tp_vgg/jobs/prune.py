@@ -267,7 +267,12 @@ def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print,
                                          dist)
     if learned:
         say_round_to(learned, cfg.round_to, log)
-    steps = schedule(job, prep, dist)
+    steps = schedule(job, prep, dist, log)
+    if steps is not None and steps.finetune is None:
+        log(f"warning: --iterative-steps {job.steps} with no fine-tuning between the steps"
+            + ("" if job.finetune is not None else " and no evaluation (no --data)")
+            + ": each step only re-ranks the same weights, which is close to one-shot pruning; "
+            "pass --data D --finetune-epochs-per-step N to fine-tune between them")
     result = prune_model(model, spec, cfg, steps, grads)
     after = counting.count(model, spec)
     history = loaded.history + result.history
@@ -295,13 +300,14 @@ def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print,
 
     try:
         accuracy = recover(job, prep, model, history, loaded.meta, out_dir, log, dist,
-                           before_finetune=save_state if state is not None else None)
+                           before_finetune=save_state if state is not None else None,
+                           steps=steps)
         interrupt.check()
     except interrupt.Interrupted as e:
         raise resumable(e, out_dir, job.source.consent()) if saved else e
     if steps is not None:
         steps.finish(model, accuracy.get("pruned"), job.finetune.epochs if job.finetune else 0,
-                     accuracy.get("finetuned"))
+                     accuracy.get("finetuned"), accuracy.get("recalibrated"))
     acc = {"accuracy": accuracy} if accuracy else {}
     try:
         lat = measure(job.latency, job.latency_runtimes, original, model, spec, before, after, log)

@@ -154,7 +154,7 @@ def resume_run(out_dir: str, log: Log = print, dist: Optional[DistContext] = Non
             steps = iterative.Schedule(spec, sch["iterative_steps"], sch["finetune_epochs_per_step"])
             steps.records = [iterative.StepRecord(**r) for r in sch["steps"]]
             steps.finish(model, accuracy.get("pruned"), state.get("finetune_epochs") or 0,
-                         accuracy.get("finetuned"))
+                         accuracy.get("finetuned"), accuracy.get("recalibrated"))
         original = pruning.replay(ck.build_unpruned(), spec, history[:n_src]).eval()
         before, after = counting.count(original, spec), counting.count(model, spec)
         lat: Dict[str, Any] = {}

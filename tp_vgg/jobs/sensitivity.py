@@ -6,6 +6,7 @@ the analysis).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shlex
@@ -80,7 +81,9 @@ def run_sensitivity(study: SensitivityStudy, out_dir: Optional[str] = None,
                                     study.seed) if needs_gradients(study.importance) else None)
 
     def evaluate(m):
-        if study.bn_batches and m is not model:  # a pruned copy; the baseline keeps its own
+        if study.bn_batches:  # every point, and the reference, re-estimated the same way
+            if m is model:  # the reference: a copy, so that the pruned copies start from model
+                m = copy.deepcopy(model)
             evaluation.recalibrate_on(m, spec, data, pre, study.bn_batches, device=study.device,
                                       seed=study.seed)
         return evaluation.top1(m, spec, test, pre, study.device, study.batch_size)
@@ -95,17 +98,22 @@ def run_sensitivity(study: SensitivityStudy, out_dir: Optional[str] = None,
         ["--checkpoint", study.source.checkpoint] if study.source.checkpoint else
         ["--model", spec.name])
     command = (f"tp-vgg prune {source} --ratio 0 --layer-ratios "
-               f"{shlex.quote(json.dumps(ratios))} --out DIR")
+               f"{shlex.quote(json.dumps(ratios))} --out DIR") if ratios else None
+    least = sorted(res.layers, key=lambda l: min((r["drop_points"] for r in res.curve(l)),
+                                                 default=float("inf")))[:3]
     rep = {
         "units": report_json.MAC_NOTE, "model": spec.to_dict(), "data": data.name,
         "test_images": len(test.test_labels), "importance": study.importance,
         "budget_points": study.budget, "baseline_top1": res.baseline_top1,
         "bn_recalibrate_batches": study.bn_batches,
+        "baseline_note": ("the unpruned model after the same BatchNorm re-estimation as every "
+                          "point" if study.bn_batches else "the unpruned model as loaded"),
         "layer_ratios": ratios,
         "predicted": {"macs_before": res.baseline_macs, "macs_after": after.macs,
                       "macs_reduction": res.baseline_macs / max(after.macs, 1),
                       "note": "layers pruned together may cost more than each alone; fine-tune"},
-        "command": command, "rows": res.rows, "skipped": res.skipped,
+        "command": command, "least_sensitive": least, "rows": res.rows,
+        "skipped": res.skipped,
     }
     if out_dir:
         ensure_dir(out_dir)
@@ -115,10 +123,16 @@ def run_sensitivity(study: SensitivityStudy, out_dir: Optional[str] = None,
         write_text(os.path.join(out_dir, "layer_ratios.json"), json.dumps(ratios, indent=2) + "\n")
         write_json(os.path.join(out_dir, "report.json"), rep)
     log(sensitivity.format_table(res, ratios))
-    log(f"budget {study.budget:g} top-1 points per layer: {len(ratios)} of {len(res.layers)} "
-        f"layers pruned, {human(res.baseline_macs)} -> {human(after.macs)} MACs "
-        f"({res.baseline_macs / max(after.macs, 1):.2f}x fewer) before fine-tuning")
-    log(f"next: {command}")
+    if ratios:
+        log(f"budget {study.budget:g} top-1 points per layer: {len(ratios)} of "
+            f"{len(res.layers)} layers pruned, {human(res.baseline_macs)} -> {human(after.macs)} "
+            f"MACs ({res.baseline_macs / max(after.macs, 1):.2f}x fewer) before fine-tuning")
+        log(f"next: {command}")
+    else:
+        log(f"no layer stays within {study.budget:g} top-1 points at the smallest ratio tried "
+            f"({min(res.ratios):g}), so there is nothing to recommend; the least sensitive "
+            f"layers: {', '.join(least)}. Raise --budget, or prune with --ratio and fine-tune "
+            "(--finetune-epochs N --data D)")
     if out_dir:
         log(f"wrote {os.path.join(out_dir, 'sensitivity.csv')}, sensitivity.png, "
             "layer_ratios.json, report.json")

@@ -30,7 +30,7 @@ from tp_vgg.files import atomic_path, ensure_dir, write_json
 from tp_vgg.latency import budget as latency_target
 from tp_vgg.latency import timing as latency
 from tp_vgg.models import outputs
-from tp_vgg.models.counting import Counts, human
+from tp_vgg.models.counting import Counts
 from tp_vgg.models.zoo import ModelSpec, build_model
 from tp_vgg.pruning import graph as pruning
 from tp_vgg.pruning import iterative, recipes, sparsity, targets
@@ -292,26 +292,28 @@ def fit_round_to(job: PruneJob, cfg: pruning.PruneConfig, model: nn.Module) -> p
     return dataclasses.replace(cfg, round_to=k)
 
 
-def schedule(job: PruneJob, prep: Prepared,
-             dist: Optional[DistContext] = None) -> Optional[iterative.Schedule]:
-    """``between_steps`` of :func:`tp_vgg.pruning.graph.prune` for iterative steps: recalibrate BN and
-    evaluate, then fine-tune (against the original teacher throughout; under torchrun every rank
-    fine-tunes its shard, so all ranks prune the same weights at the next step)."""
+def schedule(job: PruneJob, prep: Prepared, dist: Optional[DistContext] = None,
+             log: Log = print) -> Optional[iterative.Schedule]:
+    """``between_steps`` of :func:`tp_vgg.pruning.graph.prune` for iterative steps: evaluate each
+    step raw, then after re-estimating BN, then fine-tune (against the original teacher
+    throughout; under torchrun every rank fine-tunes its shard, so all ranks prune the same
+    weights at the next step). Without data the steps run back to back, unevaluated."""
     spec = prep.loaded.spec
     if job.steps <= 1:
         return None
-    if job.epochs_per_step <= 0:
-        return iterative.Schedule(spec, job.steps, 0)
+    if job.finetune is None or not job.finetune.evaluates:
+        return iterative.Schedule(spec, job.steps, 0, log=log)
     data, pre, tcfg = prep.data, prep.preprocessing, prep.train_cfg
-    bn = job.finetune.bn_batches if job.finetune.evaluates else 0
+    bn = job.finetune.bn_batches
 
-    def evaluate(model):  # after re-estimating BN statistics (--bn-recalibrate)
-        if bn:
-            home = next(model.parameters()).device
-            evaluation.recalibrate_on(model, spec, data, pre, bn, tcfg.batch_size, tcfg.device,
-                                 tcfg.seed, tcfg.channels_last, dist=dist)
-            model.to(home, memory_format=torch.contiguous_format)
+    def evaluate(model):
         return evaluation.top1(model, spec, data, pre, tcfg.device)
+
+    def recalibrate(model):  # --bn-recalibrate, as after the last step
+        home = next(model.parameters()).device
+        evaluation.recalibrate_on(model, spec, data, pre, bn, tcfg.batch_size, tcfg.device,
+                                  tcfg.seed, tcfg.channels_last, dist=dist)
+        model.to(home, memory_format=torch.contiguous_format)
 
     def finetune(model, epochs):
         home = next(model.parameters()).device
@@ -321,8 +323,10 @@ def schedule(job: PruneJob, prep: Prepared,
         model.to(home, memory_format=torch.contiguous_format)
         return res.final.top1 if res.final else None
 
-    return iterative.Schedule(spec, job.steps, job.epochs_per_step, finetune=finetune,
-                              evaluate=evaluate)
+    return iterative.Schedule(spec, job.steps, job.epochs_per_step,
+                              finetune=finetune if job.epochs_per_step > 0 else None,
+                              evaluate=evaluate, recalibrate=recalibrate if bn else None,
+                              log=log, top1_start=prep.top1_before)
 
 
 def prune_model(model: nn.Module, spec, cfg: pruning.PruneConfig,
@@ -335,8 +339,8 @@ def prune_model(model: nn.Module, spec, cfg: pruning.PruneConfig,
 def recover(job: PruneJob, prep: Prepared, model: nn.Module, history: List[list],
             meta: Dict[str, Any], out_dir: Optional[str], log: Log,
             dist: Optional[DistContext] = None,
-            before_finetune: Optional[Callable[[Dict[str, Optional[float]]], None]] = None
-            ) -> Dict[str, Optional[float]]:
+            before_finetune: Optional[Callable[[Dict[str, Optional[float]]], None]] = None,
+            steps: Optional[iterative.Schedule] = None) -> Dict[str, Optional[float]]:
     """Recalibrate BN and fine-tune ``model`` in place (``out_dir/finetune/``); return the
     top-1 fractions: before, pruned, recalibrated, finetuned. Nothing without
     ``FinetuneConfig.evaluates``. Under torchrun (``dist``) each rank re-estimates the statistics
@@ -347,12 +351,19 @@ def recover(job: PruneJob, prep: Prepared, model: nn.Module, history: List[list]
     spec, data, pre, cfg = prep.loaded.spec, prep.data, prep.preprocessing, prep.train_cfg
     dev = cfg.device
     pruned = evaluation.evaluate_on(model, spec, data, pre, device=dev).top1
-    acc = {"before": prep.top1_before, "pruned": pruned}
+    acc = {"before": prep.top1_before}
     msg = f"top-1 before pruning {100 * prep.top1_before:.2f}%"
+    if steps is not None and steps.records and steps.records[-1].top1_end is not None:
+        # the figures below are the last step's alone: set them against the model before it
+        acc["before_last_step"] = steps.records[-1].top1_end
+        msg = (f"top-1 of the original {100 * prep.top1_before:.2f}%; the last step "
+               f"({steps.steps}/{steps.steps}) starts from {100 * acc['before_last_step']:.2f}%")
+    acc["pruned"] = pruned
     if prep.top1_sparse is not None:
         acc["sparse_learned"] = prep.top1_sparse
         msg += f", after sparse learning {100 * prep.top1_sparse:.2f}%"
-    msg += f", after pruning {100 * pruned:.2f}%"
+    msg += (", after its pruning" if "before_last_step" in acc else ", after pruning") + \
+        f" {100 * pruned:.2f}%"
     if ft.bn_batches:
         n = evaluation.recalibrate_on(model, spec, data, pre, ft.bn_batches, cfg.batch_size, dev,
                                  cfg.seed, cfg.channels_last, dist=dist)
@@ -481,14 +492,9 @@ def summarize(job: PruneJob, plan, steps, after: Counts, result: pruning.PruneRe
         log(latency_target.describe(plan))
     elif plan is not None:
         log(targets.describe(plan, after.macs))
-    if steps is not None:
-        for r in steps.records:
-            acc = "".join(f", top-1 {k} {100 * v:.2f}%" for k, v in
-                          (("pruned", r.top1_pruned), ("fine-tuned", r.top1_finetuned))
-                          if v is not None)
-            log(f"step {r.step}/{job.steps}: {human(r.macs)} MACs, {human(r.params)} params"
-                f"{acc}" + (f" ({report_json.plural(r.finetune_epochs, 'epoch')})"
-                            if r.finetune_epochs else ""))
+    if steps is not None and steps.records:
+        log(f"iterative pruning, {job.steps} steps (each step's top-1 against the model just "
+            "before it):\n" + iterative.format_table(steps.records))
     for note in result.notes:
         log(f"note: {note}")
 

@@ -21,7 +21,7 @@ with warnings.catch_warnings():  # fvcore's focal_loss calls the deprecated torc
     from fvcore.nn import FlopCountAnalysis, parameter_count
 
 from tp_vgg.models import outputs
-from tp_vgg.models.zoo import ModelSpec, keep_mode
+from tp_vgg.models.zoo import ModelSpec, keep_mode, spec_of
 
 # Ops fvcore counts by default that are not conv/linear work: counted as 0 MACs. (In fvcore 0.1.5
 # ``set_op_handle(op, None)`` does not stop them being counted; a handle returning 0 does.)
@@ -61,6 +61,10 @@ class Counts:
     def layer(self, name: str) -> LayerCount:
         return next(l for l in self.layers if l.name == name)
 
+    def __str__(self) -> str:
+        return (f"{human(self.macs)} MACs (1 MAC = one multiply-add, fvcore's 'flop'), "
+                f"{human(self.params)} params, {len(self.layers)} layers")
+
 
 def _channels(m: nn.Module):
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -72,8 +76,11 @@ def _channels(m: nn.Module):
     return None, None
 
 
-def count(model: nn.Module, spec: ModelSpec, example: Optional[torch.Tensor] = None) -> Counts:
-    """Count MACs and parameters of ``model`` at batch 1; the model's mode is kept."""
+def count(model: nn.Module, spec: Optional[ModelSpec] = None,
+          example: Optional[torch.Tensor] = None) -> Counts:
+    """Count MACs and parameters of ``model`` at batch 1; the model's mode is kept. ``spec``
+    (the input size) defaults to the one kept on a model tp-vgg built or loaded."""
+    spec = spec_of(model, spec, "count") if example is None else spec
     device = next(model.parameters()).device
     if example is None:
         example = spec.example_input(batch=1, device=device)

@@ -861,6 +861,52 @@ def _check_required(spec: ModelSpec, factory: Callable[..., Any], kwargs: Dict[s
                     + " and ".join(flags) + " with the value(s) your model needs")
 
 
+# --------------------------------------------------------------------------------------------
+# What tp-vgg knows of a model it built or loaded, kept on the model.
+
+RECORD_ATTR = "tp_vgg_record"
+
+
+@dataclass
+class ModelRecord:
+    """Kept on a model tp-vgg built or loaded (``model.tp_vgg_record``): its spec, the pruning
+    history since it was built unpruned, and the preprocessing and meta its checkpoint stored.
+    :func:`build_model` and :func:`tp_vgg.load` attach it and :func:`tp_vgg.prune` extends the
+    history, so that ``count(model)``, ``prune(model, cfg)``, ``finetune(model, data, epochs)``
+    and ``save(path, model)`` need nothing else. A deep copy carries its own copy."""
+
+    spec: ModelSpec
+    history: List[list] = field(default_factory=list)
+    preprocessing: Any = None   # tp_vgg.data.preprocessing.Preprocessing, or None
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+
+def record_of(model: nn.Module) -> Optional[ModelRecord]:
+    rec = getattr(model, RECORD_ATTR, None)
+    return rec if isinstance(rec, ModelRecord) else None
+
+
+def attach_record(model: nn.Module, record: ModelRecord) -> nn.Module:
+    """``model`` with ``record`` kept on it (not for a module that takes no attributes)."""
+    try:
+        object.__setattr__(model, RECORD_ATTR, record)
+    except (AttributeError, TypeError, RuntimeError):  # e.g. a ScriptModule
+        pass
+    return model
+
+
+def spec_of(model: nn.Module, spec: Optional[ModelSpec] = None, call: str = "count") -> ModelSpec:
+    """``spec`` if given, else the one kept on ``model`` (:class:`ModelRecord`)."""
+    if spec is not None:
+        return spec
+    rec = record_of(model)
+    if rec is None:
+        raise UserError(f"{call}(model) needs the model's spec: this model was not built or "
+                        f"loaded by tp-vgg (tp_vgg.build_model, tp_vgg.load); pass "
+                        f"{call}(model, spec) with spec = tp_vgg.ModelSpec(NAME, ...)")
+    return rec.spec
+
+
 def build_model(spec: ModelSpec, code: Optional[ModelCode] = None,
                 allow_changed_code: bool = False) -> nn.Module:
     """Build the unpruned model described by ``spec`` (in train mode, on the CPU).
@@ -872,8 +918,10 @@ def build_model(spec: ModelSpec, code: Optional[ModelCode] = None,
     ``allow_changed_code``."""
     check_spec(spec)
     if spec.is_user_factory:
-        return _build_user(spec, code, allow_changed_code)
-    return MODELS.get(spec.name).build(spec)
+        model = _build_user(spec, code, allow_changed_code)
+    else:
+        model = MODELS.get(spec.name).build(spec)
+    return attach_record(model, ModelRecord(spec))
 
 
 @contextlib.contextmanager

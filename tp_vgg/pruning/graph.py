@@ -26,7 +26,7 @@ import torch_pruning as tp
 
 from tp_vgg.errors import UserError, first_line
 from tp_vgg.models import outputs
-from tp_vgg.models.zoo import ModelSpec, keep_mode
+from tp_vgg.models.zoo import ModelSpec, keep_mode, record_of, spec_of
 from tp_vgg.pruning import buffers, checks, diagnosis, mapping, reparam
 from tp_vgg.pruning.criteria import IMPORTANCES
 
@@ -111,7 +111,18 @@ class PruneConfig:
 def check_ratio(what: str, r: object, field: str) -> None:
     """``r`` in [0, 1); the message names the flag (``what``) and the config ``field``."""
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= float(r) < 1.0:
-        raise UserError(f"{what} must be a number in [0, 1), got {r!r} ({field})")
+        raise UserError(f"{what} must be a number in [0, 1), got {r!r} ({field})"
+                        + percent_hint(r, "the fraction of each layer's channels to remove"))
+
+
+def percent_hint(r: object, what: str = "a fraction") -> str:
+    """For a ratio given as a percentage (1 < r < 100): "; it is WHAT, not a percentage: did
+    you mean 0.5 (50 %)?"; "" otherwise."""
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not 1.0 < float(r) <= 100.0:
+        return ""
+    if float(r) == 100.0:
+        return f"; it is {what}, not a percentage (and 1, i.e. 100 %, is not accepted)"
+    return f"; it is {what}, not a percentage: did you mean {float(r) / 100:g} ({float(r):g} %)?"
 
 
 @dataclass
@@ -349,17 +360,25 @@ def _group_norm_message(name: str, c: int, g: int, r: float, round_to: Optional[
 
 
 @mapping.scoped
-def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
+def prune(model: nn.Module, spec: Optional[ModelSpec] = None, cfg: Optional[PruneConfig] = None,
           example: Optional[torch.Tensor] = None,
           between_steps: Optional[Callable[[int, nn.Module], None]] = None,
           gradients: Optional[Callable[[nn.Module], None]] = None) -> PruneResult:
     """Prune ``model`` in place and return what was removed.
+
+    ``prune(model, spec, cfg)``, or ``prune(model, cfg)`` / ``prune(model)`` for a model tp-vgg
+    built or loaded (its spec is kept on it; ``cfg`` defaults to :class:`PruneConfig`). The
+    history kept on such a model is extended, so that ``tp_vgg.save(path, model)`` records it.
 
     ``between_steps(step, model)`` is called after each of ``cfg.iterative_steps`` steps but the
     last (e.g. to fine-tune). ``gradients(model)`` fills ``.grad`` for criteria that need it
     (``taylor``; see :class:`tp_vgg.pruning.criteria.GradientBatches`); it runs before every ranking and
     the gradients are cleared afterwards. The model's train/eval mode is kept.
     """
+    if isinstance(spec, PruneConfig):
+        spec, cfg = None, spec
+    spec = spec_of(model, spec, "prune")
+    cfg = cfg if cfg is not None else PruneConfig()
     cfg.validate()
     device = next(model.parameters()).device
     if example is None:
@@ -457,6 +476,9 @@ def prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig,
         if n in frozen:
             p.requires_grad_(False)
     names = {m: n for n, m in model.named_modules()}
+    rec = record_of(model)
+    if rec is not None:
+        rec.history = list(rec.history) + list(history)
     return PruneResult(history=history, channels_before=before,
                        channels_after=out_channels(model),
                        output_layers=[names[m] for m in protected], notes=list(notes))
@@ -860,5 +882,8 @@ def replay(model: nn.Module, spec: ModelSpec, history: List[list],
                 f"the saved pruning history does not fit the model {spec.name} builds now "
                 f"({type(e).__name__}: {str(e).strip()[:120]}): its code or arguments changed "
                 "since the checkpoint was written") from e
+    rec = record_of(model)
+    if rec is not None:
+        rec.history = list(rec.history) + list(history)
     return model
 

@@ -2,6 +2,7 @@
 
 * ``config`` -- :class:`TrainConfig`, optimizer and LR-schedule registries, mixed precision;
 * ``loop`` -- :func:`fit`, the epoch loop (``last.pt`` every epoch, resume);
+* ``finetune`` -- :func:`finetune`, fine-tuning in one call with the fine-tuning defaults;
 * ``steps`` -- one training epoch and the distillation loss;
 * ``evaluation`` -- evaluation and BatchNorm recalibration;
 * ``progress``, ``rng``, ``distributed`` -- progress bars, seeding, torchrun/DDP;
