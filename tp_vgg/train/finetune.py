@@ -25,14 +25,15 @@ DataLike = Union[str, DataConfig, ImageData]
 
 def finetune(model: nn.Module, data: DataLike, epochs: int, *, spec: Optional[ModelSpec] = None,
              out_dir: Optional[str] = None, log: Callable[[str], None] = print,
-             **train: Any) -> FitResult:
+             after_step: Optional[Callable[[], None]] = None, **train: Any) -> FitResult:
     """Fine-tune ``model`` in place for ``epochs`` on ``data`` (a dataset name such as
     ``"digits"``, a :class:`~tp_vgg.data.datasets.DataConfig`, or data already loaded); return
     the :class:`~tp_vgg.train.loop.FitResult` (``.final.top1``: test top-1 after the last epoch).
     ``train``: :class:`~tp_vgg.train.config.TrainConfig` fields (``lr``, ``batch_size``,
     ``device``, ``warmup_epochs``, ``distill`` ...) over the fine-tuning defaults. With
     ``out_dir``, ``last.pt``/``best.pt`` are written there as `tp-vgg finetune` does. The model
-    is left on the CPU in eval mode."""
+    is left on the CPU in eval mode. ``after_step()`` runs after every optimizer step (e.g. a
+    :class:`tp_vgg.pruning.unstructured.ZeroMask`, which keeps zeroed weights at zero)."""
     spec = spec_of(model, spec, "finetune")
     rec = record_of(model) or ModelRecord(spec)
     cfg = finetuning(epochs=epochs, progress=train.pop("progress", "none"), **train)
@@ -48,7 +49,8 @@ def finetune(model: nn.Module, data: DataLike, epochs: int, *, spec: Optional[Mo
         f"{cfg.schedule} schedule, {warm}, batch {cfg.batch_size}")
     pre = resolve_preprocessing(data, spec, rec.preprocessing)
     res = fit(model, spec, data, cfg, out_dir, data_cfg=data_cfg, history=rec.history,
-              preprocessing=pre, meta=rec.meta, command="finetune", log=log)
+              preprocessing=pre, meta=rec.meta, command="finetune", log=log,
+              after_step=after_step)
     model.to("cpu", memory_format=torch.contiguous_format).eval()
     rec.preprocessing = pre  # what save() records: the normalization it was fine-tuned with
     attach_record(model, rec)
