@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from tp_vgg.checkpoint.store import Checkpoint, load_checkpoint
+from tp_vgg.checkpoint.store import FORMAT, Checkpoint, load_checkpoint
 from tp_vgg.data.preprocessing import Preprocessing
 from tp_vgg.errors import UserError
 from tp_vgg.models.weights import apply_weights
@@ -77,6 +77,34 @@ class Loaded:
     checkpoint: Optional[Checkpoint] = None
 
 
+def is_checkpoint_file(path: str) -> bool:
+    """Whether ``path`` is a tp-vgg checkpoint (a dict whose ``format`` is
+    :data:`tp_vgg.checkpoint.store.FORMAT`). Read with ``torch.load(weights_only=True)``, memory-
+    mapped where the file allows (its tensors are not read); any file that does not load is not
+    one (its own reader says why)."""
+    import os
+    import warnings
+
+    if not path or not os.path.isfile(path) or str(path).lower().endswith(".safetensors"):
+        return False
+    for mmap in (True, False):  # mmap needs torch.save's zip format
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception:  # noqa: BLE001 -- not a (readable) torch file: not a checkpoint
+            continue
+        return isinstance(obj, dict) and obj.get("format") == FORMAT
+    return False
+
+
+def weights_checkpoint_message(path: str, how: str = "") -> str:
+    """The line for a tp-vgg checkpoint given as ``--weights`` (``how``: what to pass instead,
+    default ``--checkpoint FILE``)."""
+    return (f"--weights {path} is a tp-vgg checkpoint (it records its model and pruning); "
+            + (how or f"pass it as --checkpoint {path}"))
+
+
 def load_source(source: ModelSource, log: Optional[Callable[[str], None]] = None) -> Loaded:
     """Build ``source.spec`` (seeded, so runs are reproducible) or rebuild ``source.checkpoint``:
     a zoo model as is, a user factory's only with consent. ``log`` hears what
@@ -94,6 +122,8 @@ def load_source(source: ModelSource, log: Optional[Callable[[str], None]] = None
     model = build_model(spec)
     meta: Dict[str, Any] = {}
     if source.weights_file is not None:
+        if is_checkpoint_file(source.weights_file):
+            raise UserError(weights_checkpoint_message(source.weights_file))
         w = meta["weights"] = apply_weights(model, source.weights_file, source.strict_weights,
                                                 source.weights_key)
         left = {k: w[k] for k in ("missing", "unexpected", "wrong_shape") if w[k]}

@@ -60,6 +60,15 @@ class Parser(argparse.ArgumentParser):
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
         sys.exit(2)
 
+    def parse_args(self, args=None, namespace=None):  # noqa: D102
+        ns, rest = self.parse_known_args(args, namespace)
+        if rest:  # one line from the command's parser, with "did you mean --ratio?"
+            from tp_vgg.cli.common import unrecognized
+
+            parser, message = unrecognized(self, ns, rest)
+            parser.error(message)
+        return ns
+
     def parse_known_args(self, args=None, namespace=None):  # noqa: D102
         ns, rest = super().parse_known_args(args, namespace)
         one_of = getattr(ns, REQUIRE_ONE_OF, None)  # e.g. --model or --checkpoint

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from tp_vgg.checkpoint.source import Loaded, ModelSource, load_source
 from tp_vgg.cli import REQUIRE_ONE_OF
 from tp_vgg.errors import UserError
 from tp_vgg.models.weights import is_weights_file
 from tp_vgg.models.zoo import ModelSpec
+from tp_vgg.pruning.graph import percent_hint
 
 MODEL_FLAGS = ("model_kwargs", "num_classes", "in_channels", "input_size", "width", "weights",
                "weights_key", "output_key")
@@ -19,11 +21,12 @@ MODEL_FLAGS = ("model_kwargs", "num_classes", "in_channels", "input_size", "widt
 
 def numeric(convert: Callable[[str], Any], ok: Callable[[Any], bool], accepted: str,
             out_of_range: str, range_accepted: Optional[str] = None,
-            words: Sequence[str] = ()) -> Callable[[str], Any]:
+            words: Sequence[str] = (),
+            hint: Callable[[Any], str] = lambda value: "") -> Callable[[str], Any]:
     """An argparse ``type`` for a number: ``convert`` (int or float) the text, refuse it unless
     ``ok(value)``; each refusal names the value and what is ``accepted`` (after a value out of
-    range: ``range_accepted``, default the same). ``words`` pass through as they are (e.g.
-    ``auto``)."""
+    range: ``range_accepted``, default the same, then ``hint(value)``). ``words`` pass through
+    as they are (e.g. ``auto``)."""
     kind = "a whole number" if convert is int else "a number"
 
     def parse(text: str) -> Any:
@@ -35,18 +38,81 @@ def numeric(convert: Callable[[str], Any], ok: Callable[[Any], bool], accepted: 
             raise argparse.ArgumentTypeError(f"{text!r} is not {kind}; accepted: {accepted}")
         if not ok(value):
             raise argparse.ArgumentTypeError(f"{text!r} {out_of_range}; accepted: "
-                                             f"{range_accepted or accepted}")
+                                             f"{range_accepted or accepted}{hint(value)}")
         return value
     return parse
 
 
-ratio = numeric(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)", "is outside [0, 1)")
+# pruning ratios (--ratio, --max-layer-ratio): --ratio 50 gets "; it is the fraction of each
+# layer's channels to remove, not a percentage: did you mean 0.5 (50 %)?"
+ratio = numeric(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)", "is outside [0, 1)",
+                hint=lambda v: percent_hint(v, "the fraction of each layer's channels to remove"))
+# other fractions in [0, 1) (--momentum, --label-smoothing)
+fraction = numeric(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)", "is outside [0, 1)",
+                   hint=percent_hint)
 positive_int = numeric(int, lambda v: v >= 1, "an integer >= 1", "is below 1")
 nonneg_int = numeric(int, lambda v: v >= 0, "an integer >= 0", "is negative")
 nonneg_float = numeric(float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0",
                        "is not >= 0", "a finite number >= 0")
 positive_float = numeric(float, lambda v: v > 0 and not math.isinf(v), "a number > 0",
                          "is not > 0")
+# Words an unknown flag may start with that the real one lacks: --prune-ratio -> --ratio,
+# --num-epochs -> --epochs (the command's own name is tried first).
+FLAG_PREFIXES = ("prune", "pruning", "train", "training", "finetune", "eval", "sweep",
+                 "sensitivity", "profile", "export", "num", "n", "nb", "number", "use", "set",
+                 "total", "model", "data", "dataset")
+
+
+def suggest_option(flag: str, options: Sequence[str], command: Optional[str] = None
+                   ) -> Optional[str]:
+    """The option of ``options`` an unknown ``flag`` probably meant: the same after ``_`` ->
+    ``-`` and two dashes, the flag less a prefix such as the command's name (``--prune-ratio``
+    -> ``--ratio``), else the closest by spelling (difflib); None when nothing is close."""
+    name = flag.split("=", 1)[0]
+    longs = sorted({o for o in options if o.startswith("--")})
+    body = name.lstrip("-").replace("_", "-").lower()
+    if not body:
+        return None
+    if "--" + body in longs:
+        return "--" + body
+    for prefix in ([command] if command else []) + list(FLAG_PREFIXES):
+        if body.startswith(prefix + "-") and "--" + body[len(prefix) + 1:] in longs:
+            return "--" + body[len(prefix) + 1:]
+    close = difflib.get_close_matches("--" + body, longs, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _looks_like_flag(text: str) -> bool:
+    if not text.startswith("-") or text == "-":
+        return False
+    try:
+        float(text)
+        return False  # a negative number
+    except ValueError:
+        return True
+
+
+def unrecognized(parser: argparse.ArgumentParser, ns: argparse.Namespace,
+                 rest: Sequence[str]) -> Tuple[argparse.ArgumentParser, str]:
+    """For arguments no option took (``rest``): the parser of the command they were given to
+    (to report from: its prog and --help) and one line naming them, with "did you mean" for
+    each unknown flag whose intended option is found (:func:`suggest_option`)."""
+    target, command = parser, getattr(ns, "command", None)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            target = action.choices[command]
+    options = list(target._option_string_actions)
+    flags = [t.split("=", 1)[0] for t in rest if _looks_like_flag(t)]
+    guesses = [(f, suggest_option(f, options, command)) for f in flags]
+    guesses = [(f, g) for f, g in guesses if g is not None and g != f]
+    message = f"unrecognized argument{'s' if len(rest) > 1 else ''}: {' '.join(rest)}"
+    if len(flags) == 1 and guesses:
+        message += f"; did you mean {guesses[0][1]}?"
+    elif guesses:
+        message += "; did you mean " + ", ".join(f"{g} (for {f})" for f, g in guesses) + "?"
+    return target, message
+
+
 def input_size(text: str) -> Any:
     """``--input-size``: ``S`` (square), or ``H,W`` / ``HxW`` -> S or [H, W]."""
     parts = text.lower().replace("x", ",").split(",")

@@ -11,17 +11,19 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 from typing import Any, Optional
 
-from tp_vgg.checkpoint.source import load_source
+from tp_vgg.checkpoint.source import is_checkpoint_file, load_source, weights_checkpoint_message
 from tp_vgg.checkpoint.store import load_checkpoint
 from tp_vgg.cli.common import (MODEL_FLAGS, Loaded, add_model_args, add_trust_args, code_consent,
-                               comma_list, json_object, load_model, log, model_source, nonneg_float,
-                               nonneg_int, positive_float, positive_int, ratio, unit_float)
+                               comma_list, fraction, json_object, load_model, log, model_source,
+                               nonneg_float, nonneg_int, positive_float, positive_int, unit_float)
 from tp_vgg.data.datasets import DATASETS, LOADERS, MEMORY_SHARE, DataConfig, load_data
 from tp_vgg.errors import UserError
 from tp_vgg.jobs import FinetuneConfig
 from tp_vgg.train.evaluation import DEFAULT_BN_RECALIBRATE
+from tp_vgg.models.weights import is_weights_file
 from tp_vgg.models.zoo import MODELS
 from tp_vgg.train import distributed, evaluation
 from tp_vgg.train import loop as train
@@ -33,7 +35,7 @@ RECIPE = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "we
           "schedule", "warmup_epochs", "step_size", "milestones", "gamma", "label_smoothing",
           "grad_clip", "augment", "seed", "sparsity", "sparsity_reg", "distill",
           "distill_temperature", "distill_alpha")
-RUNTIME = ("device", "amp", "channels_last", "compile", "progress")
+RUNTIME = ("device", "amp", "channels_last", "compile", "progress", "log_every_s")
 
 
 
@@ -72,6 +74,9 @@ def register(sub, common) -> None:
     g.add_argument("--batch-size", type=positive_int, default=256, metavar="N")
     g.add_argument("--device", metavar="DEV", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
     g.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads (torch.set_num_threads)")
+    g.add_argument("--seed", type=int, metavar="S",
+                   help="seeds the --train-images/--test-images sample (default 0; give the "
+                        "training run's --seed to score the same images)")
     g.add_argument("--json", action="store_true",
                    help="print a JSON object (top1, top5, loss, images) as the last line")
     p.set_defaults(func=cmd_eval)
@@ -111,6 +116,11 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     _add(g, "--allow-class-mismatch", action="store_true", default=None,
          help="go on (with a notice) when the data's class names differ from those the "
               "checkpoint or ONNX file records (the same classes under other names)")
+    _add(g, "--train-images", type=positive_int, metavar="N",
+         help="use only N training images, a random sample seeded by --seed (the same N "
+              "images for the same seed; default all; any dataset)")
+    _add(g, "--test-images", type=positive_int, metavar="N",
+         help="use only N test images, a random sample seeded by --seed (default all)")
 
 
 _per_channel = comma_list(float, lambda v: True,
@@ -137,7 +147,7 @@ def add_train_args(p: argparse.ArgumentParser, epochs: bool = True) -> None:
          help=f"{', '.join(OPTIMIZERS.names())} (default {d.optimizer})")
     _add(g, "--lr", type=positive_float, metavar="LR",
          help="peak learning rate (default: sgd 0.05, adamw 0.001; finetune: a fifth of that)")
-    _add(g, "--momentum", type=ratio, metavar="M", help=f"SGD momentum (default {d.momentum})")
+    _add(g, "--momentum", type=fraction, metavar="M", help=f"SGD momentum (default {d.momentum})")
     _add(g, "--nesterov", action=argparse.BooleanOptionalAction, default=None,
          help="Nesterov momentum (default on)")
     _add(g, "--weight-decay", type=nonneg_float, metavar="WD", help="default: sgd 5e-4, adamw 0.05")
@@ -149,7 +159,7 @@ def add_train_args(p: argparse.ArgumentParser, epochs: bool = True) -> None:
     _add(g, "--milestones", type=_milestones, metavar="E1,E2",
          help="multistep schedule: epochs where the LR is multiplied by --gamma")
     _add(g, "--gamma", type=positive_float, metavar="G", help="step/multistep decay factor (default 0.1)")
-    _add(g, "--label-smoothing", type=ratio, metavar="S", help="default 0")
+    _add(g, "--label-smoothing", type=fraction, metavar="S", help="default 0")
     _add(g, "--grad-clip", type=positive_float, metavar="NORM", help="clip the gradient norm")
     _add(g, "--augment", action=argparse.BooleanOptionalAction, default=None,
          help="random crop (pad 4) and flip (no flip for digits); default on")
@@ -162,7 +172,12 @@ def add_train_args(p: argparse.ArgumentParser, epochs: bool = True) -> None:
          help="channels_last memory format (default on)")
     _add(r, "--compile", action="store_true", default=None, help="torch.compile the model")
     _add(r, "--progress", choices=progress.PROGRESS.names(), default=None,
-         help="auto (default: a tqdm bar on a terminal, one line per epoch otherwise), bar, plain, none")
+         help="auto (default: a tqdm bar on a terminal, one line per epoch otherwise), bar, "
+              "plain (one line per epoch, and within an epoch a line every --log-every "
+              "seconds: step, running loss, images/s), none")
+    _add(r, "--log-every", dest="log_every_s", type=nonneg_float, metavar="SECONDS",
+         help=f"--progress plain: seconds between the lines within an epoch (default "
+              f"{d.log_every_s:g}; 0: at every progress update, each few steps)")
     _add(r, "--threads", type=positive_int, metavar="N", help="CPU threads (torch.set_num_threads)")
 
 
@@ -218,7 +233,10 @@ def data_config(args: argparse.Namespace) -> DataConfig:
                      kwargs=args.data_kwargs or {}, loader=getattr(args, "data_loader", None) or "auto",
                      workers=getattr(args, "workers", None), mean=getattr(args, "mean", None),
                      std=getattr(args, "std", None),
-                     allow_class_mismatch=bool(getattr(args, "allow_class_mismatch", None)))
+                     allow_class_mismatch=bool(getattr(args, "allow_class_mismatch", None)),
+                     train_images=getattr(args, "train_images", None),
+                     test_images=getattr(args, "test_images", None),
+                     subset_seed=getattr(args, "seed", None) or 0)
     cfg.validate()
     return cfg
 
@@ -309,6 +327,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _resume(args, ctx, "train")
     if not args.model:
         raise UserError("one of --model or --resume is required")
+    if is_weights_file(args.weights) and is_checkpoint_file(args.weights):
+        w = shlex.quote(args.weights)
+        raise UserError(weights_checkpoint_message(
+            args.weights, f"tp-vgg train builds a new model: continue that run with tp-vgg "
+                          f"train --resume {w} (a last.pt), or train on from its weights with "
+                          f"tp-vgg finetune --checkpoint {w}"))
     out = _check_out(args.out)
     cfg = train_config(args)
     data_cfg = data_config(args)

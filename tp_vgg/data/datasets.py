@@ -33,7 +33,12 @@ class DataConfig:
     ``mean``/``std`` (``--mean``/``--std``): the normalization the model was trained with, one
     value per channel, used instead of the checkpoint's or the data's statistics.
     ``allow_class_mismatch`` (``--allow-class-mismatch``): go on (with a notice) when the data's
-    class names differ from those the model records."""
+    class names differ from those the model records.
+
+    ``train_images``/``test_images`` (``--train-images``/``--test-images``): use only N images
+    of that split, drawn at random without replacement, seeded by ``subset_seed`` (the command's
+    ``--seed``): the same N images for the same seed, whichever loader reads them. ``None``: all.
+    More than the split holds: all of them (said on the log)."""
 
     name: str = "digits"
     data_dir: Optional[str] = None
@@ -44,6 +49,17 @@ class DataConfig:
     mean: Optional[List[float]] = None
     std: Optional[List[float]] = None
     allow_class_mismatch: bool = False
+    train_images: Optional[int] = None  # use N training images (seeded sample); None: all
+    test_images: Optional[int] = None   # use N test images (seeded sample); None: all
+    subset_seed: int = 0                # seeds the train_images/test_images samples
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "DataConfig":
+        """A config written by ``dataclasses.asdict`` (a checkpoint's ``train_state["data"]``, a
+        resume file); fields it lacks (an older file) take their defaults, unknown ones are
+        left out."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in (d or {}).items() if k in known})
 
     def normalization(self) -> Tuple[Optional[List[float]], Optional[List[float]]]:
         """The declared mean/std (from the fields and/or ``kwargs``), checked."""
@@ -56,10 +72,20 @@ class DataConfig:
         if self.workers is not None and (isinstance(self.workers, bool)
                                          or not isinstance(self.workers, int) or self.workers < 0):
             raise UserError(f"--workers must be an integer >= 0, got {self.workers!r}")
+        for split in SPLITS:
+            n = getattr(self, f"{split}_images")
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+                raise UserError(f"--{split}-images {n!r} is not accepted; accepted: a whole "
+                                f"number >= 1 (the {split} images to use), or leave it out for "
+                                "all of them")
+        if isinstance(self.subset_seed, bool) or not isinstance(self.subset_seed, int):
+            raise UserError(f"DataConfig.subset_seed {self.subset_seed!r} is not accepted; "
+                            "accepted: an integer (the --seed of the command)")
         self.normalization()
 
 
 LOADERS = ("auto", "memory", "stream")
+SPLITS = ("train", "test")  # the splits --train-images / --test-images take a sample of
 # auto streams an image folder whose decoded images would take more than this share of the
 # machine's memory (per process on the machine: each torchrun rank would hold a copy)
 MEMORY_SHARE = 0.25
@@ -79,6 +105,8 @@ class ImageData:
     pad: int = 4               # random-crop padding
     test_split: str = "test"   # the folder or split the test images came from
     declared: Optional[Declared] = field(default=None, repr=False, compare=False)  # load_data's
+    # the split sizes before a --train-images/--test-images sample the loader took (imagefolder)
+    full_sizes: Dict[str, int] = field(default_factory=dict, repr=False, compare=False)
     # stats(), computed once per object (a subset or held-out split is a new object)
     _stats: Optional[Tuple[List[float], List[float]]] = field(default=None, init=False,
                                                               repr=False, compare=False)
@@ -179,6 +207,7 @@ def load_data(cfg: DataConfig, log: Optional[Callable[[str], None]] = None) -> A
     options = {k: v for k, v in (cfg.kwargs or {}).items() if k not in ("mean", "std")}
     data = loader(cfg if options == (cfg.kwargs or {}) else
                   dataclasses.replace(cfg, kwargs=options))
+    data = _take_samples(cfg, data, log)
     declared = Declared(mean, std, bool(cfg.allow_class_mismatch), log)
     check_channels(declared, data.name, data.in_channels)
     data.declared = declared
@@ -187,11 +216,65 @@ def load_data(cfg: DataConfig, log: Optional[Callable[[str], None]] = None) -> A
     return data
 
 
+def sample_indices(total: int, n: Optional[int], seed: int, split: str) -> Optional[torch.Tensor]:
+    """The seeded sample (``--train-images``/``--test-images``): ``n`` of the ``total`` samples
+    of ``split``, drawn without replacement, as sorted indices; None when ``n`` is None or
+    covers them all. A function of (total, n, seed, split) only."""
+    if n is None or n >= total:
+        return None
+    offset = SPLITS.index(split) if split in SPLITS else 0
+    g = torch.Generator().manual_seed((int(seed) * len(SPLITS) + offset) % 2**63)
+    return torch.randperm(total, generator=g)[:n].sort().values
+
+
+def _split_len(data: Any, split: str) -> int:
+    return len(data.train_labels if split == "train" else data.test_labels)
+
+
+def _take_samples(cfg: DataConfig, data: Any, log: Optional[Callable[[str], None]]) -> Any:
+    """``data`` with only ``cfg.train_images``/``cfg.test_images`` samples of each split (a loader
+    may have taken them already, from its file list: ``data.full_sizes``); ``log`` is told."""
+    for split in SPLITS:
+        n = getattr(cfg, f"{split}_images")
+        if n is None:
+            continue
+        have = _split_len(data, split)
+        total = (getattr(data, "full_sizes", None) or {}).get(split, have)
+        idx = sample_indices(have, n, cfg.subset_seed, split)
+        if idx is not None:
+            data = data.subset(split, idx)
+        if log is None:
+            continue
+        what = "training" if split == "train" else f"{getattr(data, 'test_split', 'test')}"
+        if n > total:
+            log(f"--{split}-images {n:,}: the {data.name} {what} split holds only {total:,} "
+                "images; using all of them")
+        elif n < total:
+            log(f"--{split}-images {n:,}: using {n:,} of the {total:,} {data.name} {what} images "
+                f"(a random sample, the same for the same --seed; seed {cfg.subset_seed})")
+    return data
+
+
+# --data-kwargs keys that ask for fewer images (--train-images/--test-images do that)
+_COUNT_WORDS = ("train", "test", "val", "subset", "sample", "limit", "count", "images", "num",
+                "n_", "max", "fraction", "size")
+_NOT_COUNTS = ("image_size", "img_size", "input_size", "resolution", "channels", "mean", "std")
+
+
+def _asks_for_fewer_images(key: str) -> bool:
+    k = str(key).lower()
+    return k not in _NOT_COUNTS and any(w in k for w in _COUNT_WORDS)
+
+
 def _options(cfg: DataConfig, accepted: Dict[str, Any]) -> Dict[str, Any]:
     unknown = sorted(set(cfg.kwargs) - set(accepted))
     if unknown:
+        hint = ""
+        if _asks_for_fewer_images(unknown[0]):
+            hint = ("; to use fewer images of any dataset pass --train-images N and/or "
+                    "--test-images N (a seeded random sample)")
         raise UserError(f"--data-kwargs {unknown[0]!r} is not an option of dataset {cfg.name!r}; "
-                        f"accepted: {', '.join(list(accepted) + ['mean', 'std'])}")
+                        f"accepted: {', '.join(list(accepted) + ['mean', 'std'])}" + hint)
     return {**accepted, **cfg.kwargs}
 
 
@@ -416,6 +499,12 @@ def _imagefolder(cfg: DataConfig) -> ImageData:
         raise UserError("--data imagefolder needs --data-dir DIR holding train/ and val/ or test/ "
                         "class folders")
     if not os.path.isdir(root):
+        archive = archive_hint(root)
+        if archive:
+            raise UserError(archive)
+        if os.path.isfile(root):
+            raise UserError(f"--data-dir {root!r} is a file, not a folder; accepted: a folder "
+                            "holding train/ and val/ or test/ class folders")
         raise UserError(f"--data-dir {root!r} does not exist or is not a folder")
     train_dir = os.path.join(root, "train")
     test_name = next((n for n in ("val", "test") if os.path.isdir(os.path.join(root, n))), None)
@@ -426,6 +515,10 @@ def _imagefolder(cfg: DataConfig) -> ImageData:
     size = _size_option(opts["image_size"]) if opts["image_size"] is not None else None
     files, labels, classes = _list_images(train_dir, None)
     tfiles, tlabels, _ = _list_images(os.path.join(root, test_name), classes)
+    full_sizes = {"train": len(files), "test": len(tfiles)}
+    # --train-images/--test-images: sample the file lists, so that only those images are decoded
+    files, labels = _sample_files(files, labels, cfg.train_images, cfg.subset_seed, "train")
+    tfiles, tlabels = _sample_files(tfiles, tlabels, cfg.test_images, cfg.subset_seed, "test")
     how, why = _choose_loader(cfg, files, tfiles, size, channels)
     if how == "stream":
         from tp_vgg.data.stream import StreamData
@@ -435,11 +528,74 @@ def _imagefolder(cfg: DataConfig) -> ImageData:
                     "model's input size as they are read")
         return StreamData("imagefolder", files, torch.tensor(labels), tfiles, torch.tensor(tlabels),
                           classes, channels=channels, test_split=test_name, workers=cfg.workers,
-                          reason=why)
+                          reason=why, full_sizes=full_sizes)
     xtr = _decode_all(files, size, channels)
     xte = _decode_all(tfiles, size or tuple(xtr.shape[-2:]), channels)
     return ImageData("imagefolder", xtr, torch.tensor(labels), xte, torch.tensor(tlabels),
-                     classes, test_split=test_name)
+                     classes, test_split=test_name, full_sizes=full_sizes)
+
+
+def _sample_files(files: List[str], labels: List[int], n: Optional[int], seed: int,
+                  split: str) -> Tuple[List[str], List[int]]:
+    """The files (and labels) of the seeded sample of ``n`` (:func:`sample_indices`)."""
+    idx = sample_indices(len(files), n, seed, split)
+    if idx is None:
+        return files, labels
+    keep = idx.tolist()
+    return [files[i] for i in keep], [labels[i] for i in keep]
+
+
+ARCHIVES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip")
+
+
+def archive_hint(path: str) -> str:
+    """For a ``--data-dir`` that names an archive (.tar.gz, .tgz, .tar, .zip, ...): one line
+    saying so, with the command that extracts it and the --data-dir to give then; "" otherwise.
+    Only the archive's first entry is read (its top folder)."""
+    import shlex
+    import tarfile
+    import zipfile
+
+    if not os.path.isfile(path):
+        return ""
+    low = path.lower()
+    suffix = next((s for s in ARCHIVES if low.endswith(s)), None)
+    top = None
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                first = next(iter(z.namelist()), None)  # a folder's name ends with "/"
+            kind = "zip"
+        elif tarfile.is_tarfile(path):
+            with tarfile.open(path) as t:
+                member = t.next()
+                first = None if member is None else member.name + ("/" if member.isdir() else "")
+            kind = "tar"
+        elif suffix is not None:
+            return (f"--data-dir {path!r} is an archive ({suffix}) but cannot be read as one "
+                    "(truncated or corrupt?); extract it into a folder and pass that folder")
+        else:
+            return ""
+    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
+        return (f"--data-dir {path!r} is an archive but cannot be read ({type(e).__name__}: "
+                f"{str(e)[:80]}); extract it into a folder and pass that folder")
+    if first:
+        parts = [p for p in first.replace("\\", "/").split("/") if p not in ("", ".")]
+        top = parts[0] if parts and (len(parts) > 1 or first.endswith("/")) else None
+    if top in (None, "train", "val", "test"):
+        folder = "data"
+    else:
+        folder = f"data/{top}"
+    q = shlex.quote(path)
+    if kind == "zip":
+        extract = f"mkdir -p data && unzip -q {q} -d data"
+    else:
+        flags = {".tar.gz": "xzf", ".tgz": "xzf", ".tar.bz2": "xjf", ".tar.xz": "xJf"}.get(
+            suffix or "", "xf")
+        extract = f"mkdir -p data && tar {flags} {q} -C data"
+    return (f"--data-dir {path!r} is an archive, not a folder; extract it first: {extract}, "
+            f"then pass --data-dir {shlex.quote(folder)} (the folder holding train/ and val/ or "
+            "test/)")
 
 
 DATASETS.register("imagefolder", _imagefolder,

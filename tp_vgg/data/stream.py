@@ -17,7 +17,7 @@ import math
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -174,6 +174,8 @@ class StreamData:
     reason: str = ""                     # why the stream path was chosen (said on the terminal)
     _stats: Optional[Tuple[List[float], List[float]]] = field(default=None, repr=False)
     declared: Any = field(default=None, repr=False, compare=False)  # load_data's Declared
+    # the split sizes before the --train-images/--test-images sample of the file lists
+    full_sizes: Dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     streaming = True
     pad = 0

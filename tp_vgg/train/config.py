@@ -14,7 +14,7 @@ import torch
 
 from tp_vgg.errors import UserError, naming_fields
 from tp_vgg.registry import Registry
-from tp_vgg.train.progress import PROGRESS
+from tp_vgg.train.progress import DEFAULT_LOG_EVERY_S, PROGRESS
 
 # --------------------------------------------------------------------------------------------
 # Configuration.
@@ -53,9 +53,10 @@ class TrainConfig:
     amp: str = "auto"                       # auto (bf16/fp16 on CUDA, off on CPU) | bf16 | fp16 | off
     channels_last: bool = True
     compile: bool = False
-    progress: str = "auto"                  # auto (bar on a TTY, else plain) | bar | plain | none
+    progress: str = "auto"                  # auto (bar on a TTY, else epoch lines) | bar | plain | none
+    log_every_s: float = DEFAULT_LOG_EVERY_S  # plain: seconds between lines within an epoch
 
-    RUNTIME = ("device", "amp", "channels_last", "compile", "progress")
+    RUNTIME = ("device", "amp", "channels_last", "compile", "progress", "log_every_s")
 
     def resolved(self) -> "TrainConfig":
         opt = OPTIMIZERS.get(self.optimizer)
@@ -75,6 +76,10 @@ class TrainConfig:
         OPTIMIZERS.get(self.optimizer)
         SCHEDULES.get(self.schedule)
         PROGRESS.get(self.progress)
+        v = self.log_every_s
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and math.isfinite(v)):
+            raise UserError(f"--log-every {v!r} is not accepted; accepted: seconds >= 0 between "
+                            "the progress lines within an epoch (--progress plain)")
         if self.amp not in AMP_MODES:
             raise UserError(f"--amp {self.amp!r} is not accepted; accepted: {', '.join(AMP_MODES)}")
         for name in ("epochs", "batch_size", "step_size"):

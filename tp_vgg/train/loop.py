@@ -42,7 +42,7 @@ from tp_vgg.train.config import OPTIMIZERS, TrainConfig, lr_lambda, make_amp
 from tp_vgg.train.distributed import DistContext
 from tp_vgg.train.evaluation import (EvalResult, PreprocessingLike, channels_last_runs,
                                      check_model_fits, evaluate, resolve_preprocessing)
-from tp_vgg.train.progress import PROGRESS, Progress
+from tp_vgg.train.progress import Progress, make_progress
 from tp_vgg.train.rng import epoch_seed, rng_state, seed_everything, set_rng_state
 from tp_vgg.train.steps import Engine, TimedTeacher, train_one_epoch
 
@@ -206,7 +206,8 @@ def fit(model: nn.Module, spec: ModelSpec, data: ImageData, cfg: TrainConfig,
         if teacher is not None and cfg.distill and resume_state is None:
             ckpt_io.save(os.path.join(out_dir, TEACHER_FILE), teacher.model, teacher.spec,
                          teacher.history, pre, {"role": "distillation teacher"})
-    progress = Progress() if quiet else PROGRESS.get(cfg.progress)()
+    progress = Progress() if quiet else make_progress(cfg.progress, say, cfg.log_every_s,
+                                                       dist.world_size)
     final: Optional[EvalResult] = None
     data_dict = dataclasses.asdict(data_cfg) if data_cfg else {"name": data.name}
 
@@ -353,7 +354,7 @@ class ResumePoint:
         if not st or "optimizer" not in st or "config" not in st:
             raise UserError(f"--resume {path!r} holds no training state; give the last.pt that "
                             "tp-vgg train or finetune wrote")
-        return cls(ck, TrainConfig.from_dict(st["config"]), DataConfig(**st["data"]),
+        return cls(ck, TrainConfig.from_dict(st["config"]), DataConfig.from_dict(st["data"]),
                    st.get("command", "train"))
 
     def replans(self, epochs: Optional[int]) -> bool:
