@@ -11,9 +11,10 @@ How a block is marked (the fence's info string, after the language):
   backslash continuations joined, the block's ``VAR=value`` lines expanded into ``$VAR`` and the
   placeholders of :data:`PLACEHOLDERS` filled in, is parsed by the command line's own parser
   (:func:`tp_vgg.cli.build_parser`) without running; a ``...`` argument means "and your flags"
-  and is dropped. ``python -c "..."`` code in it is compiled. An unknown flag, a bad choice or a
-  bad value fails, naming the file and line of the command.
-  ``make TARGET`` must name a target of the Makefile.
+  and is dropped; a ``for VAR in A B; do ... done`` body is parsed once per value.
+  ``python -c "..."`` code in it is compiled, a ``python FILE.py ...`` script must exist in the
+  repository and compile, and ``make TARGET`` must name a target of the Makefile. An unknown
+  flag, a bad choice or a bad value fails, naming the file and line of the command.
 * ```` ```python parse ````: compiled, not run (it needs your data or your loop).
 * ```` ```sh no-check: REASON ```` (any language): not checked; the reason is required.
 * A ```` ```python ```` block right after ``<!-- readme-example: NAME -->`` is run by
@@ -221,24 +222,56 @@ def _expand(cmd: str, env: Dict[str, str]) -> str:
 @dataclass
 class Command:
     line: int
-    kind: str          # "tp-vgg" (args: its arguments), "python-c" (args[0]: the code), "make"
+    kind: str          # "tp-vgg" (args: its arguments), "python-c" (args[0]: the code),
+    #                    "python-file" (args[0]: the script), "make" (args: the targets)
     args: List[str]
     text: str          # as written (joined)
 
 
+_FOR = re.compile(r"^\s*for\s+(\w+)\s+in\s+(.*?)\s*(;\s*do)?\s*$")
+
+
 def commands(block: Block) -> List[Command]:
-    """The tp-vgg commands (and ``python -c`` snippets) of a shell block."""
-    env: Dict[str, str] = {}
+    """The tp-vgg commands (and ``python -c`` snippets, ``python FILE.py`` scripts and ``make``
+    targets) of a shell block; the body of a ``for VAR in A B C; do ... done`` loop once per
+    value."""
     out: List[Command] = []
-    for line, raw in logical_lines(block):
+    _commands(list(logical_lines(block)), {}, block, out)
+    return out
+
+
+def _commands(lines: List[Tuple[int, str]], env: Dict[str, str], block: Block,
+              out: List[Command]) -> None:
+    k = 0
+    while k < len(lines):
+        line, raw = lines[k]
+        loop = _FOR.match(raw.split("#")[0]) if raw.lstrip().startswith("for ") else None
+        if loop:
+            body, depth, k = [], 1, k + 1
+            if not loop.group(3) and k < len(lines) and lines[k][1].strip() == "do":
+                k += 1
+            while k < len(lines):
+                first = lines[k][1].split()[:1]
+                depth += first == ["for"]
+                depth -= first in (["done"], ["done;"])
+                if depth == 0:
+                    break
+                body.append(lines[k])
+                k += 1
+            values = shlex.split(_expand(loop.group(2), env), comments=True)
+            for v in values or ["placeholder"]:
+                _commands(body, dict(env, **{loop.group(1): v}), block, out)
+            k += 1
+            continue
+        k += 1
         try:
             tokens = shlex.split(_expand(raw, env), comments=True)
         except ValueError as e:
             raise DocCheckError(f"{block.path}:{line}: cannot split {raw.strip()!r}: {e}")
         if tokens and all(re.match(r"^[A-Za-z_]\w*=", t) for t in tokens):
             for t in tokens:  # VAR=value lines: expanded (and word-split) in later commands
-                k, _, v = t.partition("=")
-                env[k] = v
+                key, _, v = t.partition("=")
+                env[key] = v
             continue
         segment: List[str] = []
         for t in tokens + [";"]:
@@ -251,7 +284,6 @@ def commands(block: Block) -> List[Command]:
                 segment = []
             else:
                 segment.append(t)
-    return out
 
 
 def _command_of(tokens: List[str], line: int, raw: str) -> Optional[Command]:
@@ -265,6 +297,8 @@ def _command_of(tokens: List[str], line: int, raw: str) -> Optional[Command]:
             rest = tokens[i + 3:]
         elif re.match(r"^(.*/)?python3?$", t) and tokens[i + 1:i + 2] == ["-c"] and len(tokens) > i + 2:
             return Command(line, "python-c", [tokens[i + 2]], raw.strip())
+        elif re.match(r"^(.*/)?python3?$", t) and tokens[i + 1:i + 2] and tokens[i + 1].endswith(".py"):
+            return Command(line, "python-file", [tokens[i + 1]], raw.strip())
         if rest is not None:
             args, skip = [], False
             for a in rest:
@@ -333,6 +367,14 @@ def check_parse(block: Block) -> int:
             if missing:
                 raise DocCheckError(f"{where}: `{cmd.text}`: no target {', '.join(missing)} in "
                                     f"the Makefile (targets: {', '.join(sorted(make_targets()))})")
+        elif cmd.kind == "python-file":
+            script = ROOT / cmd.args[0]
+            if not script.is_file():
+                raise DocCheckError(f"{where}: `{cmd.text}`: no file {cmd.args[0]} in the repository")
+            try:
+                compile(script.read_text(encoding="utf-8"), str(script), "exec")
+            except SyntaxError as e:
+                raise DocCheckError(f"{where}: {cmd.args[0]}:{e.lineno}: {e.msg}")
         elif cmd.kind == "python-c":
             try:
                 compile(cmd.args[0], where, "exec")

@@ -175,6 +175,26 @@ def test_the_parse_check_reads_commands_as_the_shell_does():
         db.check_parse(bad)
 
 
+def test_loops_scripts_and_make_targets_are_checked():
+    loop = synthetic("\n".join([
+        'D="--data digits"',
+        "for c in l1 l2 random; do",
+        "  tp-vgg prune --model vgg11 --importance $c $D \\",
+        "    --out runs/$c",
+        "done",
+    ]))
+    cmds = db.commands(loop)
+    assert [(c.line, c.args[4], c.args[-1]) for c in cmds] == [
+        (13, "l1", "runs/l1"), (13, "l2", "runs/l2"), (13, "random", "runs/random")]
+    with pytest.raises(DocCheckError, match=r"^synthetic\.md:13: .*invalid choice: 'l9'"):
+        db.check_parse(synthetic("for c in l1 l9\ndo\n  tp-vgg prune --model vgg11 --importance $c --out o\ndone"))
+    assert db.check_parse(synthetic("python tests/docs_blocks.py --flag\nmake demo test")) == 2
+    with pytest.raises(DocCheckError, match=r"no file examples/no_such\.py"):
+        db.check_parse(synthetic("python examples/no_such.py --smoke"))
+    with pytest.raises(DocCheckError, match=r"no target no-such-target in the Makefile"):
+        db.check_parse(synthetic("make no-such-target"))
+
+
 def test_the_run_check_fails_a_failing_block(tmp_path):
     with pytest.raises(DocCheckError, match=r"^synthetic\.md:10: exited 2"):
         db.check_run(synthetic("tp-vgg prune --model vgg99 --out o", "sh run"), tmp_path)
