@@ -5,7 +5,7 @@ TPVGG   := $(VENV)/bin/tp-vgg
 STAMP   := $(VENV)/.installed-stamp
 PIP_OPTS ?= -q --disable-pip-version-check
 
-.PHONY: demo test test-slow install clean bench gpu-check
+.PHONY: demo test test-slow install clean bench gpu-check tutorial
 
 install: $(STAMP)
 
@@ -22,6 +22,14 @@ demo: $(STAMP)
 	$(TPVGG) prune --checkpoint runs/demo/train/last.pt --ratio 0.5 --finetune-epochs 4 --data digits --progress plain --out runs/demo
 	$(TPVGG) eval --checkpoint runs/demo/pruned.pt --data digits
 	$(PY) -c "import torch; torch.load('runs/demo/pruned.pt', weights_only=True); print('runs/demo/pruned.pt loads with weights_only=True')"
+
+# docs/tutorial.md's figures and plot, again (examples/four_views.py, ~15 min on 2 cores): CIFAR-10
+# from data/cifar10-jpeg, extracted from ../shared/data/cifar10-jpeg.tar.gz when missing.
+CIFAR_DIR ?= data/cifar10-jpeg
+CIFAR_TAR ?= ../shared/data/cifar10-jpeg.tar.gz
+tutorial: $(STAMP)
+	test -d $(CIFAR_DIR) || (mkdir -p $(dir $(CIFAR_DIR)) && tar xzf $(CIFAR_TAR) -C $(dir $(CIFAR_DIR)))
+	$(PY) examples/four_views.py --data-dir $(CIFAR_DIR) --out docs/tutorial --page docs/tutorial.md
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile

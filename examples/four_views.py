@@ -136,7 +136,8 @@ out = {"runs": runs, "masked_max_abs_diff": diff, "first_conv_copied": copied,
        "seed": a.seed, "threads": a.threads, "seconds": round(time.time() - t_start),
        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "torch": torch.__version__,
        "date": time.strftime("%Y-%m-%d"), "command": "python examples/four_views.py " + (
-           "--smoke" if a.smoke else f"--data-dir {a.data_dir} --threads {a.threads}")}
+           "--smoke" if a.smoke else f"--data-dir {a.data_dir} --threads {a.threads}") + (
+           f" --out {a.out} --page {a.page}" if a.page else "")}
 with open(os.path.join(a.out, "four_views.json"), "w") as f:
     json.dump(out, f, indent=1)
 
@@ -165,7 +166,7 @@ fig.savefig(os.path.join(a.out, "four_views.png"), dpi=110)
 
 # 8. The page's generated part (make tutorial).
 pct = lambda v: f"{100 * v:.2f} %"  # noqa: E731
-rows = ["| run | top-1 pruned | top-1 fine-tuned | MACs | params | ms (batch 64) |",
+rows = ["| run | top-1 pruned | top-1 fine-tuned (base: trained) | MACs | params | ms (batch 64) |",
         "|---|---|---|---|---|---|"]
 for n, r in runs.items():
     macs = f"{r['macs'] / 1e6:.2f} M" + (f" dense ({r['macs_nonzero'] / 1e6:.2f} M nonzero)"

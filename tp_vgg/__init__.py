@@ -24,9 +24,8 @@ fine-tune -> measure -> report -> save::
 The code is organized by part of the job, one subpackage each (lowest layer first; a layer
 imports only the ones before it): ``data``, ``models``, ``report``, ``pruning``, ``checkpoint``,
 ``train``, ``export``, ``latency``, ``search``; ``jobs`` runs them, one module per job.
-``errors``, ``registry``, ``files`` and
-``device`` are the foundation, and ``cli`` only parses. README's "How the code is organized"
-says more.
+``errors``, ``registry``, ``files`` and ``device`` are the foundation, and ``cli`` only parses.
+docs/architecture.md says more.
 """
 
 __version__ = "0.1.0"
