@@ -6,7 +6,7 @@ the same final widths. Every run is re-estimated (BatchNorm), fine-tuned the sam
 (fvcore: 1 MAC = one multiply-add) and timed interleaved in one session. Library calls only.
 
     python examples/four_views.py --data-dir data/cifar10-jpeg       # ~15 min on 2 cores
-    python examples/four_views.py --smoke                            # digits, ~1 min
+    python examples/four_views.py --smoke                            # digits, ~20 s
 
 Writes OUT/four_views.json and OUT/four_views.png; ``--page docs/tutorial.md`` also rewrites the
 page's generated part (between its ``four_views`` markers): what ``make tutorial`` runs.
@@ -43,7 +43,7 @@ ap.add_argument("--out", default="runs/examples/four_views")
 ap.add_argument("--page", help="rewrite this markdown page's generated part")
 a = ap.parse_args()
 if a.smoke:
-    a.base_epochs, a.epochs, a.train_images = 2, 1, 600
+    a.base_epochs, a.epochs, a.train_images = 2, 1, 500
 torch.set_num_threads(a.threads)
 torch.manual_seed(a.seed)
 os.makedirs(a.out, exist_ok=True)
@@ -53,7 +53,9 @@ t_start = time.time()
 # 1. Data and a trained base model.
 data_cfg = (tp_vgg.DataConfig("imagefolder", data_dir=a.data_dir, train_images=a.train_images,
                               subset_seed=a.seed)
-            if a.data_dir and not a.smoke else tp_vgg.DataConfig("digits"))
+            if a.data_dir and not a.smoke else
+            tp_vgg.DataConfig("digits", train_images=a.train_images if a.smoke else None,
+                              test_images=200 if a.smoke else None))
 data = load_data(data_cfg)
 spec = tp_vgg.ModelSpec("cifar_vgg11_bn", width=0.25, num_classes=data.num_classes)
 base = tp_vgg.build_model(spec)
@@ -68,7 +70,8 @@ runs = {"base": {"model": base, "top1": top1(base)}}
 
 def recover(model, after_step=None):
     """BN statistics re-estimated, then the same fine-tuning for every run."""
-    evaluation.recalibrate_on(model, spec, data, pre, 50, device="cpu", seed=a.seed)
+    evaluation.recalibrate_on(model, spec, data, pre, 5 if a.smoke else 50, device="cpu",
+                              seed=a.seed)
     res = tp_vgg.finetune(model, data, a.epochs, seed=a.seed, log=quiet, after_step=after_step)
     return res.final.top1
 
@@ -120,7 +123,8 @@ copied = torch.equal(pruned_l1.features[0].weight, base.features[0].weight[kept]
 names = [n for n in runs if n != "base"]
 lat = timing.compare_each(
     base, {n: runs[n]["model"] for n in names}, spec,
-    tp_vgg.LatencyConfig(batch_sizes=(64,), channels_last=True, fuse_bn=True, repeats=10,
+    tp_vgg.LatencyConfig(batch_sizes=(64,), channels_last=True, fuse_bn=True,
+                         repeats=3 if a.smoke else 10,
                          threads=a.threads),
     tp_vgg.count(base).macs, {n: tp_vgg.count(runs[n]["model"]).macs for n in names})
 for n, r in runs.items():

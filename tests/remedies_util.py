@@ -133,4 +133,23 @@ def run_remedy(remedy: Remedy, run_cli, tmp_path: Path) -> None:
 
 # Remedies whose test lives elsewhere: message fragment -> "tests/file.py::test_name" (the
 # test_remedies_* modules add their own as ``ELSEWHERE``).
-TESTED_ELSEWHERE: Dict[str, str] = {}
+TESTED_ELSEWHERE: Dict[str, str] = {
+    "pass it as --checkpoint {}":
+        "tests/test_student.py::test_a_checkpoint_as_weights_is_told_to_use_checkpoint",
+    "continue that run with tp-vgg train --resume {} (a last.pt)":
+        "tests/test_student.py::test_a_checkpoint_as_weights_is_told_to_use_checkpoint",
+    "is an archive, not a folder; extract it first":
+        "tests/test_student.py::test_an_archive_as_data_dir_says_how_to_extract_it",
+    "to use fewer images of any dataset pass --train-images N and/or --test-images N":
+        "tests/test_student.py::test_size_keys_of_data_kwargs_point_to_the_flags",
+    "each step only re-ranks the same weights":
+        "tests/test_learner.py::test_iterative_without_data_warns",
+    "so there is nothing to recommend":
+        "tests/test_learner.py::test_sensitivity_gives_no_advice_that_prunes_nothing",
+    "is a file; give the folder tp-vgg prune --out wrote":
+        "tests/test_compare.py::test_a_file_for_a_run_and_runs_without_accuracy_say_what_to_give",
+    "holds no {}; give folders written by tp-vgg prune --out DIR":
+        "tests/test_compare.py::test_compare_mistakes_exit_2_with_one_line",
+    "No run recorded accuracy (prune with --data NAME to evaluate).":
+        "tests/test_compare.py::test_a_file_for_a_run_and_runs_without_accuracy_say_what_to_give",
+}

@@ -235,3 +235,15 @@ def test_unstructured_report_has_the_sparsity_table_and_plot_not_channels(run_cl
     assert all(by_name[n] == 0.0 for n in rep["output_layers"])  # the logits layer: not pruned
     assert os.listdir(out / "plots") == ["sparsity.png"] and is_png(out / "plots" / "sparsity.png")
     assert "(plots/sparsity.png)" in md and "channels.png" not in md
+
+
+def test_a_file_for_a_run_and_runs_without_accuracy_say_what_to_give(run_cli, runs, tmp_path):
+    f = tmp_path / "report.json"
+    f.write_text("{}")
+    r = run_cli("compare", runs["l1"], f)
+    assert r.code == 2 and f"'{f}' is a file; give the folder tp-vgg prune --out wrote" in r.err
+    r = run_cli("compare", runs["l1"], runs["l2"], "--out", tmp_path / "c")
+    assert r.code == 0, r.err
+    # pruned without --data: no top-1 to compare, and the table says how to get one
+    assert "No run recorded accuracy (prune with --data NAME to evaluate)." in (
+        tmp_path / "c" / "compare.md").read_text()

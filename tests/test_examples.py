@@ -30,7 +30,7 @@ PROMISED = {
 TIMEOUT_S = 120
 # smoke runs of a minute or more (on a loaded 2-core machine): run by `make test-slow`, with this
 # timeout; the others are kept to well under 30 s each
-SLOW = {"four_views.py": 300}
+SLOW: dict = {}
 
 
 def scripts() -> list[str]:

@@ -108,21 +108,27 @@ def test_iterative_without_data_warns(run_cli, tmp_path):
     assert "fine-tuning 0 epochs" not in r.out
 
 
-def test_sensitivity_gives_no_advice_that_prunes_nothing():
+def test_sensitivity_gives_no_advice_that_prunes_nothing(monkeypatch):
     from tp_vgg.checkpoint.source import ModelSource
     from tp_vgg.jobs.sensitivity import SensitivityStudy, run_sensitivity
+    from tp_vgg.pruning import sensitivity
 
-    logged = []
     study = SensitivityStudy(ModelSource(spec=SPEC), tp_vgg.DataConfig("digits"), ratios=[0.5],
-                             budget=-0.0, eval_images=60, layers=["features.0", "features.4"],
+                             budget=1.0, eval_images=60, layers=["features.0", "features.4"],
                              bn_batches=0)
-    # an untrained model: pruning alone at 0.5 changes its (chance) top-1 either way; a budget of
-    # 0 points keeps a layer only when its top-1 does not drop
+    logged = []
+    # every layer costs 100 points alone at the smallest ratio tried: nothing is within budget
+    real = sensitivity.analyze
+
+    def costly(*args, **kwargs):
+        res = real(*args, **kwargs)
+        for row in res.rows:
+            row["drop_points"] = 100.0
+        return res
+    monkeypatch.setattr(sensitivity, "analyze", costly)
     rep = run_sensitivity(study, log=logged.append)
-    if rep["layer_ratios"]:
-        assert rep["command"].startswith("tp-vgg prune")
-    else:
-        assert rep["command"] is None
-        assert not any(l.startswith("next:") for l in logged)
-        assert any("nothing to recommend" in l for l in logged)
-        assert set(rep["least_sensitive"]) <= {"features.0", "features.4"}
+    assert rep["layer_ratios"] == {} and rep["command"] is None
+    assert not any(l.startswith("next:") or "--layer-ratios '{}'" in l for l in logged)
+    line = next(l for l in logged if "nothing to recommend" in l)
+    assert "no layer stays within 1 top-1 points at the smallest ratio tried (0.5)" in line
+    assert "Raise --budget" in line and set(rep["least_sensitive"]) == {"features.0", "features.4"}
