@@ -65,6 +65,10 @@ ROW_FLAGS = {"fpgm": " --importance fpgm", "scratch": " --scratch",
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default="data/cifar10-jpeg")
+    ap.add_argument("--model", default="cifar_vgg11_bn", help="the base's model (a zoo name)")
+    ap.add_argument("--width", type=float, default=0.25, help="the base's width multiplier")
+    ap.add_argument("--label-smoothing", type=float, default=0.0,
+                    help="the base's training recipe, when this script trains it")
     ap.add_argument("--base", default=None)
     ap.add_argument("--base-epochs", type=int, default=30)
     ap.add_argument("--epochs", type=int, default=15, help="fine-tuning epochs per run")
@@ -83,10 +87,15 @@ def main() -> int:
                          "rewrite the table and plot")
     ap.add_argument("--repeats", type=int, default=15, help="timing repeats per model")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--work", default="runs/frontier")
+    ap.add_argument("--work", default=None, help="default runs/frontier[_MODEL_wWIDTH]")
     ap.add_argument("--train-images", type=int, default=None, help="smoke runs: a sample")
-    ap.add_argument("--tag", default="")
+    ap.add_argument("--tag", default=None,
+                    help="result files' suffix; default '' for cifar_vgg11_bn w0.25 (the first "
+                         "base), else _MODEL_wWIDTH: each base has its own files")
     a = ap.parse_args()
+    own = f"_{a.model}_w{a.width:g}" if (a.model, a.width) != ("cifar_vgg11_bn", 0.25) else ""
+    a.tag = own if a.tag is None else a.tag
+    a.work = a.work or f"runs/frontier{own}"
     torch.set_num_threads(a.threads)
 
     from tp_vgg import count
@@ -122,9 +131,10 @@ def main() -> int:
         base_path = os.path.join(base_dir, "last.pt")
         if not os.path.exists(base_path):
             t = time.time()
-            spec = ModelSpec("cifar_vgg11_bn", width=0.25, num_classes=data.num_classes)
+            spec = ModelSpec(a.model, width=a.width, num_classes=data.num_classes)
             train.seed_everything(0)
-            cfg = train.TrainConfig(epochs=a.base_epochs, device="cpu", progress="plain", seed=0)
+            cfg = train.TrainConfig(epochs=a.base_epochs, device="cpu", progress="plain", seed=0,
+                                    label_smoothing=a.label_smoothing)
             train.fit(build_model(spec), spec, data, cfg, base_dir, data_cfg=data_cfg, log=log)
             done["base_train_s"] = time.time() - t
     ck = checkpoint.load_checkpoint(base_path)
@@ -218,7 +228,8 @@ def main() -> int:
                                  "load_before": os.getloadavg()[0]}
     write_json(out_json, done)
     write_text(os.path.join(RESULTS, f"frontier_cifar{a.tag}.md"), table(done))
-    plot(done, os.path.join(RESULTS, f"frontier_cifar{a.tag}.png"))
+    plot(done, os.path.join(RESULTS, f"frontier_cifar{a.tag}.png"), spec)
+    plot_widths(done, os.path.join(RESULTS, f"frontier_cifar{a.tag}_widths.png"), spec)
     print(table(done))
     return 0
 
@@ -431,9 +442,10 @@ def table(done: dict) -> str:
     base = done["unpruned"]
     lines = [f"Unpruned: top-1 {100 * base['top1']:.2f}%, {base['macs'] / 1e6:.2f}M MACs "
              f"(fvcore 'flop' = one multiply-add), base epochs {base.get('base_epochs')}.", "",
-             "| budget | row | seeds | MACs (M) | measured ms (b64, seed 0) | top-1 after BN re-est. | "
-             "top-1 fine-tuned, mean (min–max) | method s (before fine-tuning, median) |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| budget | row | seeds | MACs (M) | params (K) | measured ms (b64, seed 0) | "
+             "top-1 after BN re-est. | top-1 fine-tuned, mean (min–max) | "
+             "method s (before fine-tuning, median) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     by = {}
     for r in done["runs"]:
         by.setdefault((r["speedup"], r["row"]), []).append(r)
@@ -446,13 +458,14 @@ def table(done: dict) -> str:
         lines.append(
             f"| {speedup:g}× | {row} | {len(rs)} | "
             f"{statistics.mean(r['macs'] for r in rs) / 1e6:.3f} | "
+            f"{statistics.mean(r['params'] for r in rs) / 1e3:.1f} | "
             f"{'' if ms is None else f'{ms:.2f}'} | {statistics.mean(rec):.2f} | "
             f"{statistics.mean(t):.2f} ({min(t):.2f}–{max(t):.2f}) | "
             f"{'' if not ss else f'{statistics.median(ss):.0f}'} |")
     return "\n".join(lines) + "\n"
 
 
-def plot(done: dict, path: str) -> None:
+def plot(done: dict, path: str, spec) -> None:
     from tp_vgg.report import plots
 
     fig = plots.new_figure(10, 4)
@@ -467,11 +480,35 @@ def plot(done: dict, path: str) -> None:
                if r["seed"] == 0 and row in lat.get(f"{r['speedup']:g}", {})]
         if pts:
             ax2.scatter(*zip(*pts), marker=marker, label=row)
-    plots.style(ax1, plots.MAC_AXIS, "top-1 fine-tuned (%)", "CIFAR-10, cifar_vgg11_bn w0.25")
+    plots.style(ax1, plots.MAC_AXIS, "top-1 fine-tuned (%)",
+                f"CIFAR-10, {spec.name} w{spec.width:g}")
     plots.style(ax2, "measured ms (batch 64, CPU, 1 thread)", "top-1 fine-tuned (%)",
                 "seed 0, interleaved timing")
     ax1.legend()
     ax2.legend()
+    plots.save_png(fig, path)
+
+
+def plot_widths(done: dict, path: str, spec) -> None:
+    """Kept channels per layer (seed 0) of every row, one panel per budget: where each method
+    puts the channels."""
+    from tp_vgg.report import plots
+
+    budgets = sorted({r["speedup"] for r in done["runs"]}, reverse=True)
+    if not budgets:
+        return
+    fig = plots.new_figure(6 * len(budgets), 4)
+    for i, speedup in enumerate(budgets):
+        ax = fig.add_subplot(1, len(budgets), i + 1)
+        rs = [r for r in done["runs"] if r["speedup"] == speedup and r["seed"] == 0]
+        for r, marker in zip(rs, "os^vD<>pP*hX"):
+            layers = list(r["widths"])[:-1]  # the logits layer keeps its classes
+            ax.plot(range(len(layers)), [r["widths"][l] for l in layers], marker=marker,
+                    label=r["row"])
+        ax.set_xticks(range(len(layers)), layers, rotation=70, fontsize=6)
+        plots.style(ax, "layer", "kept channels", f"{speedup:g}× fewer MACs, "
+                    f"{spec.name} w{spec.width:g}")
+        ax.legend(fontsize=7)
     plots.save_png(fig, path)
 
 

@@ -4,6 +4,7 @@ user models with and without BatchNorm, the chosen widths in pruned.pt, one-line
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -109,15 +110,16 @@ def test_the_heldout_slice_is_disjoint_from_the_test_split_and_the_bn_batches(mo
     held, rest = rows(split.test_images), rows(split.train_images)
     assert not held & rest  # the slice and the images BN statistics come from
     assert held <= rows(data.train_images) and not held & rows(data.test_images)
-    # the search re-estimates BN on the split's training images only
+    # the search re-estimates BN on the split's training images only: its batches are drawn
+    # once (cached for every candidate) from the split's training split
     seen = []
-    real = evaluation.recalibrate_on
+    real = type(data).batches
 
-    def spy(model, spec, d, *a, **k):
-        seen.append(d)
-        return real(model, spec, d, *a, **k)
+    def spy(self, which, *a, **k):
+        seen.append((self, which))
+        return real(self, which, *a, **k)
 
-    monkeypatch.setattr(evaluation, "recalibrate_on", spy)
+    monkeypatch.setattr(type(data), "batches", spy)
     spec = tp_vgg.ModelSpec("cifar_vgg11_bn", width=0.125).resolved()
     model = tp_vgg.build_model(spec)
     cfg = tp_vgg.PruneConfig(ratio=0.3)
@@ -128,8 +130,10 @@ def test_the_heldout_slice_is_disjoint_from_the_test_split_and_the_bn_batches(mo
                       evaluation.resolve_preprocessing(data, spec), tp_vgg.TrainConfig(),
                       log=lambda s: None)
     s.run()
-    assert seen and all(not rows(d.train_images) & held for d in seen)
-    assert all(rows(d.test_images) == held for d in seen)
+    bn = [d for d, which in seen if which == "train"]
+    assert len(bn) == 1 and len(s._bn_batches()) == 2  # drawn once, 2 batches, reused
+    assert all(not rows(d.train_images) & held for d in bn)
+    assert all(rows(d.test_images) == held for d in bn)
 
 
 # Models of tests/user_models/ (with BN, without, GroupNorm, a multi-scale head) and their flags.
@@ -270,7 +274,7 @@ def test_target_latency_keeps_the_better_scoring_of_its_plan_and_uniform(monkeyp
     spec = tp_vgg.ModelSpec("cifar_vgg11_bn", width=0.125).resolved()
     full = _mac_ms(tp_vgg.build_model(spec), spec, None)
 
-    def score(self, m):  # the favoured plan scores 0.9, the other 0.1
+    def score(self, m, screen=False):  # the favoured plan scores 0.9, the other 0.1
         is_uniform = all(pruning.out_channels(m)[r] == k for r, k in self.budget.uniform.items())
         return 0.9 if is_uniform == (favour == "uniform") else 0.1
 
@@ -321,7 +325,7 @@ def test_target_latency_guard_takes_the_median_of_its_measurements(monkeypatch, 
 
     spec = tp_vgg.ModelSpec("cifar_vgg11_bn", width=0.125).resolved()
     full = _mac_ms(tp_vgg.build_model(spec), spec, None)
-    monkeypatch.setattr(widths.Search, "_heldout_top1", lambda self, m: 0.5)
+    monkeypatch.setattr(widths.Search, "_heldout_top1", lambda self, m, screen=False: 0.5)
     monkeypatch.setattr(lt, "measured_ms", _mac_ms)
     quiet_guard = tp_vgg.run(_latency_job(0.8 * full, tmp_path / "q"), None,
                              log=lambda s: None).report["latency_guard"]
@@ -411,7 +415,7 @@ def test_target_latency_guard_keeps_the_faster_plan_where_neither_meets_the_budg
         busy[0] = True
         return guard(*a, **k)
 
-    def score(self, m):  # the latency-aware plan scores higher
+    def score(self, m, screen=False):  # the latency-aware plan scores higher
         is_uniform = all(pruning.out_channels(m)[r] == k for r, k in self.budget.uniform.items())
         return 0.1 if is_uniform else 0.9
 
@@ -435,7 +439,7 @@ def test_target_latency_guard_keeps_the_fast_width_steps(monkeypatch, tmp_path):
     from tp_vgg.latency import budget as lt
 
     monkeypatch.setattr(lt, "measured_ms", _mac_ms)
-    monkeypatch.setattr(widths.Search, "_heldout_top1", lambda self, m: 0.5)
+    monkeypatch.setattr(widths.Search, "_heldout_top1", lambda self, m, screen=False: 0.5)
     spec = tp_vgg.ModelSpec("cifar_vgg11_bn", width=0.125).resolved()
     full = _mac_ms(tp_vgg.build_model(spec), spec, None)
     res = tp_vgg.run(_latency_job(0.6 * full, tmp_path, tp_vgg.PruneConfig(round_to=8)), None,
@@ -445,3 +449,55 @@ def test_target_latency_guard_keeps_the_fast_width_steps(monkeypatch, tmp_path):
     before = {n: b for n, (b, _) in res.report["target"]["channels"].items()}
     widths_ = res.report["latency_guard"]["plans"]["uniform"]["widths"]
     assert all(k % block == 0 or k == before[n] for n, k in widths_.items()), widths_
+
+
+def test_under_torchrun_rank_0_measures_and_every_rank_gets_its_figure():
+    """The anchor, budget and finalists' times are one measurement shared by all ranks."""
+    class Rank:
+        enabled, world_size = True, 2
+
+        def __init__(self, rank, sent):
+            self.rank, self.is_main, self.sent = rank, rank == 0, sent
+
+        def device(self, requested):
+            return "cpu"
+
+        def all_reduce_sum(self, t):  # what both ranks sent, summed
+            self.sent.append(float(t))
+            return t.new_tensor([sum(self.sent)])
+
+    calls = []
+    sent: list = []
+    got = [widths._median_measure(lambda m, r=rank: calls.append(r) or 3.0, Rank(rank, sent))(None)
+           for rank in (0, 1)]
+    assert got == [3.0, 3.0]  # every rank holds rank 0's figure
+    assert calls == [0] * widths.GUARD_MEASUREMENTS and sent == [3.0, 0.0]  # rank 1 measured nothing
+
+
+def test_candidates_are_planned_on_widths_screened_then_rescored():
+    """Each candidate's MACs are planned from its widths (fvcore agrees); every candidate is
+    screened on the first images of the slice, the best few and uniform rescored on all."""
+    data = load_data(DataConfig("fake", kwargs={"train_size": 300, "test_size": 20}))
+    spec = tp_vgg.ModelSpec("cifar_vgg11_bn", width=0.125).resolved()
+    model = tp_vgg.build_model(spec)
+    cfg = tp_vgg.PruneConfig(ratio=0.4)
+    space, budget = widths.mac_budget(model, spec, cfg, None)
+    scfg = widths.SearchConfig(candidates=8, heldout=100, screen=40, rescore=2, bn_batches=2,
+                               finalists=1, finalist_epochs=0)
+    s = widths.Search(model, spec, cfg, space, budget, scfg, data,
+                      evaluation.resolve_preprocessing(data, spec), tp_vgg.TrainConfig(),
+                      log=lambda s: None)
+    _, rep = s.run()
+    for row in rep["rows"]:
+        m = copy.deepcopy(model)
+        tp_vgg.prune(m, spec, space.config(cfg, row["widths"]))
+        assert tp_vgg.count(m, spec).macs == row["macs"]
+        assert sum(p.numel() for p in m.parameters()) == row["params"]
+    rescored = [r for r in rep["rows"] if r["rescored"]]
+    assert rep["screen_images"] == 40 and rep["heldout_images"] == 100
+    assert rep["rows"][0]["rescored"] and len(rescored) == 1 + min(2, len(rep["rows"]) - 1)
+    best = sorted((r for r in rep["rows"] if r["id"] != 0),
+                  key=lambda r: (-r["screen_score"], r["id"]))[:2]
+    assert {r["id"] for r in rescored} == {0} | {r["id"] for r in best}
+    assert set(rep["stage_s"]) >= {"prune", "bn", "screen", "rescore"}
+    assert rep["per_candidate_s"] > 0

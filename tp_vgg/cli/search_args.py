@@ -32,13 +32,21 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--search-heldout", type=positive_int, metavar="H",
                    help="training images held out to score the candidates, never used to "
                         f"re-estimate or fine-tune (default {widths.DEFAULT_HELDOUT})")
+    g.add_argument("--search-screen", type=nonneg_int, metavar="S",
+                   help="held-out images every candidate is first scored on; the best "
+                        "--search-rescore are then scored on the whole slice (default "
+                        f"{widths.DEFAULT_SCREEN}; 0: every candidate on the whole slice)")
+    g.add_argument("--search-rescore", type=nonneg_int, metavar="R",
+                   help="candidates scored again on the whole held-out slice, besides uniform, "
+                        f"the finalists chosen from them (default {widths.DEFAULT_RESCORE})")
 
 
 def search_config(args: argparse.Namespace) -> Optional[widths.SearchConfig]:
     """The search sub-config (None without --search); its flags need --search and --data."""
     n = getattr(args, "search", None)
     extras = [f for f in ("search_finalists", "search_epochs", "search_bn_batches",
-                          "search_heldout") if getattr(args, f, None) is not None]
+                          "search_heldout", "search_screen", "search_rescore")
+              if getattr(args, f, None) is not None]
     if n is None:
         if extras:
             raise UserError(f"--{extras[0].replace('_', '-')} applies to the width search: "
@@ -50,7 +58,9 @@ def search_config(args: argparse.Namespace) -> Optional[widths.SearchConfig]:
     given = {k: getattr(args, f) for k, f in (("finalists", "search_finalists"),
                                              ("finalist_epochs", "search_epochs"),
                                              ("bn_batches", "search_bn_batches"),
-                                             ("heldout", "search_heldout"))
+                                             ("heldout", "search_heldout"),
+                                             ("screen", "search_screen"),
+                                             ("rescore", "search_rescore"))
              if getattr(args, f, None) is not None}
     cfg = widths.SearchConfig(candidates=n, seed=getattr(args, "seed", 0) or 0, **given)
     cfg.validate()

@@ -215,7 +215,7 @@ def search_widths(job: PruneJob, prep: Prepared, model: nn.Module, spec, cfg: pr
     MACs of uniform ``--ratio``, or a latency target) and report.json's ``"search"`` block."""
     if job.latency_budget is not None:
         space, budget = search.latency_budget(model, spec, cfg, job.latency_budget, job.device,
-                                              grads, log)
+                                              grads, log, dist)
     else:
         space, budget = search.mac_budget(model, spec, cfg,
                                           plan.goal_macs if plan is not None else None, grads)

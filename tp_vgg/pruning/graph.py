@@ -363,8 +363,14 @@ def _group_norm_message(name: str, c: int, g: int, r: float, round_to: Optional[
 def prune(model: nn.Module, spec: Optional[ModelSpec] = None, cfg: Optional[PruneConfig] = None,
           example: Optional[torch.Tensor] = None,
           between_steps: Optional[Callable[[int, nn.Module], None]] = None,
-          gradients: Optional[Callable[[nn.Module], None]] = None) -> PruneResult:
+          gradients: Optional[Callable[[nn.Module], None]] = None,
+          check: bool = True) -> PruneResult:
     """Prune ``model`` in place and return what was removed.
+
+    Each step is checked: the pruned model must compute what the model before it computes with
+    the removed channels zeroed (:func:`tp_vgg.pruning.checks.check_pruned`). ``check=False``
+    skips that (the width search's candidates, of which only the chosen one is kept, and
+    pruned again with the check).
 
     ``prune(model, spec, cfg)``, or ``prune(model, cfg)`` / ``prune(model)`` for a model tp-vgg
     built or loaded (its spec is kept on it; ``cfg`` defaults to :class:`PruneConfig`). The
@@ -447,10 +453,11 @@ def prune(model: nn.Module, spec: Optional[ModelSpec] = None, cfg: Optional[Prun
                     _criterion_hook(pruner, "prepare", model, gradients)
                 ranked = False
                 # the masked-equivalence check of every step, on the model itself (no copy)
-                masked = checks.MaskedOriginal(model, pruner.DG, spec, example)
-                _step(pruner, model, spec, example, masked.take, unwrapped)
-                checks.check_pruned(model, spec, example, masked, expect, bare, coupled,
-                                    checks.feeders(pruner.DG, model))
+                masked = checks.MaskedOriginal(model, pruner.DG, spec, example) if check else None
+                _step(pruner, model, spec, example, masked.take if check else None, unwrapped)
+                if check:
+                    checks.check_pruned(model, spec, example, masked, expect, bare, coupled,
+                                        checks.feeders(pruner.DG, model))
                 if between_steps is not None and step + 1 < cfg.iterative_steps:
                     between_steps(step, model)
         history = [[name, bool(is_out), [int(i) for i in idxs]]

@@ -46,6 +46,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from tp_vgg.data.batches import BatchTransform
 from tp_vgg.errors import UserError
 from tp_vgg.models import counting
 from tp_vgg.models.zoo import ModelSpec
@@ -61,6 +62,11 @@ DEFAULT_FINALISTS = 3
 DEFAULT_FINALIST_EPOCHS = 1
 DEFAULT_BN_BATCHES = 20
 DEFAULT_HELDOUT = 5000
+# Every candidate is screened on the first DEFAULT_SCREEN images of the held-out slice; the best
+# DEFAULT_RESCORE (and uniform) are scored again on the whole slice, and the finalists come from
+# them (benchmarks/search_cost.py measures the cost and how well the screen ranks).
+DEFAULT_SCREEN = 1000
+DEFAULT_RESCORE = 16
 DEFAULT_SIGMA = 0.25       # spread of the perturbations, in log keep fraction
 TRIES = 40                 # draws per wanted candidate before the search stops drawing
 WAVE = 8                   # candidates per evolutionary wave
@@ -76,6 +82,8 @@ class SearchConfig:
     finalist_epochs: int = DEFAULT_FINALIST_EPOCHS
     bn_batches: int = DEFAULT_BN_BATCHES
     heldout: int = DEFAULT_HELDOUT
+    screen: int = DEFAULT_SCREEN    # 0 (or >= heldout): every candidate on the whole slice
+    rescore: int = DEFAULT_RESCORE
     batch_size: int = 128
     sigma: float = DEFAULT_SIGMA
     seed: int = 0
@@ -85,7 +93,9 @@ class SearchConfig:
                                ("--search-finalists", self.finalists, 0),
                                ("--search-epochs", self.finalist_epochs, 0),
                                ("--search-bn-batches", self.bn_batches, 0),
-                               ("--search-heldout", self.heldout, 1)):
+                               ("--search-heldout", self.heldout, 1),
+                               ("SearchConfig.screen", self.screen, 0),
+                               ("SearchConfig.rescore", self.rescore, 0)):
             if isinstance(v, bool) or not isinstance(v, int) or v < least:
                 what = ("a positive integer (1: the uniform plan alone)" if flag == "--search"
                         else f"an integer >= {least}")
@@ -235,6 +245,8 @@ class Budget:
     # "ms" whose candidates are held to candidate 0's MACs (``cost`` counts MACs), where the
     # latency table cannot predict the model; the finalists are still measured against ``goal``
     proxy: Optional[str] = None
+    # MACs planned from a width vector (:class:`MacCost`); None: counted with fvcore
+    macs: Optional[Callable[[Dict[str, int]], float]] = None
 
     @property
     def ceiling(self) -> float:
@@ -256,10 +268,13 @@ class Scored:
     predicted: float
     score: Optional[float] = None
     in_budget: bool = True
+    screen: Optional[float] = None   # the score on the screening images (None: not screened)
+    rescored: bool = False           # ``score`` is on the whole held-out slice
 
     def row(self, budget: Budget) -> Dict[str, Any]:
         d = {"id": self.id, "origin": self.origin, "widths": dict(self.kept), "macs": self.macs,
-             "params": self.params, "score": self.score, "in_budget": self.in_budget}
+             "params": self.params, "score": self.score, "screen_score": self.screen,
+             "rescored": self.rescored, "in_budget": self.in_budget}
         if budget.kind == "ms" and budget.proxy is None:
             d["predicted_ms"] = round(self.predicted, 4)
         return d
@@ -282,7 +297,12 @@ class Search:
         # each rank scores on its own device (cuda:LOCAL_RANK under torchrun)
         self.device = str(self.dist.device(device)) if self.dist.enabled else device
         self.data = heldout_split(data, scfg.heldout, scfg.seed)
+        n_held = len(self.data.test_labels)
+        self.screen_data = (self.data.subset("test", torch.arange(scfg.screen))
+                            if 0 < scfg.screen < n_held else self.data)
         self.has_bn = bool(evaluation.batchnorms(model))
+        self._bn: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
+        self.stage_seconds: Dict[str, float] = {}
         self.rng = torch.Generator().manual_seed(scfg.seed)
         self.rows: List[Scored] = []
         self.seen = set()
@@ -293,31 +313,60 @@ class Search:
         self.fallback: Optional[int] = 0
 
     # -- one candidate ---------------------------------------------------------------------
-    def _prune(self, kept: Dict[str, int]) -> nn.Module:
+    def _prune(self, kept: Dict[str, int], check: bool = True) -> nn.Module:
         m = copy.deepcopy(self.model).cpu()
-        pruning.prune(m, self.spec, self.space.config(self.cfg, kept), gradients=self.gradients)
+        pruning.prune(m, self.spec, self.space.config(self.cfg, kept), gradients=self.gradients,
+                      check=check)
         return m
+
+    def _bn_batches(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """The training batches (outside the slice) every candidate's BN statistics are
+        re-estimated on: drawn, decoded and normalized once, the same for all."""
+        if self._bn is None:
+            dev = torch.device(self.device or "cpu")
+            cl = self.train_cfg.channels_last and evaluation.channels_last_runs(
+                self.model, self.spec, dev)
+            batches = self.data.batches(
+                "train", self.scfg.batch_size, BatchTransform(
+                    self.pre.mean, self.pre.std, self.pre.input_size, cl), dev,
+                train=True, augment=False, seed=self.scfg.seed)
+            self._bn = [b for _, b in zip(range(self.scfg.bn_batches), batches)]
+        return self._bn
 
     def _adapt(self, m: nn.Module) -> nn.Module:
-        """Adaptive BN: the statistics re-estimated on training batches outside the slice."""
+        """Adaptive BN: the statistics re-estimated on the cached training batches."""
         if self.has_bn and self.scfg.bn_batches:
-            evaluation.recalibrate_on(m, self.spec, self.data, self.pre, self.scfg.bn_batches,
-                                      self.scfg.batch_size, self.device, self.scfg.seed,
-                                      self.train_cfg.channels_last)
+            t = time.perf_counter()
+            m.to(self.device or "cpu")
+            evaluation.recalibrate_bn(m, self._bn_batches(), self.scfg.bn_batches)
+            self._time("bn", t)
         return m
 
-    def _heldout_top1(self, m: nn.Module) -> float:
-        return evaluation.top1(m, self.spec, self.data, self.pre, self.device,
-                               self.scfg.batch_size)
+    def _time(self, what: str, t0: float) -> None:
+        self.stage_seconds[what] = (self.stage_seconds.get(what, 0.0)
+                                            + time.perf_counter() - t0)
+
+    def _heldout_top1(self, m: nn.Module, screen: bool = False) -> float:
+        t = time.perf_counter()
+        top1 = evaluation.top1(m, self.spec, self.screen_data if screen else self.data,
+                               self.pre, self.device, self.scfg.batch_size)
+        self._time("screen" if screen else "rescore", t)
+        return top1
 
     def _score(self, kept: Dict[str, int]) -> Tuple[int, int, Optional[float]]:
-        """(MACs, params, score); the score is None for a candidate outside the budget."""
-        m = self._prune(kept)
-        c = counting.count(m, self.spec)
+        """(MACs, params, screening score); the score is None for a candidate outside the
+        budget. The MACs are planned from the width vector; the candidate is pruned (unchecked:
+        only the chosen plan is pruned with the equivalence check) for its params and score."""
         lo, hi = self.budget.window
-        if "macs" in (self.budget.kind, self.budget.proxy) and not lo <= c.macs <= hi:
-            return c.macs, c.params, None
-        return c.macs, c.params, self._heldout_top1(self._adapt(m))
+        t = time.perf_counter()
+        m = self._prune(kept, check=False)
+        params = sum(p.numel() for p in m.parameters())
+        macs = (int(round(self.budget.macs(kept))) if self.budget.macs is not None
+                else counting.count(m, self.spec).macs)
+        self._time("prune", t)
+        if "macs" in (self.budget.kind, self.budget.proxy) and not lo <= macs <= hi:
+            return macs, params, None
+        return macs, params, self._heldout_top1(self._adapt(m), screen=True)
 
     def _score_wave(self, wave: List[Scored]) -> None:
         """Score ``wave`` (the ranks take every world_size-th candidate and share the scores)."""
@@ -336,10 +385,12 @@ class Search:
             if s.id == 0 or s.origin in self.extra:  # uniform (the reference), a named plan:
                 # scored even where it misses the window
                 if s.score is None:
-                    m = self._adapt(self._prune(s.kept))
-                    s.score = self._heldout_top1(m)
+                    m = self._adapt(self._prune(s.kept, check=False))
+                    s.score = self._heldout_top1(m, screen=True)
+                s.screen = s.score
                 self.rows.append(s)
             elif s.in_budget:
+                s.screen = s.score
                 self.rows.append(s)
             else:
                 self.rejected += 1
@@ -415,15 +466,36 @@ class Search:
             self._score_wave(wave)
             left -= size
 
+    def rescore(self) -> None:
+        """The ``rescore`` best by their screening score, uniform and the named plans, scored
+        again on the whole held-out slice (the ranks split them and share the scores); without
+        a screen every score is already on the whole slice."""
+        if self.screen_data is self.data:
+            for s in self.rows:
+                s.rescored = True
+            return
+        others = sorted((s for s in self.rows if s.id != 0 and s.origin not in self.extra),
+                        key=lambda s: (-s.screen, s.id))
+        chosen = ([s for s in self.rows if s.id == 0 or s.origin in self.extra]
+                  + others[:self.scfg.rescore])
+        values = torch.zeros(len(chosen), dtype=torch.float64)
+        for i in range(self.dist.rank, len(chosen), self.dist.world_size):
+            values[i] = self._heldout_top1(self._adapt(self._prune(chosen[i].kept, check=False)))
+        if self.dist.enabled:
+            values = self.dist.all_reduce_sum(values.to(self.dist.device(self.device))).cpu()
+        for s, v in zip(chosen, values.tolist()):
+            s.score, s.rescored = v, True
+
     def finalists(self) -> List[Dict[str, Any]]:
-        """The best ``finalists`` candidates and uniform, fine-tuned ``finalist_epochs`` on the
-        training data outside the slice and scored on it again (and measured, for a latency
-        budget)."""
-        others = sorted((s for s in self.rows if s.id != 0), key=lambda s: (-s.score, s.id))
+        """The best ``finalists`` candidates (by their score on the whole held-out slice) and
+        uniform, fine-tuned ``finalist_epochs`` on the training data outside the slice and
+        scored on it again (and measured, for a latency budget)."""
+        others = sorted((s for s in self.rows if s.id != 0 and s.rescored),
+                        key=lambda s: (-s.score, s.id))
         chosen = [self.rows[0]] + others[:self.scfg.finalists]
         out = []
         for s in chosen:
-            m = self._adapt(self._prune(s.kept))
+            m = self._adapt(self._prune(s.kept, check=False))
             row: Dict[str, Any] = {"id": s.id, "score": s.score}
             if self.scfg.finalist_epochs:
                 cfg = dataclasses.replace(self.train_cfg, epochs=self.scfg.finalist_epochs,
@@ -441,6 +513,8 @@ class Search:
     def run(self) -> Tuple[pruning.PruneConfig, Dict[str, Any]]:
         t0 = time.perf_counter()
         self.candidates()
+        screened = len(self.rows) + self.rejected
+        self.rescore()
         t1 = time.perf_counter()
         n_final = 1 + min(self.scfg.finalists, len(self.rows) - 1)
         lo, hi = self.budget.window
@@ -462,7 +536,7 @@ class Search:
         best = max(allowed, key=lambda f: (f[key], -f["id"]))
         by_id = {s.id: s for s in self.rows}
         winner = by_id[best["id"]]
-        order = sorted(self.rows, key=lambda s: (-s.score, s.id))
+        order = sorted(self.rows, key=lambda s: (-s.screen, s.id))  # every row has a screen
         rank = 1 + [s.id for s in order].index(0)
         rho = (spearman([f["score"] for f in finals], [f["finetuned"] for f in finals])
                if key == "finetuned" else None)
@@ -482,6 +556,18 @@ class Search:
                       "top-1 on the held-out slice as pruned (the model has no BatchNorm "
                       "running statistics to re-estimate)"),
             "heldout_images": len(self.data.test_labels),
+            "screen_images": len(self.screen_data.test_labels),
+            "rescored": sum(s.rescored for s in self.rows),
+            "score_note": (f"every candidate screened on {len(self.screen_data.test_labels)} "
+                           f"held-out images; the best {self.scfg.rescore}, uniform and named "
+                           f"plans scored again on all {len(self.data.test_labels)}; finalists "
+                           "from those" if self.screen_data is not self.data else
+                           "every candidate scored on the whole held-out slice"),
+            "per_candidate_s": round((t1 - t0) / max(screened, 1), 3),
+            "stage_s": {k: round(v, 2) for k, v in self.stage_seconds.items()},
+            "stage_note": "prune: deep copy and unchecked prune of every candidate drawn (its "
+                          "MACs planned from the widths); bn: BatchNorm re-estimation on the "
+                          "cached batches; screen / rescore: held-out evaluation",
             "bn_batches": self.scfg.bn_batches if self.has_bn else 0,
             "finalist_epochs": self.scfg.finalist_epochs, "seed": self.scfg.seed,
             "seconds": {"candidates": round(t1 - t0, 2), "finalists": round(t2 - t1, 2)},
@@ -520,7 +606,7 @@ def guard_latency_plan(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConf
     ranked = _Ranked(model, spec, cfg, example, max_ratio, gradients)
     space = Space(ranked, cfg.round_to, max_ratio)
 
-    measure = _median_measure(lambda m: lt.measured_ms(m, spec, mcfg))
+    measure = _median_measure(lambda m: lt.measured_ms(m, spec, mcfg), dist, device)
     ms = _widths_measure(model, spec, cfg, space, measure, gradients)
 
     def uniform_at(ratio: float) -> Dict[str, int]:  # on the space's grid (--round-to steps)
@@ -534,7 +620,8 @@ def guard_latency_plan(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConf
                              f"{mcfg.batch_sizes[0]})")
     total = len(data.train_labels)
     scfg = SearchConfig(candidates=1, finalists=1, finalist_epochs=0,
-                        heldout=min(DEFAULT_HELDOUT, max(1, total // 5)), seed=seed)
+                        heldout=min(DEFAULT_HELDOUT, max(1, total // 5)), seed=seed,
+                        screen=0)  # two plans: both on the whole slice
     s = Search(model, spec, cfg, space, budget, scfg, data, preprocessing, train_cfg,
                device=device, log=lambda line: None, dist=dist, gradients=gradients)
     s.extra = {LATENCY_AWARE: {r: kept[r] for r in space.roots}}
@@ -559,10 +646,19 @@ TABLE_TRUST = 0.25  # the latency search holds candidates to MACs where the tabl
 GUARD_MEASUREMENTS = 3  # each step's ms: the median of this many measurements (each a median)
 
 
-def _median_measure(measure: Callable[[nn.Module], float]) -> Callable[[nn.Module], float]:
+def _median_measure(measure: Callable[[nn.Module], float], dist: Optional[DistContext] = None,
+                    device: Optional[str] = None) -> Callable[[nn.Module], float]:
     """``measure`` taken :data:`GUARD_MEASUREMENTS` times; the median (one busy moment of the
-    machine does not decide)."""
-    return lambda m: statistics.median(measure(m) for _ in range(GUARD_MEASUREMENTS))
+    machine does not decide). Under torchrun (``dist``) rank 0 measures and every rank gets its
+    figure, so that all ranks hold the same anchor, budget and finalists' times."""
+    def median(m: nn.Module) -> float:
+        if dist is None or not dist.enabled:
+            return statistics.median(measure(m) for _ in range(GUARD_MEASUREMENTS))
+        v = torch.zeros(1, dtype=torch.float64)
+        if dist.is_main:
+            v[0] = statistics.median(measure(m) for _ in range(GUARD_MEASUREMENTS))
+        return float(dist.all_reduce_sum(v.to(dist.device(device))).cpu()[0])
+    return median
 
 
 def _widths_measure(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, space: Space,
@@ -640,12 +736,13 @@ def mac_budget(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, goal
         what = f"the MACs of uniform --ratio {cfg.ratio:g} ({counting.human(goal)})"
     else:
         what = f"{counting.human(goal)} MACs"
-    return space, Budget("macs", float(goal), cost, uniform, float(uniform_macs), describe=what)
+    return space, Budget("macs", float(goal), cost, uniform, float(uniform_macs), describe=what,
+                         macs=cost)
 
 
 def latency_budget(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, lb: Any,
-                   device: Optional[str], gradients=None, log: Callable[[str], None] = print
-                   ) -> Tuple[Space, Budget]:
+                   device: Optional[str], gradients=None, log: Callable[[str], None] = print,
+                   dist: Optional[DistContext] = None) -> Tuple[Space, Budget]:
     """The space and a latency budget ``lb.ms`` predicted by the latency table (calibrated on
     the measured original and a uniform anchor, as ``--target-latency`` does); candidate 0 is
     the widest uniform plan the table predicts within it, measured. Where that plan measures
@@ -662,7 +759,7 @@ def latency_budget(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, 
     mcfg = lb.config(spec, device)
     mcfg.validate()
     one = lambda m: lt.measured_ms(m, spec, mcfg)  # noqa: E731
-    measure = _median_measure(one)
+    measure = _median_measure(one, dist, device)
     max_ratio = cfg.max_layer_ratio if cfg.max_layer_ratio is not None else DEFAULT_MAX_LAYER_RATIO
     cfg = dataclasses.replace(cfg, ratio=0.0, max_layer_ratio=max_ratio, global_pruning=False)
     original_ms = one(model)
@@ -722,8 +819,9 @@ def latency_budget(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, 
             cost = MacCost(model, spec, ranked, space)
             return space, Budget("ms", float(lb.ms), cost, widest, float(cost(widest)),
                                  describe=describe + ")", measured=ms, anchor=anchor,
-                                 proxy=proxy)
+                                 proxy=proxy, macs=cost)
         uniform = widest
     return space, Budget("ms", float(lb.ms), pred.predict, uniform, pred.predict(uniform),
-                         describe=describe + ")", measured=ms, anchor=anchor)
+                         describe=describe + ")", measured=ms, anchor=anchor,
+                         macs=MacCost(model, spec, ranked, space))
 
