@@ -87,7 +87,10 @@ def main() -> int:
                          "rewrite the table and plot")
     ap.add_argument("--repeats", type=int, default=15, help="timing repeats per model")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="training, evaluation and timing device")
+    ap.add_argument("--amp", default="auto", help="fine-tuning's autocast (CUDA only)")
     ap.add_argument("--work", default=None, help="default runs/frontier[_MODEL_wWIDTH]")
+    ap.add_argument("--results", default=RESULTS, help="where the JSON, table and plots go")
     ap.add_argument("--train-images", type=int, default=None, help="smoke runs: a sample")
     ap.add_argument("--tag", default=None,
                     help="result files' suffix; default '' for cifar_vgg11_bn w0.25 (the first "
@@ -109,8 +112,8 @@ def main() -> int:
     from tp_vgg.train import loop as train
     from tp_vgg.train.config import finetuning
 
-    os.makedirs(RESULTS, exist_ok=True)
-    out_json = os.path.join(RESULTS, f"frontier_cifar{a.tag}.json")
+    os.makedirs(a.results, exist_ok=True)
+    out_json = os.path.join(a.results, f"frontier_cifar{a.tag}.json")
     done = json.load(open(out_json)) if os.path.exists(out_json) else {}
     runs = done.setdefault("runs", [])
     log = lambda s: print("    " + s, flush=True)  # noqa: E731
@@ -133,8 +136,8 @@ def main() -> int:
             t = time.time()
             spec = ModelSpec(a.model, width=a.width, num_classes=data.num_classes)
             train.seed_everything(0)
-            cfg = train.TrainConfig(epochs=a.base_epochs, device="cpu", progress="plain", seed=0,
-                                    label_smoothing=a.label_smoothing)
+            cfg = train.TrainConfig(epochs=a.base_epochs, device=a.device, progress="plain",
+                                    seed=0, label_smoothing=a.label_smoothing)
             train.fit(build_model(spec), spec, data, cfg, base_dir, data_cfg=data_cfg, log=log)
             done["base_train_s"] = time.time() - t
     ck = checkpoint.load_checkpoint(base_path)
@@ -144,10 +147,10 @@ def main() -> int:
     base_counts = count(base, spec)
     if "unpruned" not in done:
         done["unpruned"] = {"top1": evaluation.evaluate_on(base, spec, data, pre,
-                                                           device="cpu").top1,
+                                                           device=a.device).top1,
                             "macs": base_counts.macs, "params": base_counts.params,
                             "base": base_path, "base_epochs": ck.meta.get("epoch")}
-    ft = finetuning(epochs=a.epochs, device="cpu", progress="none")
+    ft = finetuning(epochs=a.epochs, device=a.device, progress="none", amp=a.amp)
     done["setup" if not a.time_only else "timing_setup"] = {
         "data": dataclasses.asdict(data_cfg), "train_images": len(data.train_labels),
         "test_images": len(data.test_labels), "finetune": ft.resolved().to_dict(),
@@ -183,17 +186,17 @@ def main() -> int:
                 rec.update(macs=c.macs, params=c.params, speedup_reached=base_counts.macs / c.macs,
                            widths=pruning.out_channels(model), history_len=len(result.history))
                 rec["top1_pruned"] = evaluation.evaluate_on(model, spec, data, pre,
-                                                            device="cpu").top1
+                                                            device=a.device).top1
                 evaluation.recalibrate_on(model, spec, data, pre, BN_BATCHES, ft.batch_size,
-                                          "cpu", seed)
+                                          a.device, seed)
                 rec["top1_recalibrated"] = evaluation.evaluate_on(model, spec, data, pre,
-                                                                  device="cpu").top1
+                                                                  device=a.device).top1
                 t = time.time()
                 history = ck.history + result.history
                 if row == "scratch":  # the control: the pruned architecture from random init
                     train.seed_everything(seed)
                     model = pruning.replay(ck.build_unpruned(), spec, history)
-                    scfg = train.TrainConfig(epochs=a.base_epochs + a.epochs, device="cpu",
+                    scfg = train.TrainConfig(epochs=a.base_epochs + a.epochs, device=a.device,
                                              progress="none", seed=seed)
                     res = train.fit(model, spec, data, scfg, None, history=history,
                                     preprocessing=pre, command="scratch", log=log)
@@ -213,7 +216,7 @@ def main() -> int:
     # measured latency, interleaved per budget: every finished seed-0 row of the budget, rebuilt
     # from its recorded widths (timing does not depend on the weights)
     lat = done.setdefault("latency", {})
-    mcfg = timing.LatencyConfig(batch_sizes=(64,), device="cpu", channels_last=True,
+    mcfg = timing.LatencyConfig(batch_sizes=(64,), device=a.device, channels_last=True,
                                 fuse_bn=True, threads=1, warmup=3, repeats=a.repeats)
     for speedup in sorted({r["speedup"] for r in runs}, reverse=True):
         group = {r["row"]: architecture(ck, spec, r["widths"]) for r in runs
@@ -227,9 +230,9 @@ def main() -> int:
                                  "date": time.strftime("%Y-%m-%d %H:%M"),
                                  "load_before": os.getloadavg()[0]}
     write_json(out_json, done)
-    write_text(os.path.join(RESULTS, f"frontier_cifar{a.tag}.md"), table(done))
-    plot(done, os.path.join(RESULTS, f"frontier_cifar{a.tag}.png"), spec)
-    plot_widths(done, os.path.join(RESULTS, f"frontier_cifar{a.tag}_widths.png"), spec)
+    write_text(os.path.join(a.results, f"frontier_cifar{a.tag}.md"), table(done))
+    plot(done, os.path.join(a.results, f"frontier_cifar{a.tag}.png"), spec)
+    plot_widths(done, os.path.join(a.results, f"frontier_cifar{a.tag}_widths.png"), spec)
     print(table(done))
     return 0
 
@@ -289,7 +292,7 @@ def row_search(ctx, speedup, seed, rec, prior):
                                finalist_epochs=a.search_epochs, bn_batches=a.search_bn,
                                heldout=a.heldout, seed=seed)
     s = widths.Search(model, ctx.spec, cfg, space, budget, scfg, ctx.data, ctx.pre,
-                      dataclasses.replace(ctx.ft, seed=seed), device="cpu", log=ctx.log)
+                      dataclasses.replace(ctx.ft, seed=seed), device=a.device, log=ctx.log)
     cfg, srep = s.run()
     rec["search_s"] = time.time() - t
     rec["search"] = {k: v for k, v in srep.items() if k != "rows"}
@@ -358,7 +361,7 @@ def row_latency(ctx, speedup, seed, rec, prior, imp):
     a = ctx.a
     grads = _gradients(ctx, seed) if needs_gradients(imp) else None
     lb = lt.LatencyBudget(ms=1.0, batch_size=64, threads=1, channels_last=True, fuse_bn=True)
-    mcfg = lb.config(ctx.spec, "cpu")
+    mcfg = lb.config(ctx.spec, a.device)
     model = ctx.ck.build()
     cfg = pruning.PruneConfig(seed=seed, importance=imp)
     if prior is not None:  # the kept widths of the finished run
@@ -376,12 +379,13 @@ def row_latency(ctx, speedup, seed, rec, prior, imp):
     rec["command"] = rec["command"].replace(
         f"--target-speedup {speedup:g}", f"--target-latency {ms:.4f} --latency-batch 64 "
         f"--importance {imp}").replace(f"--threads {a.threads}", "--threads 1")
-    solved, plan = lt.solve(model, ctx.spec, cfg, lb, gradients=grads, device="cpu", log=ctx.log)
+    solved, plan = lt.solve(model, ctx.spec, cfg, lb, gradients=grads, device=a.device,
+                            log=ctx.log)
     kept = {n: after for n, (_, after) in plan.channels.items()}
     if plan.round_to and plan.round_to > 1:  # uniform in the same fast-width steps, as the job
         cfg = dataclasses.replace(cfg, round_to=plan.round_to)
     chosen, guard = widths.guard_latency_plan(model, ctx.spec, cfg, lb, kept, ctx.data, ctx.pre,
-                                              dataclasses.replace(ctx.ft, seed=seed), "cpu",
+                                              dataclasses.replace(ctx.ft, seed=seed), a.device,
                                               grads, seed, log=ctx.log)
     rec["latency_guard"] = guard
     rec["latency_plan"] = {"measured_ms": plan.measured_ms, "predicted_ms": plan.predicted_ms,

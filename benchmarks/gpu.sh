@@ -61,35 +61,6 @@ step() {  # step NAME CMD...: run, log, time, record the exit code; never stops 
   return $rc
 }
 
-# 1. What the machine lacks, from .device/ (no network).
-install() {
-  if ! "$PY" -c "import torch_pruning, fvcore" 2>/dev/null; then
-    [ -d .device/wheels ] || { echo "torch-pruning/fvcore missing and no .device/wheels: run ../shared/device-prep.sh here first"; return 1; }
-    "$PY" -m pip install -q --no-index --no-deps .device/wheels/*.whl ||
-      "$PY" -m pip install -q --no-index --no-deps --break-system-packages .device/wheels/*.whl || return 1
-  fi
-  "$PY" -c "import tp_vgg, torch_pruning, fvcore, torchvision; print('tp_vgg', tp_vgg.__version__, 'torch-pruning', torch_pruning.__version__)"
-}
-prepare_data() {
-  if [ "$TINY" = 1 ]; then  # 10 images per class and split from the archive or a local copy
-    local src="$DATA_DIR"
-    if [ ! -d "$src" ]; then
-      local arc=".device/cifar10-jpeg.tar.gz"; [ -f "$arc" ] || arc="../shared/data/cifar10-jpeg.tar.gz"
-      mkdir -p "$RUN/full" && tar xzf "$arc" -C "$RUN/full" && src="$RUN/full/cifar10-jpeg"
-    fi
-    rm -rf "$RUN/tiny-data"
-    for split in train test; do
-      for d in "$src/$split"/*/; do
-        c=$(basename "$d"); mkdir -p "$RUN/tiny-data/$split/$c"
-        ls "$d" | head -n 10 | while read -r f; do cp "$d/$f" "$RUN/tiny-data/$split/$c/"; done
-      done
-    done
-    DATA_DIR="$RUN/tiny-data"
-  elif [ ! -d "$DATA_DIR" ]; then
-    mkdir -p "$(dirname "$DATA_DIR")" && tar xzf .device/cifar10-jpeg.tar.gz -C "$(dirname "$DATA_DIR")"
-  fi
-  ls "$DATA_DIR"
-}
 step install install || { echo "cannot install torch-pruning/fvcore; stopping"; exit 1; }
 prepare_data > "$OUT/logs/data.log" 2>&1 || { echo "no CIFAR-10 JPEG data"; cat "$OUT/logs/data.log"; exit 1; }
 DATA=(--data imagefolder --data-dir "$DATA_DIR")

@@ -1,0 +1,88 @@
+"""The frontier's outputs (issue 31): docs/pruning.md's advice table is what the frontier JSON
+gives, the prune defaults follow its verdict, and benchmarks/gpu_frontier.sh dry-runs on CPU at
+tiny sizes (with the shared CIFAR-10 archive; skipped without it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tp_vgg.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def _advice():
+    return runpy.run_path(str(ROOT / "benchmarks" / "advice.py"), run_name="advice")
+
+
+def test_the_advice_table_is_generated_from_the_frontier_json():
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "advice.py"), "--check"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    adv = _advice()
+    page = (ROOT / "docs" / "pruning.md").read_text()
+    table = adv["markdown"](adv["load"]())
+    assert adv["BEGIN"] + "\n" + table + adv["END"] in page
+    # every figure in it comes from a run: uniform's 4x mean of the first base, recomputed
+    first = json.loads((ROOT / "benchmarks" / "results" / "frontier_cifar.json").read_text())
+    t = [100 * r["top1"] for r in first["runs"] if r["row"] == "uniform" and r["speedup"] == 4]
+    assert f"| {sum(t) / len(t):.2f} ({len(t)}) |" in table
+
+
+def test_a_changed_figure_makes_the_check_fail(tmp_path):
+    page = tmp_path / "pruning.md"
+    text = (ROOT / "docs" / "pruning.md").read_text()
+    page.write_text(text.replace(" (3) |", " (4) |", 1))
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "advice.py"), "--check",
+                        "--page", str(page)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1 and "not what benchmarks/results give" in r.stderr
+
+
+def test_the_prune_defaults_follow_the_verdict():
+    adv = _advice()
+    method, why = adv["verdict"](adv["load"]())
+    args = build_parser().parse_args(["prune", "--model", "cifar_vgg11_bn", "--data", "digits"])
+    defaults = (args.importance or "l1", bool(getattr(args, "global_pruning", False)),
+                getattr(args, "search", None), getattr(args, "recipe", None))
+    if method is None:  # uniform L1 stays: no search, no global ranking, no recipe
+        assert defaults == ("l1", False, None, None), defaults
+        assert "uniform L1 stays the default" in why
+    else:
+        assert defaults != ("l1", False, None, None), (method, defaults)
+
+
+def test_the_verdict_needs_two_bases_and_two_budgets_over_two_seeds():
+    adv = _advice()
+
+    def base(delta, seeds=2, budgets=(4.0, 8.0)):
+        runs = [{"speedup": b, "row": row, "seed": s, "top1": 0.8 + (delta if row == "x" else 0),
+                 "macs": 1} for b in budgets for row in ("uniform", "x") for s in range(seeds)]
+        return {"runs": runs, "unpruned": {"top1": 0.9, "macs": 4}}
+
+    assert adv["verdict"]([("a", base(0.01))])[0] is None             # one base
+    assert adv["verdict"]([("a", base(0.01)), ("b", base(0.01))])[0] == "x"
+    assert adv["verdict"]([("a", base(0.01)), ("b", base(-0.01))])[0] is None
+    assert adv["verdict"]([("a", base(0.01, seeds=1)), ("b", base(0.01))])[0] is None
+
+
+@pytest.mark.skipif(not ARCHIVE.is_file(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")
+def test_gpu_frontier_dry_runs_on_cpu_at_tiny_sizes(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path / "out"), RUN=str(tmp_path / "run"),
+               DATA_DIR=str(tmp_path / "none"), OMP_NUM_THREADS="1", PY=sys.executable)
+    r = subprocess.run(["bash", "benchmarks/gpu_frontier.sh", "--device", "cpu", "--tiny"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    tag = "_cifar_vgg16_bn_w0.125"
+    done = json.loads((tmp_path / "out" / f"frontier_cifar{tag}.json").read_text())
+    assert {x["row"] for x in done["runs"]} == {"uniform", "search", "global-group-norm"}
+    assert all(x["speedup"] == 4 and x["seed"] == 0 for x in done["runs"])
+    assert (tmp_path / "out" / f"frontier_cifar{tag}_widths.png").is_file()
+    assert json.loads((tmp_path / "out" / "env.json").read_text())["device"] == "cpu"
