@@ -78,7 +78,7 @@ def main() -> int:
     ap.add_argument("--search", type=int, default=200)
     ap.add_argument("--finalists", type=int, default=3)
     ap.add_argument("--search-epochs", type=int, default=1)
-    ap.add_argument("--search-bn", type=int, default=20)
+    ap.add_argument("--search-bn", type=int, default=8, help="the search's BN batches")
     ap.add_argument("--heldout", type=int, default=5000)
     ap.add_argument("--correlation", type=int, default=0)
     ap.add_argument("--sparse-epochs", type=int, default=10, help="the recipes' sparse learning")

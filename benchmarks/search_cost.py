@@ -90,7 +90,7 @@ def main() -> int:
     best_full = max(range(k), key=lambda i: full[i])
     top = {r.id for r in rows[:scfg.rescore]}
     out = {
-        "base": a.base, "model": spec.name, "width": spec.width, "speedup": a.speedup,
+        "base": a.base, "base_epoch": ck.meta.get("epoch"), "model": spec.name, "width": spec.width, "speedup": a.speedup,
         "candidates": a.candidates, "scored": rep["scored"], "rejected": rep["rejected"],
         "heldout_images": rep["heldout_images"], "screen_images": rep["screen_images"],
         "rescore": scfg.rescore, "bn_batches": scfg.bn_batches, "batch_size": scfg.batch_size,

@@ -60,12 +60,12 @@ from tp_vgg.train.distributed import DistContext
 TOLERANCE = 0.01           # a candidate's cost is within [1 - TOLERANCE, 1] x the budget
 DEFAULT_FINALISTS = 3
 DEFAULT_FINALIST_EPOCHS = 1
-DEFAULT_BN_BATCHES = 20
+DEFAULT_BN_BATCHES = 8    # of --search-heldout's batch size; drawn once, reused for every candidate
 DEFAULT_HELDOUT = 5000
 # Every candidate is screened on the first DEFAULT_SCREEN images of the held-out slice; the best
 # DEFAULT_RESCORE (and uniform) are scored again on the whole slice, and the finalists come from
 # them (benchmarks/search_cost.py measures the cost and how well the screen ranks).
-DEFAULT_SCREEN = 1000
+DEFAULT_SCREEN = 2000
 DEFAULT_RESCORE = 16
 DEFAULT_SIGMA = 0.25       # spread of the perturbations, in log keep fraction
 TRIES = 40                 # draws per wanted candidate before the search stops drawing
