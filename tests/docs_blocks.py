@@ -424,8 +424,18 @@ def check_run(block: Block, tmp: Path, timeout: float = RUN_TIMEOUT_S) -> subpro
 
 def headings(text: str) -> List[Tuple[int, str]]:
     """(level, text) of every ATX heading outside fenced blocks."""
-    out, fence = [], None
-    for line in text.split("\n"):
+    out = []
+    for _, line in _outside_fences(text):
+        h = re.match(r"^(#{1,6})\s+(.*?)\s*#*\s*$", line)
+        if h:
+            out.append((len(h.group(1)), h.group(2)))
+    return out
+
+
+def _outside_fences(text: str) -> Iterator[Tuple[int, str]]:
+    """(line number, line) of every line outside fenced blocks (and not a fence)."""
+    fence = None
+    for n, line in enumerate(text.split("\n"), 1):
         m = _FENCE.match(line)
         if m and fence is None:
             fence = m.group("fence")[0]
@@ -434,10 +444,7 @@ def headings(text: str) -> List[Tuple[int, str]]:
             fence = None
             continue
         if fence is None:
-            h = re.match(r"^(#{1,6})\s+(.*?)\s*#*\s*$", line)
-            if h:
-                out.append((len(h.group(1)), h.group(2)))
-    return out
+            yield n, line
 
 
 def slug(heading: str) -> str:
@@ -466,16 +473,8 @@ _LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 
 def links(text: str) -> List[Tuple[int, str]]:
     """(line, target) of every Markdown link outside fenced blocks and inline code."""
-    out, fence = [], None
-    for n, line in enumerate(text.split("\n"), 1):
-        m = _FENCE.match(line)
-        if m and fence is None:
-            fence = m.group("fence")[0]
-            continue
-        if m and fence is not None and m.group("fence")[0] == fence and not m.group("info").strip():
-            fence = None
-            continue
-        if fence is None:
-            for t in _LINK.findall(re.sub(r"`[^`]*`", "", line)):
-                out.append((n, t))
+    out = []
+    for n, line in _outside_fences(text):
+        for t in _LINK.findall(re.sub(r"`[^`]*`", "", line)):
+            out.append((n, t))
     return out

@@ -32,7 +32,8 @@ from tp_vgg.errors import UserError
 from tp_vgg.files import ensure_dir, write_json, write_text
 from tp_vgg.models.counting import human
 from tp_vgg.report import plots
-from tp_vgg.report.markdown import REPORT_FILE, SWEEP_FILE, read_json, runtime_latencies
+from tp_vgg.report.markdown import (REPORT_FILE, SWEEP_FILE, md_table, read_json,
+                                    runtime_latencies)
 from tp_vgg.report.summary import MAC_NOTE, format_ms, table
 
 COMPARE_JSON, COMPARE_MD, COMPARE_PNG = "compare.json", "compare.md", "compare.png"
@@ -249,19 +250,12 @@ def format_compare(cmp: Dict[str, Any]) -> str:
     return text
 
 
-def _md_table(header: List[str], rows: List[List[Any]]) -> str:
-    align = ["---"] + ["---:"] * (len(header) - 1)
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join("" if c is None else str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def compare_markdown(cmp: Dict[str, Any]) -> str:
     runs = cmp["runs"]
     name = (cmp.get("model") or {}).get("name", "?")
     parts = [f"# Comparison: {len(runs)} prune runs of {name}\n",
              "Runs: " + ", ".join(f"`{r['label']}` ({r['dir']})" for r in runs) + ".\n",
-             "## Runs\n\n" + _md_table(*_run_rows(cmp)) + "\n\n" + _tops(cmp) + "\n"]
+             "## Runs\n\n" + md_table(*_run_rows(cmp)) + "\n\n" + _tops(cmp) + "\n"]
     if any(r["latency"] for r in runs):
         where = sorted({f"{r['latency']['runtime']} on {r['latency']['device']}"
                         for r in runs if r["latency"]})
@@ -272,7 +266,7 @@ def compare_markdown(cmp: Dict[str, Any]) -> str:
                  "1.00 = the same channels; shared = |A∩B|, the channels both removed, and its "
                  f"share of those `{runs[0]['label']}` removed. Chance level for a random choice "
                  "of as many channels: shared ≈ |A| |B| / channels (in compare.json, "
-                 "`chance_shared`).\n\n" + _md_table(*_layer_rows(cmp)) + "\n\n"
+                 "`chance_shared`).\n\n" + md_table(*_layer_rows(cmp)) + "\n\n"
                  f"![compare]({COMPARE_PNG})\n")
     parts.append(f"---\n{MAC_NOTE}; counted at batch 1 in eval mode.\n")
     return "\n".join(parts)

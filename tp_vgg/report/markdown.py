@@ -66,7 +66,8 @@ def _metrics_in(run_dir: str) -> Optional[str]:
     return None
 
 
-def _md_table(header: List[str], rows: List[List[Any]]) -> str:
+def md_table(header: List[str], rows: List[List[Any]]) -> str:
+    """A Markdown table: the first column left-aligned, the others right-aligned."""
     align = ["---"] + ["---:"] * (len(header) - 1)
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
     lines += ["| " + " | ".join("" if c is None else str(c) for c in r) + " |" for r in rows]
@@ -146,7 +147,7 @@ def latency_section(lat: Dict[str, Any]) -> str:
                f"{cfg.get('warmup', '?')} warm-up, torch {env.get('torch', '?')}")
     return ("## Latency\n\n" + where
             + (f"; {lat['session']}" if lat.get("session") else "") + ".\n\n"
-            + _md_table(["batch N", "original ms per batch of N", "pruned ms per batch of N",
+            + md_table(["batch N", "original ms per batch of N", "pruned ms per batch of N",
                          "speed-up", "MAC ratio", "efficiency"], rows)
             + "\n\nSpeed-up = original ms / pruned ms, as shown; efficiency = speed-up / MAC "
               "ratio (1.0: latency fell as much as MACs).\n")
@@ -162,7 +163,7 @@ def _training_section(records: List[Dict[str, Any]], plotter: _Plots, title: str
              f"{r['train_loss']:.4f}" if r.get("train_loss") is not None else "",
              _pct(r.get("test_top1")), _pct(r.get("test_top5"))] for r in records]
     img = plotter.save(plots.training_figure(records, title, start_top1), "training.png")
-    return (f"## {title}\n\n" + _md_table(["epoch", "lr", "train loss", "test top-1", "test top-5"],
+    return (f"## {title}\n\n" + md_table(["epoch", "lr", "train loss", "test top-1", "test top-5"],
                                           rows) + "\n\n" + img + "\n")
 
 
@@ -186,7 +187,7 @@ def run_markdown(run_dir: str, rep: Dict[str, Any], records: List[Dict[str, Any]
                      _pct(acc.get("finetuned", acc.get("pruned"))), ""])
         if "finetuned" in acc:
             rows.append(["top-1 right after pruning", "", _pct(acc.get("pruned")), ""])
-    parts.append("## Summary\n\n" + _md_table(["", "before", "after", "reduction"], rows) + "\n")
+    parts.append("## Summary\n\n" + md_table(["", "before", "after", "reduction"], rows) + "\n")
     if rep.get("latency"):
         parts.append(latency_section(rep["latency"]))
         parts.append(plotter.save(plots.latency_vs_macs_figure(latency_points(rep)),
@@ -204,7 +205,7 @@ def run_markdown(run_dir: str, rep: Dict[str, Any], records: List[Dict[str, Any]
                  human(r["macs_before"]), human(r.get("macs_after", 0)),
                  human(r["params_before"]), human(r.get("params_after", 0))]
                 for r in layers if r["type"] in ("Conv2d", "Linear")]
-        parts.append(_md_table(["layer", "type", "channels before", "after", "MACs before",
+        parts.append(md_table(["layer", "type", "channels before", "after", "MACs before",
                                 "after", "params before", "after"], rows) + "\n")
     extra = _method_sections(rep)
     if extra:
@@ -236,7 +237,7 @@ def sparsity_section(un: Dict[str, Any], plotter: _Plots) -> str:
     empty = un.get("empty_layers") or []
     return ("## Sparsity per layer\n\nUnstructured pruning keeps every channel and zeroes single "
             "weights: zeroed = conv/linear weights set to 0, sparsity = zeroed / weights.\n\n"
-            + _md_table(["layer", "type", "weights", "zeroed", "sparsity", "dense MACs",
+            + md_table(["layer", "type", "weights", "zeroed", "sparsity", "dense MACs",
                          "nonzero MACs"], table)
             + ("\n\nLayers left entirely zero: " + ", ".join(f"`{n}`" for n in empty) + "."
                if empty else "")
@@ -261,7 +262,7 @@ def search_section(search: Dict[str, Any], plotter: _Plots) -> str:
         keys = [k for k in ("id", "score", "finetuned", "measured_ms") if k in finals[0]]
         rows = [[_pct(f.get(k)) if k in ("score", "finetuned") else _scalar(f.get(k))
                  for k in keys] for f in finals]
-        lines.append(_md_table(keys, rows) + "\n")
+        lines.append(md_table(keys, rows) + "\n")
     if search.get("rank_correlation") is not None:
         lines.append("Rank correlation of the score with the short fine-tune's top-1 over the "
                      f"finalists (Spearman): {search['rank_correlation']:.2f}.\n")
@@ -300,7 +301,7 @@ def _method_sections(rep: Dict[str, Any]) -> str:
                 for name, p in guard["plans"].items() if isinstance(p, dict)]
         parts.append(f"## Latency guard\n\n{guard.get('rule', '')}. Score: "
                      f"{guard.get('score', '')}.\n\n"
-                     + _md_table(["plan", "held-out score", "measured ms", "MACs", ""], rows)
+                     + md_table(["plan", "held-out score", "measured ms", "MACs", ""], rows)
                      + "\n")
     elif isinstance(guard, dict):
         parts.append(f"## Latency guard\n\n{guard.get('rule', '')}.\n")
@@ -316,7 +317,7 @@ def _method_sections(rep: Dict[str, Any]) -> str:
         keys = [k for k in steps[0] if all(not isinstance(s.get(k), (dict, list)) for s in steps)]
         rows = [[_scalar(s.get(k)) if k not in ("macs", "params") or s.get(k) is None
                  else human(s[k]) for k in keys] for s in steps]
-        parts.append("## Iterative schedule\n\n" + _md_table(keys, rows) + "\n")
+        parts.append("## Iterative schedule\n\n" + md_table(keys, rows) + "\n")
     notes = rep.get("notes")
     if isinstance(notes, list) and notes:
         parts.append("## Notes\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
@@ -413,7 +414,7 @@ def sweep_markdown(sweep_dir: str, sweep: Dict[str, Any], plotter: _Plots) -> st
             if acc.get(key) is not None:
                 acc_pts.append({"macs": rep["after"]["macs"], "top1": acc[key], "series": series,
                                 "label": str(r["ratio"])})
-    parts.append("## Trade-off\n\n" + _md_table(header, table) + "\n")
+    parts.append("## Trade-off\n\n" + md_table(header, table) + "\n")
     if lat_pts:
         one = all(v is not None for v in shared.values())
         parts.append(
