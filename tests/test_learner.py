@@ -132,3 +132,13 @@ def test_sensitivity_gives_no_advice_that_prunes_nothing(monkeypatch):
     line = next(l for l in logged if "nothing to recommend" in l)
     assert "no layer stays within 1 top-1 points at the smallest ratio tried (0.5)" in line
     assert "Raise --budget" in line and set(rep["least_sensitive"]) == {"features.0", "features.4"}
+
+
+def test_readmes_first_cifar_command_uses_the_shared_archive():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    first = text.index("--data-dir data/cifar10-jpeg")
+    assert "--data cifar10 " not in text[:first]  # the download-only dataset is not offered first
+    setup = text.rfind("```", 0, first)
+    assert "tar xzf ../shared/data/cifar10-jpeg.tar.gz -C data" in text[setup:first]
