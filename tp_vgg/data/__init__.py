@@ -8,5 +8,5 @@
 * ``batches`` -- seeded batching and augmentation on the device.
 
 May import: errors, registry, files, device.
-Imported by: models, pruning, checkpoint, train, export, latency, jobs, cli.
+Imported by: models, pruning, checkpoint, train, export, latency, search, jobs, cli.
 """
