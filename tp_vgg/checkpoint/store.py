@@ -134,10 +134,12 @@ def save(path: str, model: nn.Module, spec: Optional[ModelSpec] = None,
 
     rec = record_of(model)
     spec = spec_of(model, spec, "save")
-    if rec is not None and rec.spec == spec:
-        history = rec.history if history is None else history
-        preprocessing = rec.preprocessing if preprocessing is None else preprocessing
-        meta = rec.meta if meta is None else meta
+    if rec is not None:
+        if rec.spec == spec:
+            preprocessing = rec.preprocessing if preprocessing is None else preprocessing
+            meta = rec.meta if meta is None else meta
+        if history is None:  # the pruning the model went through, whatever spec is given
+            history = rec.history
 
     payload = {
         "format": FORMAT,

@@ -326,7 +326,8 @@ def schedule(job: PruneJob, prep: Prepared, dist: Optional[DistContext] = None,
     return iterative.Schedule(spec, job.steps, job.epochs_per_step,
                               finetune=finetune if job.epochs_per_step > 0 else None,
                               evaluate=evaluate, recalibrate=recalibrate if bn else None,
-                              log=log, top1_start=prep.top1_before)
+                              log=log, top1_start=(prep.top1_sparse if prep.top1_sparse is not None
+                                                   else prep.top1_before))
 
 
 def prune_model(model: nn.Module, spec, cfg: pruning.PruneConfig,

@@ -298,7 +298,10 @@ class Search:
         self.device = str(self.dist.device(device)) if self.dist.enabled else device
         self.data = heldout_split(data, scfg.heldout, scfg.seed)
         n_held = len(self.data.test_labels)
-        self.screen_data = (self.data.subset("test", torch.arange(scfg.screen))
+        # a seeded sample of the slice (the slice is in dataset order: class by class for an
+        # image folder), so that the screen sees every class
+        pick = torch.randperm(n_held, generator=torch.Generator().manual_seed(scfg.seed + 1))
+        self.screen_data = (self.data.subset("test", pick[:scfg.screen].sort().values)
                             if 0 < scfg.screen < n_held else self.data)
         self.has_bn = bool(evaluation.batchnorms(model))
         self._bn: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
@@ -325,7 +328,7 @@ class Search:
         if self._bn is None:
             dev = torch.device(self.device or "cpu")
             cl = self.train_cfg.channels_last and evaluation.channels_last_runs(
-                self.model, self.spec, dev)
+                self.model, self.spec)  # on the model's own device
             batches = self.data.batches(
                 "train", self.scfg.batch_size, BatchTransform(
                     self.pre.mean, self.pre.std, self.pre.input_size, cl), dev,
@@ -361,7 +364,8 @@ class Search:
         t = time.perf_counter()
         m = self._prune(kept, check=False)
         params = sum(p.numel() for p in m.parameters())
-        macs = (int(round(self.budget.macs(kept))) if self.budget.macs is not None
+        planned = self.budget.macs is not None and not self.space.fixed_ratios
+        macs = (int(round(self.budget.macs(kept))) if planned  # --layer-ratios: counted
                 else counting.count(m, self.spec).macs)
         self._time("prune", t)
         if "macs" in (self.budget.kind, self.budget.proxy) and not lo <= macs <= hi:
@@ -492,6 +496,9 @@ class Search:
         scored on it again (and measured, for a latency budget)."""
         others = sorted((s for s in self.rows if s.id != 0 and s.rescored),
                         key=lambda s: (-s.score, s.id))
+        if len(others) < self.scfg.finalists:  # --search-rescore below the finalists: by screen
+            others += sorted((s for s in self.rows if s.id != 0 and not s.rescored),
+                             key=lambda s: (-s.screen, s.id))
         chosen = [self.rows[0]] + others[:self.scfg.finalists]
         out = []
         for s in chosen:
