@@ -1,6 +1,7 @@
-"""The frontier's outputs (issue 31): docs/pruning.md's advice table is what the frontier JSON
-gives, the prune defaults follow its verdict, and benchmarks/gpu_frontier.sh dry-runs on CPU at
-tiny sizes (with the shared CIFAR-10 archive; skipped without it)."""
+"""The frontier's outputs (issue 31): docs/pruning.md's advice table and README.md's short
+form are what the frontier JSON gives, the prune defaults follow its verdict, and
+benchmarks/gpu_frontier.sh dry-runs on CPU at tiny sizes (with the shared CIFAR-10 archive;
+skipped without it)."""
 
 from __future__ import annotations
 
@@ -31,10 +32,20 @@ def test_the_advice_table_is_generated_from_the_frontier_json():
     page = (ROOT / "docs" / "pruning.md").read_text()
     table = adv["markdown"](adv["load"]())
     assert adv["BEGIN"] + "\n" + table + adv["END"] in page
+    readme = (ROOT / "README.md").read_text()
+    assert adv["BEGIN"] + "\n" + adv["summary"](adv["load"]()) + adv["END"] in readme
     # every figure in it comes from a run: uniform's 4x mean of the first base, recomputed
     first = json.loads((ROOT / "benchmarks" / "results" / "frontier_cifar.json").read_text())
     t = [100 * r["top1"] for r in first["runs"] if r["row"] == "uniform" and r["speedup"] == 4]
     assert f"| {sum(t) / len(t):.2f} ({len(t)}) |" in table
+
+
+def test_a_changed_readme_figure_makes_the_check_fail(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text((ROOT / "README.md").read_text().replace(" (3) |", " (4) |", 1))
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "advice.py"), "--check",
+                        "--readme", str(readme)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1 and "README.md: the advice table is not what" in r.stderr
 
 
 def test_a_changed_figure_makes_the_check_fail(tmp_path):
@@ -71,6 +82,8 @@ def test_the_verdict_needs_two_bases_and_two_budgets_over_two_seeds():
     assert adv["verdict"]([("a", base(0.01)), ("b", base(0.01))])[0] == "x"
     assert adv["verdict"]([("a", base(0.01)), ("b", base(-0.01))])[0] is None
     assert adv["verdict"]([("a", base(0.01, seeds=1)), ("b", base(0.01))])[0] is None
+    # each base needs two budgets: a second base measured at one budget decides nothing
+    assert adv["verdict"]([("a", base(0.01)), ("b", base(0.01, budgets=(4.0,)))])[0] is None
 
 
 @pytest.mark.skipif(not ARCHIVE.is_file(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")
