@@ -58,7 +58,7 @@ def load(pattern: str = os.path.join(HERE, "results", "frontier_cifar*.json")
     out = []
     for path in sorted(glob.glob(pattern)):
         name = os.path.basename(path)
-        if not name.endswith(".json") or name.count(".") != 1:
+        if not name.endswith(".json"):
             continue
         with open(path, encoding="utf-8") as f:
             done = json.load(f)
