@@ -202,9 +202,8 @@ def main() -> int:
             continue
         stale.append(path)
         if not a.check:
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                f.write(new)
-            os.replace(path + ".tmp", path)
+            from tp_vgg.files import write_text  # temp file, then rename
+            write_text(path, new)
     if a.check:
         for path in stale:
             print(f"{path}: the advice table is not what benchmarks/results give; run "
