@@ -74,23 +74,28 @@ def evaluate(model: nn.Module, batches: Batches, output_key: Optional[str] = Non
 
 def evaluate_on(model: nn.Module, spec: ModelSpec, data: ImageData, preprocessing: PreprocessingLike,
                 split: str = "test", batch_size: int = 256,
-                device: Optional[str] = None) -> EvalResult:
-    """Evaluate ``model`` on one split of ``data`` with the given (checkpoint's) preprocessing."""
+                device: Optional[str] = None, channels_last: bool = False) -> EvalResult:
+    """Evaluate ``model`` on one split of ``data`` with the given (checkpoint's) preprocessing.
+    ``channels_last``: batches (and the model) in channels-last memory, ~1.7x faster on a CPU
+    for a VGG; only for a model :func:`channels_last_runs` accepts (the caller checks, once)."""
     dev = resolve_device(device)
     pre = resolve_preprocessing(data, spec, preprocessing)
     check_model_fits(model.to(dev), spec, data)
-    batches = data.batches(split, batch_size, BatchTransform(pre.mean, pre.std, pre.input_size),
-                           dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    batches = data.batches(split, batch_size, BatchTransform(pre.mean, pre.std, pre.input_size,
+                                                             channels_last), dev)
     autocast, _, _ = make_amp(dev, "auto")
     return evaluate(model, batches, spec.output_key, autocast)
 
 
 def top1(model: nn.Module, spec: ModelSpec, data: ImageData, preprocessing: PreprocessingLike,
-         device: Optional[str] = None, batch_size: int = 256) -> float:
+         device: Optional[str] = None, batch_size: int = 256, channels_last: bool = False) -> float:
     """Test top-1 of ``model`` (:func:`evaluate_on`); the model then goes back to the device it
-    was on, so that pruning continues there."""
+    was on (and to contiguous memory), so that pruning continues there."""
     home = next(model.parameters()).device
-    result = evaluate_on(model, spec, data, preprocessing, batch_size=batch_size, device=device).top1
+    result = evaluate_on(model, spec, data, preprocessing, batch_size=batch_size, device=device,
+                         channels_last=channels_last).top1
     model.to(home, memory_format=torch.contiguous_format)
     return result
 
