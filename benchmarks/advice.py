@@ -36,9 +36,13 @@ README = os.path.join(ROOT, "README.md")
 BEGIN, END = "<!-- advice:begin -->", "<!-- advice:end -->"
 MIN_SEEDS = 2
 
-# how each frontier row reads as a tp-vgg prune option
+from tp_vgg.search.widths import DEFAULT_WITH_DATA  # noqa: E402  (the search default, if any)
+
+# how each frontier row reads as a tp-vgg prune option (with --data: uniform needs --search 0
+# where the search is the default)
 LABELS = {
-    "uniform": "uniform L1 (`--target-speedup X`)",
+    "uniform": ("uniform L1 (`--target-speedup X --search 0`)" if DEFAULT_WITH_DATA else
+                "uniform L1 (`--target-speedup X`)"),
     "search": "`--search 200`",
     "global-group-norm": "`--global` (`group-norm`)",
     "global-taylor-raw": "`--global --importance taylor-raw`",
@@ -118,7 +122,9 @@ def verdict(bases: List[Tuple[str, Dict[str, Any]]]) -> Tuple[Optional[str], str
         winners, key=lambda m: min(rs[(b, m)]["mean"] - rs[(b, "uniform")]["mean"]
                                    for _, rs in table for (b, row) in rs if row == "uniform"))
     return best, (f"{LABELS.get(best, best)} beats uniform at every budget of every base over "
-                  f"at least {MIN_SEEDS} seeds: it is the default with data.")
+                  f"at least {MIN_SEEDS} seeds: it is `tp-vgg prune`'s default with --data at a "
+                  "MAC budget (--target-speedup, --target-macs), said with its cost before it "
+                  "starts; --search 0 prunes uniformly.")
 
 
 def markdown(bases: List[Tuple[str, Dict[str, Any]]]) -> str:

@@ -57,17 +57,31 @@ def test_a_changed_figure_makes_the_check_fail(tmp_path):
     assert r.returncode == 1 and "not what benchmarks/results give" in r.stderr
 
 
-def test_the_prune_defaults_follow_the_verdict():
+def test_the_prune_defaults_follow_the_verdict(tmp_path):
+    """The verdict names a method or none; `tp-vgg prune --data D --target-speedup X` (nothing
+    else asked for) runs exactly that: the search with the candidates the frontier measured, or
+    uniform L1 with no search, no global ranking and no recipe."""
+    from tp_vgg.cli.pruning_cmds import prune_job
+    from tp_vgg.search import widths
+
     adv = _advice()
     method, why = adv["verdict"](adv["load"]())
-    args = build_parser().parse_args(["prune", "--model", "cifar_vgg11_bn", "--data", "digits"])
-    defaults = (args.importance or "l1", bool(getattr(args, "global_pruning", False)),
-                getattr(args, "search", None), getattr(args, "recipe", None))
+    args = build_parser().parse_args(["prune", "--model", "cifar_vgg11_bn", "--data", "digits",
+                                      "--target-speedup", "4", "--finetune-epochs", "1",
+                                      "--out", str(tmp_path / "o")])
+    job = prune_job(args)
+    chosen = (job.prune.importance or "l1", job.prune.global_pruning, job.sparse)
     if method is None:  # uniform L1 stays: no search, no global ranking, no recipe
-        assert defaults == ("l1", False, None, None), defaults
+        assert widths.DEFAULT_WITH_DATA is None and job.search is None
+        assert chosen == ("l1", False, None), chosen
         assert "uniform L1 stays the default" in why
     else:
-        assert defaults != ("l1", False, None, None), (method, defaults)
+        assert method == "search", f"{method} won: make it the default, then this test"
+        assert adv["LABELS"]["search"] == f"`--search {widths.DEFAULT_WITH_DATA}`"
+        assert job.search is not None and job.search.default
+        assert job.search.candidates == widths.DEFAULT_WITH_DATA
+        assert chosen == ("l1", False, None), chosen
+        assert "default with --data at a MAC budget" in why
 
 
 def test_the_verdict_needs_two_bases_and_two_budgets_over_two_seeds():

@@ -47,7 +47,8 @@ REMEDIES = [
            "--search needs data: it scores each candidate on a held-out slice of the training "
            "data; pass --data D",
            _prune("--search", "3"), _prune("--search", "3", *DATA)),
-    Remedy("search-flag-needs-search", " applies to the width search: add --search N with --data D",
+    Remedy("search-flag-needs-search",
+           " applies to the width search: add --search N (N >= 1) with --data D",
            _prune("--search-finalists", "1"), _prune("--search-finalists", "1", "--search", "3",
                                                      *DATA)),
     Remedy("search-not-global",
@@ -56,6 +57,8 @@ REMEDIES = [
 ]
 
 ELSEWHERE = {
+    "is the default with --data at a MAC budget":
+    "tests/test_search.py::test_prune_searches_by_default_with_data_at_a_mac_budget_only",
     "regularizes BatchNorm gammas but the model has no affine BatchNorm layer; use --recipe "
     "depgraph": "tests/test_remedies_search.py::test_slimming_without_bn_runs_as_depgraph",
     "trains with a regularizer before pruning; pass --data D (PruneJob.finetune.data)":

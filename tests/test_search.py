@@ -178,10 +178,11 @@ def test_search_one_is_uniform_alone(run_cli, tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--search", "5"], "--search needs data: it scores each candidate on a held-out slice"),
-    (["--search", "0", *DATA], "--search: "),
+    (["--search", "-1", *DATA], "--search: "),
     (["--search", "5", "--data", "fake", "--data-kwargs", '{"train_size": 100}'],
      "--search-heldout 5000 is not below the 100 training images of fake"),
-    (["--search-epochs", "2"], "--search-epochs applies to the width search: add --search N with --data D"),
+    (["--search-epochs", "2"], "--search-epochs applies to the width search: add --search N (N >= 1) with --data D"),
+    (["--search", "0", "--search-screen", "9", *DATA], "--search-screen applies to the width search"),
     (["--search", "5", "--global", *DATA], "--search chooses every layer's width itself"),
 ])
 def test_bad_search_flags_are_one_line_errors(run_cli, tmp_path, flags, message):
@@ -501,3 +502,71 @@ def test_candidates_are_planned_on_widths_screened_then_rescored():
     assert {r["id"] for r in rescored} == {0} | {r["id"] for r in best}
     assert set(rep["stage_s"]) >= {"prune", "bn", "screen", "rescore"}
     assert rep["per_candidate_s"] > 0
+
+
+# --------------------------------------------------------------------------------------------
+# The default: `tp-vgg prune --data D` at a MAC budget searches (widths.DEFAULT_WITH_DATA), as
+# the frontier's verdict says (tests/test_frontier.py holds the constant to it).
+
+FT = ["--finetune-epochs", "1"]
+
+
+@pytest.mark.parametrize("flags, searched", [
+    ([*DATA, *FT, "--target-speedup", "2"], True),
+    ([*DATA, *FT, "--target-macs", "1M"], True),
+    ([*DATA, *FT, "--target-speedup", "2", "--importance", "l1"], True),
+    ([*DATA, *FT, "--target-speedup", "2", "--search", "0"], False),   # asked for uniform
+    ([*DATA, *FT, "--ratio", "0.5"], False),                            # uniform widths, asked for
+    (["--target-speedup", "2"], False),                                 # no data to score on
+    ([*DATA, *FT, "--target-speedup", "2", "--global"], False),
+    ([*DATA, *FT, "--target-speedup", "2", "--layer-ratios", '{"features.0": 0.2}'], False),
+    ([*DATA, *FT, "--target-speedup", "2", "--iterative-steps", "2"], False),
+    ([*DATA, *FT, "--target-speedup", "2", "--importance", "taylor"], False),
+    ([*DATA, *FT, "--target-speedup", "2", "--recipe", "slimming"], False),
+    ([*DATA, *FT, "--target-latency", "1"], False),
+])
+def test_prune_searches_by_default_with_data_at_a_mac_budget_only(monkeypatch, tmp_path, flags,
+                                                                  searched):
+    from tp_vgg.cli import build_parser
+    from tp_vgg.cli.pruning_cmds import prune_job
+
+    monkeypatch.setattr(widths, "DEFAULT_WITH_DATA", 7)
+    job = prune_job(build_parser().parse_args(["prune", *TINY, *flags, "--out",
+                                               str(tmp_path / "o")]))
+    if searched:
+        assert job.search is not None and job.search.candidates == 7 and job.search.default
+    else:
+        assert job.search is None
+    # an explicit --search N is not the default; without a default nothing is searched
+    job = prune_job(build_parser().parse_args(["prune", *TINY, *DATA, *FT, "--target-speedup",
+                                               "2", "--search", "3", "--out",
+                                               str(tmp_path / "o")]))
+    assert job.search.candidates == 3 and not job.search.default
+    monkeypatch.setattr(widths, "DEFAULT_WITH_DATA", None)
+    job = prune_job(build_parser().parse_args(["prune", *TINY, *DATA, *FT, "--target-speedup",
+                                               "2", "--out", str(tmp_path / "o")]))
+    assert job.search is None
+
+
+def test_the_default_search_says_so_and_what_it_costs_before_it_starts(monkeypatch, run_cli,
+                                                                       tmp_path):
+    """The default search is announced (with its cost and --search 0) before the first
+    candidate, is recorded as the default, and holds out a fifth of a small data set rather than
+    refusing its 5,000 images."""
+    monkeypatch.setattr(widths, "DEFAULT_WITH_DATA", 6)
+    out = tmp_path / "out"
+    r = run_cli("prune", *TINY, "--target-speedup", "2", *DATA, *FT, "--progress", "plain",
+                "--threads", "1", "--batch-size", "48", "--out", out)
+    assert r.code == 0, r.err
+    said = r.out.index("--search 6 is the default with --data at a MAC budget")
+    assert "--search 0 prunes uniformly" in r.out and widths.DEFAULT_COST in r.out
+    assert said < r.out.index("width search: 80 of the 400 training images held out")
+    assert said < r.out.index("search: 6 candidates scored")
+    s = read_report(out)["search"]
+    assert s["default"] is True and s["heldout_images"] == 80 and s["scored"] >= 1
+    # asked for explicitly: not the default, and the held-out size is the user's
+    r = run_cli("prune", *TINY, "--target-speedup", "2", "--search", "2", *DATA, *FT, *QUIET,
+                "--search-heldout", "128", "--out", tmp_path / "explicit")
+    assert r.code == 0, r.err
+    s = read_report(tmp_path / "explicit")["search"]
+    assert s["default"] is False and s["heldout_images"] == 128

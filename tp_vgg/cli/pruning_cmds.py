@@ -21,6 +21,7 @@ from tp_vgg.pruning import graph as pruning
 from tp_vgg.pruning import recipes
 from tp_vgg.pruning.criteria import IMPORTANCES, default_importance
 from tp_vgg.report import summary as report_json
+from tp_vgg.search import widths
 from tp_vgg.train import distributed
 
 
@@ -143,7 +144,13 @@ def prune_job(args: argparse.Namespace, ratio: Optional[float] = None) -> PruneJ
     latency_args.check_latency_flags(args)  # --runtime, --latency-batch, --latency-cache
     sparse = sparse_learning(args)  # --recipe: fills in --importance, --global
     methods = methods_cmds.method_configs(args, ratio)  # target, iterative, unstructured
-    search = search_args.search_config(args)
+    default = (widths.default_search(methods.get("target"), prune_config(args, ratio),
+                                     bool(getattr(args, "data", None)),
+                                     int(getattr(args, "iterative_steps", None) or 1),
+                                     args.seed or 0)
+               if getattr(args, "command", None) == "prune" and sparse is None
+               and methods.get("unstructured") is None else None)
+    search = search_args.search_config(args, default)
     finetune = train_cmds.finetune_config(args, data_used=methods.pop("needs_data")
                                           or search is not None or sparse is not None)
     return PruneJob(common.model_source(args), prune_config(args, ratio), finetune=finetune,

@@ -14,13 +14,16 @@ from tp_vgg.search import widths
 
 def add_search_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("width search (EagleEye: adaptive-BN scoring of width vectors)")
-    g.add_argument("--search", type=positive_int, metavar="N",
+    g.add_argument("--search", type=nonneg_int, metavar="N",
                    help="choose every layer's width under the budget (--target-speedup, "
                         "--target-macs, --target-latency, or the MACs of uniform --ratio) from N "
                         "candidates: uniform, perturbations of it, then an evolutionary "
                         "refinement; each scored on a held-out slice of --data's training images "
                         "after re-estimating BN statistics; the best few fine-tuned briefly to "
-                        "choose (1: uniform alone, through the same pipeline)")
+                        "choose (1: uniform alone, through the same pipeline; 0: no search, "
+                        "uniform widths). Default with --data at --target-speedup or "
+                        f"--target-macs (L1, not --global): {widths.DEFAULT_WITH_DATA}, as the "
+                        "measured frontier advises (BENCHMARKS.md); otherwise none")
     g.add_argument("--search-finalists", type=nonneg_int, metavar="M",
                    help=f"candidates fine-tuned besides uniform (default {widths.DEFAULT_FINALISTS})")
     g.add_argument("--search-epochs", type=nonneg_int, metavar="E",
@@ -41,17 +44,20 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                         f"the finalists chosen from them (default {widths.DEFAULT_RESCORE})")
 
 
-def search_config(args: argparse.Namespace) -> Optional[widths.SearchConfig]:
-    """The search sub-config (None without --search); its flags need --search and --data."""
+def search_config(args: argparse.Namespace, default: Optional[widths.SearchConfig] = None
+                  ) -> Optional[widths.SearchConfig]:
+    """The search sub-config: --search N's, ``default`` without --search
+    (:func:`tp_vgg.search.widths.default_search`), None with --search 0; its flags need --search
+    and --data."""
     n = getattr(args, "search", None)
     extras = [f for f in ("search_finalists", "search_epochs", "search_bn_batches",
                           "search_heldout", "search_screen", "search_rescore")
               if getattr(args, f, None) is not None]
-    if n is None:
+    if n is None or n == 0:
         if extras:
             raise UserError(f"--{extras[0].replace('_', '-')} applies to the width search: "
-                            "add --search N with --data D")
-        return None
+                            "add --search N (N >= 1) with --data D")
+        return default if n is None else None
     if not getattr(args, "data", None):
         raise UserError("--search needs data: it scores each candidate on a held-out slice of "
                         f"the training data; pass --data D ({', '.join(DATASETS.names())})")

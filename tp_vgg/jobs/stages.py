@@ -219,10 +219,16 @@ def search_widths(job: PruneJob, prep: Prepared, model: nn.Module, spec, cfg: pr
     else:
         space, budget = search.mac_budget(model, spec, cfg,
                                           plan.goal_macs if plan is not None else None, grads)
+    if job.search.default:  # not asked for: say so, and what it costs, before it starts
+        log(f"width search: --search {job.search.candidates} is the default with --data at a MAC "
+            f"budget (it beat uniform pruning at every budget measured); it costs "
+            f"{search.DEFAULT_COST}; --search 0 prunes uniformly")
     s = search.Search(model, spec, cfg, space, budget, job.search, prep.data, prep.preprocessing,
                       prep.train_cfg, device=prep.train_cfg.device, log=log, dist=dist,
                       gradients=grads)
-    return s.run()
+    cfg, rep = s.run()
+    rep["default"] = job.search.default
+    return cfg, rep
 
 
 def guard_latency(job: PruneJob, prep: Prepared, model: nn.Module, spec,

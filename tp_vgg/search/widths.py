@@ -68,6 +68,16 @@ DEFAULT_HELDOUT = 5000
 DEFAULT_SCREEN = 2000
 DEFAULT_RESCORE = 16
 DEFAULT_SIGMA = 0.25       # spread of the perturbations, in log keep fraction
+# `tp-vgg prune --data D` at a MAC budget (--target-speedup, --target-macs) searches this many
+# candidates when --search is not given: the frontier measured the search beating uniform at
+# every budget of both bases over at least 2 seeds (BENCHMARKS.md, "The frontier on an
+# over-parameterized VGG-16"; benchmarks/advice.py's verdict, which tests/test_frontier.py holds
+# this to). None: uniform pruning stays the default.
+DEFAULT_WITH_DATA: Optional[int] = 200
+# what that default costs, said before it starts
+DEFAULT_COST = ("on cifar_vgg16_bn --width 0.5 (78.8M MACs) at 4x, 2 CPU cores: ~4-5 min to score "
+                "the candidates, ~9 min with the finalists' 1-epoch fine-tunes, before the "
+                "fine-tuning (BENCHMARKS.md)")
 TRIES = 40                 # draws per wanted candidate before the search stops drawing
 WAVE = 8                   # candidates per evolutionary wave
 
@@ -87,6 +97,9 @@ class SearchConfig:
     batch_size: int = 128
     sigma: float = DEFAULT_SIGMA
     seed: int = 0
+    # chosen by :func:`default_search`, not asked for: the job says so, and what it costs,
+    # before it starts (report.json ``search.default``)
+    default: bool = False
 
     def validate(self) -> None:
         for flag, v, least in (("--search", self.candidates, 1),
@@ -102,6 +115,21 @@ class SearchConfig:
                 raise UserError(f"{flag} must be {what}, got {v!r}")
         if not self.sigma > 0:
             raise UserError(f"SearchConfig.sigma must be > 0, got {self.sigma!r}")
+
+
+def default_search(target: Any, cfg: pruning.PruneConfig, has_data: bool, steps: int = 1,
+                   seed: int = 0) -> Optional[SearchConfig]:
+    """The search ``tp-vgg prune`` runs when ``--search`` is not given: ``DEFAULT_WITH_DATA``
+    candidates with data at a MAC budget (``target.speedup`` or ``target.macs``), as measured;
+    otherwise None, uniform pruning: ``--ratio`` asks for uniform widths, and ``--global``,
+    ``--layer-ratios``, ``--iterative-steps``, a latency target or another ``--importance`` than
+    L1 choose the widths another way (the frontier did not measure the search with them)."""
+    if (DEFAULT_WITH_DATA is None or not has_data or target is None
+            or (getattr(target, "speedup", None) is None and getattr(target, "macs", None) is None)
+            or cfg.global_pruning or cfg.layer_ratios or steps > 1
+            or cfg.importance not in (None, "l1")):
+        return None
+    return SearchConfig(candidates=DEFAULT_WITH_DATA, seed=seed, default=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,6 +324,11 @@ class Search:
         self.dist = dist or DistContext()
         # each rank scores on its own device (cuda:LOCAL_RANK under torchrun)
         self.device = str(self.dist.device(device)) if self.dist.enabled else device
+        total = len(data.train_labels)
+        if scfg.default and scfg.heldout > total // 5:  # the default on a small data set
+            scfg = self.scfg = dataclasses.replace(scfg, heldout=max(1, total // 5))
+            log(f"width search: {scfg.heldout} of the {total} training images held out to score "
+                f"the candidates (a fifth; --search N --search-heldout H sets it)")
         self.data = heldout_split(data, scfg.heldout, scfg.seed)
         n_held = len(self.data.test_labels)
         # a seeded sample of the slice (the slice is in dataset order: class by class for an
