@@ -144,16 +144,16 @@ def prune_job(args: argparse.Namespace, ratio: Optional[float] = None) -> PruneJ
     latency_args.check_latency_flags(args)  # --runtime, --latency-batch, --latency-cache
     sparse = sparse_learning(args)  # --recipe: fills in --importance, --global
     methods = methods_cmds.method_configs(args, ratio)  # target, iterative, unstructured
-    default = (widths.default_search(methods.get("target"), prune_config(args, ratio),
-                                     bool(getattr(args, "data", None)),
-                                     int(getattr(args, "iterative_steps", None) or 1),
-                                     args.seed or 0)
+    cfg = prune_config(args, ratio)
+    steps = methods["iterative"].steps if methods["iterative"] is not None else None
+    default = (widths.default_search(methods["target"], cfg, bool(getattr(args, "data", None)),
+                                     steps or 1, args.seed or 0)
                if getattr(args, "command", None) == "prune" and sparse is None
-               and methods.get("unstructured") is None else None)
+               and methods["unstructured"] is None else None)  # `sweep`: no default search
     search = search_args.search_config(args, default)
     finetune = train_cmds.finetune_config(args, data_used=methods.pop("needs_data")
                                           or search is not None or sparse is not None)
-    return PruneJob(common.model_source(args), prune_config(args, ratio), finetune=finetune,
+    return PruneJob(common.model_source(args), cfg, finetune=finetune,
                     search=search, sparse=sparse,
                     latency=latency_args.prune_latency_config(args),
                     latency_runtimes=latency_args.prune_latency_runtimes(args),

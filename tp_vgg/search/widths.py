@@ -361,14 +361,20 @@ class Search:
         re-estimated on: drawn, decoded and normalized once, the same for all."""
         if self._bn is None:
             dev = torch.device(self.device or "cpu")
-            cl = self.train_cfg.channels_last and evaluation.channels_last_runs(
-                self.model, self.spec)  # on the model's own device
             batches = self.data.batches(
                 "train", self.scfg.batch_size, BatchTransform(
-                    self.pre.mean, self.pre.std, self.pre.input_size, cl), dev,
+                    self.pre.mean, self.pre.std, self.pre.input_size, self._channels_last()), dev,
                 train=True, augment=False, seed=self.scfg.seed)
             self._bn = [b for _, b in zip(range(self.scfg.bn_batches), batches)]
         return self._bn
+
+    def _channels_last(self) -> bool:
+        """Whether the BN batches and the scoring are channels-last (~1.7x faster on a CPU):
+        decided once, on the model's own device."""
+        if self._cl is None:
+            self._cl = bool(self.train_cfg.channels_last) and evaluation.channels_last_runs(
+                self.model, self.spec)
+        return self._cl
 
     def _adapt(self, m: nn.Module) -> nn.Module:
         """Adaptive BN: the statistics re-estimated on the cached training batches."""
@@ -385,11 +391,9 @@ class Search:
 
     def _heldout_top1(self, m: nn.Module, screen: bool = False) -> float:
         t = time.perf_counter()
-        if self._cl is None:  # decided once: channels-last scoring is ~1.7x faster on a CPU
-            self._cl = bool(self.train_cfg.channels_last) and evaluation.channels_last_runs(
-                m, self.spec)
         top1 = evaluation.top1(m, self.spec, self.screen_data if screen else self.data,
-                               self.pre, self.device, self.scfg.batch_size, channels_last=self._cl)
+                               self.pre, self.device, self.scfg.batch_size,
+                               channels_last=self._channels_last())
         self._time("screen" if screen else "rescore", t)
         return top1
 
