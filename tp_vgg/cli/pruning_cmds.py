@@ -23,6 +23,7 @@ from tp_vgg.pruning.criteria import IMPORTANCES, default_importance
 from tp_vgg.report import summary as report_json
 from tp_vgg.search import widths
 from tp_vgg.train import distributed
+from tp_vgg.train.config import TrainConfig
 
 
 def register(sub, common) -> None:
@@ -171,8 +172,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-# What `prune --resume DIR` may change: where and how it runs, not what it does.
-RESUME_RUNTIME = ("device", "amp", "channels_last", "compile", "progress")
+# What `prune --resume DIR` may change: where and how it runs, not what it does -- the same
+# settings as `train --resume` (TrainConfig.RUNTIME, --log-every included)
+RESUME_RUNTIME = TrainConfig.RUNTIME
 RESUME_ALLOWED = RESUME_RUNTIME + ("resume", "threads", "debug", "trust_model_code",
                                    "allow_changed_model_code", "command", "func", REQUIRE_ONE_OF,
                                    "strict_weights")
