@@ -124,6 +124,25 @@ def test_torchrun_prune_recalibrates_and_distills_on_two_cpu_processes(tmp_path)
     assert sorted(os.listdir(out)) == ["finetune", "pruned.pt", "report.json"]
 
 
+def test_torchrun_round_to_auto_is_learned_by_rank_0_for_both_ranks(tmp_path):
+    """--round-to auto times a width scan: rank 0 alone times it and broadcasts the multiple
+    (DistContext.share); DDP would refuse the fine-tuning if the two ranks pruned to other
+    widths."""
+    out = tmp_path / "p"
+    _torchrun2(tmp_path, [
+        "prune", "--model", "cifar_vgg11_bn", "--width", "0.125", "--ratio", "0.5",
+        "--round-to", "auto", "--latency-batch", "2", "--latency-cache", str(tmp_path / "cache"),
+        "--data", "fake", "--data-kwargs", json.dumps(DATA_KWARGS), "--finetune-epochs", "1",
+        "--batch-size", "16", "--device", "cpu", "--progress", "none", "--out", str(out)])
+    rep = json.loads((out / "report.json").read_text())
+    k = rep["round_to_auto"]["round_to"]
+    assert k >= 1 and rep["config"]["round_to"] in (k, k // 2)
+    kept = [x["out_channels_after"] for x in rep["layers"]
+            if x["type"] == "Conv2d"]  # the kept widths: multiples of the learned one
+    assert kept and all(c % rep["config"]["round_to"] == 0 for c in kept)
+    assert len(list((tmp_path / "cache").rglob("*.json"))) == 1  # one table, written by rank 0
+
+
 def test_torchrun_prune_refuses_latency(tmp_path):
     from tp_vgg.checkpoint.source import ModelSource
     from tp_vgg.jobs import PruneJob, run

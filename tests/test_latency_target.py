@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 from conftest import zoo_spec
+from dist_util import SimulatedRank
 from test_user_zoo import user_spec
 
 import tp_vgg
@@ -253,6 +254,40 @@ def test_round_to_keeps_the_search_on_multiples(tmp_path, mac_table):
                                      device="cpu", log=lambda s: None,
                                      measure=macs_clock(TINY))
     assert all(after % 4 == 0 for _, after in plan.channels.values())
+
+
+def test_under_torchrun_every_rank_plans_from_rank_0s_timings(tmp_path, mac_table,
+                                                              monkeypatch):
+    """Rank 0 times the table, the width scan (--round-to auto), the original, the anchor and
+    every round; rank 1, whose machine would time otherwise, times nothing and reaches the
+    same per-layer plan from rank 0's figures."""
+    original = macs_clock(TINY)(tiny_model())
+    sent: list = []
+    budget = lambda r: latency_target.LatencyBudget(  # noqa: E731  (each rank its own cache)
+        ms=original * 0.5, cache_dir=str(tmp_path / f"rank{r}"), **FAST)
+    t0 = latency_target.open_table(tiny_model(), TINY, budget(0).config(TINY, "cpu"),
+                                   str(tmp_path / "rank0"))
+    block0 = latency_target.learn_round_to(t0, SimulatedRank(0, sent))
+    cfg0, plan0 = latency_target.solve(tiny_model(), TINY, pruning.PruneConfig(), budget(0),
+                                       device="cpu", log=lambda s: None,
+                                       measure=macs_clock(TINY), dist=SimulatedRank(0, sent))
+    # the scan (here and again in the predictor), the table, the original, the anchor, each round
+    assert len(sent) == 2 + 1 + 2 + len(plan0.rounds)
+
+    def untimed(self, *a, **kw):
+        raise AssertionError("rank 1 timed a layer")
+    monkeypatch.setattr(latency_table.LatencyTable, "_time", untimed)
+    measured = []
+    t1 = latency_target.open_table(tiny_model(), TINY, budget(1).config(TINY, "cpu"),
+                                   str(tmp_path / "rank1"))
+    assert latency_target.learn_round_to(t1, SimulatedRank(1, sent)) == block0
+    cfg1, plan1 = latency_target.solve(
+        tiny_model(), TINY, pruning.PruneConfig(), budget(1), device="cpu", log=lambda s: None,
+        measure=lambda m: measured.append(m) or 2 * macs_clock(TINY)(m),  # a slower machine
+        dist=SimulatedRank(1, sent))
+    assert measured == [] and sent == []
+    assert cfg1 == cfg0 and plan1.channels == plan0.channels
+    assert [r["measured_ms"] for r in plan1.rounds] == [r["measured_ms"] for r in plan0.rounds]
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import copy
 from pathlib import Path
 
 import pytest
+from dist_util import SimulatedRank
 from methods_util import QUIET, TINY, assert_one_line_error, read_report
 
 import tp_vgg
@@ -454,25 +455,13 @@ def test_target_latency_guard_keeps_the_fast_width_steps(monkeypatch, tmp_path):
 
 def test_under_torchrun_rank_0_measures_and_every_rank_gets_its_figure():
     """The anchor, budget and finalists' times are one measurement shared by all ranks."""
-    class Rank:
-        enabled, world_size = True, 2
-
-        def __init__(self, rank, sent):
-            self.rank, self.is_main, self.sent = rank, rank == 0, sent
-
-        def device(self, requested):
-            return "cpu"
-
-        def all_reduce_sum(self, t):  # what both ranks sent, summed
-            self.sent.append(float(t))
-            return t.new_tensor([sum(self.sent)])
-
     calls = []
     sent: list = []
-    got = [widths._median_measure(lambda m, r=rank: calls.append(r) or 3.0, Rank(rank, sent))(None)
+    got = [widths._median_measure(lambda m, r=rank: calls.append(r) or 3.0 + r,
+                                  SimulatedRank(rank, sent))(None)
            for rank in (0, 1)]
     assert got == [3.0, 3.0]  # every rank holds rank 0's figure
-    assert calls == [0] * widths.GUARD_MEASUREMENTS and sent == [3.0, 0.0]  # rank 1 measured nothing
+    assert calls == [0] * widths.GUARD_MEASUREMENTS and sent == []  # rank 1 measured nothing
 
 
 def test_candidates_are_planned_on_widths_screened_then_rescored():

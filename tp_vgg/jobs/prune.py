@@ -247,7 +247,7 @@ def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print,
     grads = gradients(job, prep)
     original = copy.deepcopy(model) if job.latency is not None else None
     before = counting.count(model, spec)
-    learned = learn_round_to(job, model, spec, log)
+    learned = learn_round_to(job, model, spec, log, dist)
     cfg = job.prune_config(learned["round_to"] if learned else None)
     if job.latency_budget is not None:  # the search removes whole multiples
         cfg = fit_round_to(job, cfg, model)
@@ -257,7 +257,7 @@ def run(job: PruneJob, out_dir: Optional[str] = None, log: Log = print,
         cfg, searched = search_widths(job, prep, model, spec, cfg, None, grads, log, dist)
     else:
         base_cfg = cfg
-        cfg, plan = solve_target(job, model, spec, cfg, grads, log)
+        cfg, plan = solve_target(job, model, spec, cfg, grads, log, dist)
         if job.latency_budget is None:
             cfg = fit_round_to(job, cfg, model)
         if job.search is not None:

@@ -170,17 +170,17 @@ def gradients(job: PruneJob, prep: Prepared) -> Optional[GradientBatches]:
                               job.taylor_batches or DEFAULT_TAYLOR_BATCHES, job.prune.seed or 0)
 
 
-def learn_round_to(job: PruneJob, model: nn.Module, spec, log: Log = print
-                   ) -> Optional[Dict[str, Any]]:
+def learn_round_to(job: PruneJob, model: nn.Module, spec, log: Log = print,
+                   dist: Optional[DistContext] = None) -> Optional[Dict[str, Any]]:
     """``--round-to auto``: the fast channel multiple of the device and runtime, learned from a
-    width scan in the latency table (:func:`tp_vgg.latency.budget.learn_round_to`, cached); None
-    for any other ``round_to``."""
+    width scan in the latency table (:func:`tp_vgg.latency.budget.learn_round_to`, cached; under
+    torchrun by rank 0, for every rank); None for any other ``round_to``."""
     if job.prune.round_to != "auto":
         return None
     mcfg = job.timing_config(spec)
     t = latency_target.open_table(model, spec, mcfg, job.latency_budget.cache_dir
                                   if job.latency_budget else job.latency_cache)
-    block, info = latency_target.learn_round_to(t)
+    block, info = latency_target.learn_round_to(t, dist)
     return dict(info, round_to=block, runtime=mcfg.runtime, device=mcfg.device,
                 batch_size=mcfg.batch_sizes[0])
 
@@ -197,14 +197,16 @@ def say_round_to(learned: Dict[str, Any], used: Optional[int], log: Log) -> None
 
 
 def solve_target(job: PruneJob, model: nn.Module, spec, cfg: pruning.PruneConfig,
-                 grads: Optional[GradientBatches], log: Log = print):
+                 grads: Optional[GradientBatches], log: Log = print,
+                 dist: Optional[DistContext] = None):
     """The ratio (per-layer ratios for a latency target) that reaches ``job.target`` and the
-    plan, or ``cfg`` as it is."""
+    plan, or ``cfg`` as it is. Under torchrun (``dist``) a latency target is timed and measured
+    by rank 0, for every rank."""
     if job.target is None:
         return cfg, None
     if job.latency_budget is not None:
         return latency_target.solve(model, spec, cfg, job.latency_budget, gradients=grads,
-                                    device=job.device, log=log)
+                                    device=job.device, log=log, dist=dist)
     return targets.solve(model, spec, cfg, job.target, gradients=grads)
 
 

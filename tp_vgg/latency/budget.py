@@ -30,7 +30,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -44,6 +44,9 @@ from tp_vgg.latency import timing as latency
 from tp_vgg.models.zoo import ModelSpec
 from tp_vgg.pruning import graph as pruning
 from tp_vgg.pruning import mapping
+
+if TYPE_CHECKING:
+    from tp_vgg.train.distributed import DistContext
 
 MAX_ROUNDS = 4
 # Steps the search prices for each layer, in units of --round-to: the next unit and jumps ahead, so
@@ -145,9 +148,20 @@ def open_table(model: nn.Module, spec: ModelSpec, cfg: latency.LatencyConfig,
     return Table(table, segs, dev, latency.DTYPES[cfg.dtype], threads)
 
 
-def learn_round_to(t: Table) -> Tuple[int, Dict[str, Any]]:
+def _once(dist: Optional["DistContext"], compute: Callable[[], Any]) -> Any:
+    """``compute()``; under torchrun (``dist``) on rank 0 alone, its result given to every rank
+    (:meth:`~tp_vgg.train.distributed.DistContext.share`): every rank plans from the same
+    timings, so every rank prunes the same channels."""
+    return compute() if dist is None else dist.share(compute)
+
+
+def learn_round_to(t: Table, dist: Optional["DistContext"] = None) -> Tuple[int, Dict[str, Any]]:
     """The fast channel multiple of the table's device and runtime (``--round-to auto``), from a
-    width scan of one convolution (cached), and what it was learned from."""
+    width scan of one convolution (cached), and what it was learned from. Under torchrun
+    (``dist``) rank 0 scans and every rank gets its answer."""
+    if dist is not None and dist.enabled:
+        block, info = dist.share(lambda: learn_round_to(t))
+        return int(block), info
     seg = latency_table.scan_segment(t.segments)
     if seg is None:
         return 1, {"learned_from": None, "why": "the model has no convolution to scan"}
@@ -442,10 +456,11 @@ def build_predictor(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig,
                     gradients: Optional[Callable[[nn.Module], None]] = None,
                     cache_dir: Optional[str] = None,
                     min_timed_ms: float = latency_table.MIN_TIMED_MS,
-                    log: Callable[[str], None] = print):
+                    log: Callable[[str], None] = print, dist: Optional["DistContext"] = None):
     """The ranked channels (``cfg``'s criterion, global scores), the model's latency table (every
     grid point timed, cached), the :class:`Predictor` (not calibrated yet), the fast-width block
-    and how it was learned."""
+    and how it was learned. Under torchrun (``dist``) rank 0 times the table and every rank
+    predicts from rank 0's timings."""
     from tp_vgg.pruning.targets import _Ranked
 
     max_ratio = cfg.max_layer_ratio
@@ -456,13 +471,14 @@ def build_predictor(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig,
         raise UserError("no layer is left to prune for the target (every prunable layer is the "
                         "logits layer, fixed by --layer-ratios, or not ranked by the criterion)")
     t = open_table(model, spec, mcfg, cache_dir, min_timed_ms)
-    block, learned = learn_round_to(t)
+    block, learned = learn_round_to(t, dist)
     names = {m: n for n, m in ranked.model.named_modules()}
     fixed = {n: ranked._kept(n, c, r) for n, (c, r) in ranked.fixed.items()}
     pred = Predictor(t, dict(zip(ranked.roots, ranked.ranking.sizes)), _feeds(ranked, names),
                      fixed, block, 1 - max_ratio, learned.get("off_block_factor", 1.0))
     t0 = time.perf_counter()
-    timed = pred.ensure()
+    timed, entries = _once(dist, lambda: (pred.ensure(), t.table.entries))
+    t.table.entries = entries  # under torchrun: rank 0's timings (as JSON carries them) on every rank
     if timed:
         log(f"latency table: timed {timed} layer shapes in {time.perf_counter() - t0:.0f} s "
             f"({mcfg.runtime} on {mcfg.device}, batch {mcfg.batch_sizes[0]}); cached in "
@@ -494,17 +510,20 @@ def calibrate(pred: Predictor, ranked, model: nn.Module, spec: ModelSpec,
 def solve(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, budget: LatencyBudget,
           gradients: Optional[Callable[[nn.Module], None]] = None, device: Optional[str] = None,
           log: Callable[[str], None] = print,
-          measure: Optional[Callable[[nn.Module], float]] = None
-          ) -> Tuple[pruning.PruneConfig, LatencyPlan]:
+          measure: Optional[Callable[[nn.Module], float]] = None,
+          dist: Optional["DistContext"] = None) -> Tuple[pruning.PruneConfig, LatencyPlan]:
     """The ``PruneConfig`` (per-layer ratios) whose pruned model measures at most
     ``budget.ms``, and how it was found. ``model`` is not changed. ``measure`` (default: the
-    budget's runtime) times a model in milliseconds."""
+    budget's runtime) times a model in milliseconds. Under torchrun (``dist``) rank 0 times the
+    table and measures, and every rank gets its figures: all ranks reach the same plan."""
     from tp_vgg.pruning.targets import DEFAULT_MAX_LAYER_RATIO
 
     budget.validate()
     mcfg = budget.config(spec, device)
     mcfg.validate()
     measure = measure or (lambda m: measured_ms(m, spec, mcfg))
+    if dist is not None:
+        measure = dist.shared(measure)
     max_ratio = cfg.max_layer_ratio if cfg.max_layer_ratio is not None else DEFAULT_MAX_LAYER_RATIO
     cfg = dataclasses.replace(cfg, ratio=0.0, max_layer_ratio=max_ratio, global_pruning=False)
     cfg.validate()
@@ -515,7 +534,8 @@ def solve(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, budget: L
         raise UserError(f"--target-latency {budget.ms:g} ms is not below the model's measured "
                         f"{original_ms:.2f} ms ({where}); accepted: less than {original_ms:.2f}")
     ranked, t, pred, block, learned = build_predictor(model, spec, cfg, mcfg, gradients,
-                                                      budget.cache_dir, budget.table_min_ms, log)
+                                                      budget.cache_dir, budget.table_min_ms, log,
+                                                      dist)
     anchor_ms = calibrate(pred, ranked, model, spec, cfg, measure, original_ms, gradients)
     # without --round-to the search moves in whole fast-width blocks: a width off the block
     # multiples runs slower than the table's layers timed alone show (ONNX Runtime leaves its

@@ -700,13 +700,8 @@ def _median_measure(measure: Callable[[nn.Module], float], dist: Optional[DistCo
     machine does not decide). Under torchrun (``dist``) rank 0 measures and every rank gets its
     figure, so that all ranks hold the same anchor, budget and finalists' times."""
     def median(m: nn.Module) -> float:
-        if dist is None or not dist.enabled:
-            return statistics.median(measure(m) for _ in range(GUARD_MEASUREMENTS))
-        v = torch.zeros(1, dtype=torch.float64)
-        if dist.is_main:
-            v[0] = statistics.median(measure(m) for _ in range(GUARD_MEASUREMENTS))
-        return float(dist.all_reduce_sum(v.to(dist.device(device))).cpu()[0])
-    return median
+        return statistics.median(measure(m) for _ in range(GUARD_MEASUREMENTS))
+    return median if dist is None else dist.shared(median)
 
 
 def _widths_measure(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, space: Space,
@@ -806,8 +801,9 @@ def latency_budget(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, 
 
     mcfg = lb.config(spec, device)
     mcfg.validate()
-    one = lambda m: lt.measured_ms(m, spec, mcfg)  # noqa: E731
-    measure = _median_measure(one, dist, device)
+    raw = lambda m: lt.measured_ms(m, spec, mcfg)  # noqa: E731
+    measure = _median_measure(raw, dist, device)
+    one = raw if dist is None else dist.shared(raw)  # the original and anchor: rank 0's figures
     max_ratio = cfg.max_layer_ratio if cfg.max_layer_ratio is not None else DEFAULT_MAX_LAYER_RATIO
     cfg = dataclasses.replace(cfg, ratio=0.0, max_layer_ratio=max_ratio, global_pruning=False)
     original_ms = one(model)
@@ -815,7 +811,7 @@ def latency_budget(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, 
         raise UserError(f"--target-latency {lb.ms:g} ms is not below the model's measured "
                         f"{original_ms:.2f} ms; accepted: less than {original_ms:.2f}")
     ranked, t, pred, block, learned = lt.build_predictor(model, spec, cfg, mcfg, gradients,
-                                                         lb.cache_dir, lb.table_min_ms, log)
+                                                         lb.cache_dir, lb.table_min_ms, log, dist)
     lt.calibrate(pred, ranked, model, spec, cfg, one, original_ms, gradients)
     space = Space(ranked, cfg.round_to, max_ratio)
     lo, hi = 0.0, max_ratio

@@ -6,14 +6,17 @@ The library never reads the environment itself: the CLI calls :func:`from_env` w
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from tp_vgg.device import resolve_device
 from tp_vgg.errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,27 @@ class DistContext:
         if self.enabled:
             for b in module.buffers():
                 dist.broadcast(b, src=0)
+
+    def share(self, compute: Callable[[], T]) -> T:
+        """``compute()`` on rank 0 alone; every rank returns its result, as JSON carries it
+        (tuples come back as lists). What a rank measures (a latency, a table of timings) is
+        measured once, so that every rank decides from the same figures. One process: just
+        ``compute()``. No pickle: a broadcast of the JSON bytes."""
+        if not self.enabled:
+            return compute()
+        dev = (torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl"
+               else torch.device("cpu"))  # NCCL broadcasts CUDA tensors only
+        payload = json.dumps(compute()).encode() if self.is_main else b""
+        size = torch.tensor([len(payload)], dtype=torch.int64, device=dev)
+        dist.broadcast(size, src=0)
+        buf = (torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(dev) if self.is_main
+               else torch.empty(int(size.item()), dtype=torch.uint8, device=dev))
+        dist.broadcast(buf, src=0)
+        return json.loads(bytes(buf.cpu().tolist()).decode())
+
+    def shared(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` computed on rank 0 and its result given to every rank (:meth:`share`)."""
+        return lambda *a, **kw: self.share(lambda: fn(*a, **kw))
 
     def barrier(self) -> None:
         if self.enabled:
