@@ -188,7 +188,7 @@ def test_round_to_auto_shrinks_the_multiple_for_small_layers(run_cli, tmp_path, 
     from tp_vgg.latency import budget as latency_target
 
     monkeypatch.setattr(latency_target, "learn_round_to",
-                        lambda t: (16, {"learned_from": "features.4"}))
+                        lambda t, dist=None: (16, {"learned_from": "features.4"}))
     r = run_cli("prune", "--model", "cifar_vgg11_bn", "--width", "0.25", "--ratio", "0.7",
                 "--round-to", "auto", "--device", "cpu", "--out", tmp_path)
     assert r.code == 0, r.err

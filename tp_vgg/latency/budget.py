@@ -30,7 +30,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -45,8 +45,8 @@ from tp_vgg.models.zoo import ModelSpec
 from tp_vgg.pruning import graph as pruning
 from tp_vgg.pruning import mapping
 
-if TYPE_CHECKING:
-    from tp_vgg.train.distributed import DistContext
+# ``dist`` below: a tp_vgg.train.distributed.DistContext (a higher layer, not imported here), or
+# None for one process; only its ``share`` and ``enabled`` are used
 
 MAX_ROUNDS = 4
 # Steps the search prices for each layer, in units of --round-to: the next unit and jumps ahead, so
@@ -148,14 +148,14 @@ def open_table(model: nn.Module, spec: ModelSpec, cfg: latency.LatencyConfig,
     return Table(table, segs, dev, latency.DTYPES[cfg.dtype], threads)
 
 
-def _once(dist: Optional["DistContext"], compute: Callable[[], Any]) -> Any:
+def _once(dist: Optional[Any], compute: Callable[[], Any]) -> Any:
     """``compute()``; under torchrun (``dist``) on rank 0 alone, its result given to every rank
     (:meth:`~tp_vgg.train.distributed.DistContext.share`): every rank plans from the same
     timings, so every rank prunes the same channels."""
     return compute() if dist is None else dist.share(compute)
 
 
-def learn_round_to(t: Table, dist: Optional["DistContext"] = None) -> Tuple[int, Dict[str, Any]]:
+def learn_round_to(t: Table, dist: Optional[Any] = None) -> Tuple[int, Dict[str, Any]]:
     """The fast channel multiple of the table's device and runtime (``--round-to auto``), from a
     width scan of one convolution (cached), and what it was learned from. Under torchrun
     (``dist``) rank 0 scans and every rank gets its answer."""
@@ -456,7 +456,7 @@ def build_predictor(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig,
                     gradients: Optional[Callable[[nn.Module], None]] = None,
                     cache_dir: Optional[str] = None,
                     min_timed_ms: float = latency_table.MIN_TIMED_MS,
-                    log: Callable[[str], None] = print, dist: Optional["DistContext"] = None):
+                    log: Callable[[str], None] = print, dist: Optional[Any] = None):
     """The ranked channels (``cfg``'s criterion, global scores), the model's latency table (every
     grid point timed, cached), the :class:`Predictor` (not calibrated yet), the fast-width block
     and how it was learned. Under torchrun (``dist``) rank 0 times the table and every rank
@@ -511,7 +511,7 @@ def solve(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, budget: L
           gradients: Optional[Callable[[nn.Module], None]] = None, device: Optional[str] = None,
           log: Callable[[str], None] = print,
           measure: Optional[Callable[[nn.Module], float]] = None,
-          dist: Optional["DistContext"] = None) -> Tuple[pruning.PruneConfig, LatencyPlan]:
+          dist: Optional[Any] = None) -> Tuple[pruning.PruneConfig, LatencyPlan]:
     """The ``PruneConfig`` (per-layer ratios) whose pruned model measures at most
     ``budget.ms``, and how it was found. ``model`` is not changed. ``measure`` (default: the
     budget's runtime) times a model in milliseconds. Under torchrun (``dist``) rank 0 times the
