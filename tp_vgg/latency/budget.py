@@ -160,7 +160,7 @@ def learn_round_to(t: Table, dist: Optional[Any] = None) -> Tuple[int, Dict[str,
     width scan of one convolution (cached), and what it was learned from. Under torchrun
     (``dist``) rank 0 scans and every rank gets its answer."""
     if dist is not None and dist.enabled:
-        block, info = dist.share(lambda: learn_round_to(t))
+        block, info = _once(dist, lambda: learn_round_to(t))
         return int(block), info
     seg = latency_table.scan_segment(t.segments)
     if seg is None:

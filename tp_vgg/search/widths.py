@@ -654,7 +654,7 @@ def guard_latency_plan(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConf
     ranked = _Ranked(model, spec, cfg, example, max_ratio, gradients)
     space = Space(ranked, cfg.round_to, max_ratio)
 
-    measure = _median_measure(lambda m: lt.measured_ms(m, spec, mcfg), dist, device)
+    measure = _median_measure(lambda m: lt.measured_ms(m, spec, mcfg), dist)
     ms = _widths_measure(model, spec, cfg, space, measure, gradients)
 
     def uniform_at(ratio: float) -> Dict[str, int]:  # on the space's grid (--round-to steps)
@@ -694,8 +694,8 @@ TABLE_TRUST = 0.25  # the latency search holds candidates to MACs where the tabl
 GUARD_MEASUREMENTS = 3  # each step's ms: the median of this many measurements (each a median)
 
 
-def _median_measure(measure: Callable[[nn.Module], float], dist: Optional[DistContext] = None,
-                    device: Optional[str] = None) -> Callable[[nn.Module], float]:
+def _median_measure(measure: Callable[[nn.Module], float], dist: Optional[DistContext] = None
+                    ) -> Callable[[nn.Module], float]:
     """``measure`` taken :data:`GUARD_MEASUREMENTS` times; the median (one busy moment of the
     machine does not decide). Under torchrun (``dist``) rank 0 measures and every rank gets its
     figure, so that all ranks hold the same anchor, budget and finalists' times."""
@@ -802,7 +802,7 @@ def latency_budget(model: nn.Module, spec: ModelSpec, cfg: pruning.PruneConfig, 
     mcfg = lb.config(spec, device)
     mcfg.validate()
     raw = lambda m: lt.measured_ms(m, spec, mcfg)  # noqa: E731
-    measure = _median_measure(raw, dist, device)
+    measure = _median_measure(raw, dist)
     one = raw if dist is None else dist.shared(raw)  # the original and anchor: rank 0's figures
     max_ratio = cfg.max_layer_ratio if cfg.max_layer_ratio is not None else DEFAULT_MAX_LAYER_RATIO
     cfg = dataclasses.replace(cfg, ratio=0.0, max_layer_ratio=max_ratio, global_pruning=False)
