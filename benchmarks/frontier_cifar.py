@@ -35,6 +35,7 @@ import platform
 import statistics
 import sys
 import time
+import types
 
 import torch
 
@@ -195,16 +196,15 @@ def main() -> int:
                 t = time.time()
                 history = ck.history + result.history
                 if row == "scratch":  # the control: the pruned architecture from random init
-                    train.seed_everything(seed)
-                    model = pruning.replay(ck.build_unpruned(), spec, history)
-                    # as many epochs as the base had, plus the fine-tuning's
+                    # as many epochs as the base had, plus the fine-tuning's; in its own run
+                    # directory, so a stopped session continues it exactly (train.resume)
                     base_epochs = done["unpruned"].get("base_epochs") or a.base_epochs
                     scfg = train.TrainConfig(epochs=base_epochs + a.epochs, device=a.device,
                                              progress="none", seed=seed,
                                              label_smoothing=(ck.meta.get("train") or {}).get(
                                                  "label_smoothing", 0.0))
-                    res = train.fit(model, spec, data, scfg, None, history=history,
-                                    preprocessing=pre, command="scratch", log=log)
+                    res = scratch(ck, spec, history, data, data_cfg, pre, scfg, log, os.path.join(
+                        a.work, f"scratch_{speedup:g}x_s{seed}"), rec)
                     rec["epochs"] = scfg.epochs
                 else:
                     res = train.fit(model, spec, data, dataclasses.replace(ft, seed=seed), None,
@@ -240,6 +240,35 @@ def main() -> int:
     plot_widths(done, os.path.join(a.results, f"frontier_cifar{a.tag}_widths.png"), spec)
     print(table(done))
     return 0
+
+
+def scratch(ck, spec, history, data, data_cfg, pre, cfg, log, run_dir, rec):
+    """Train the pruned architecture from random init in ``run_dir``; a ``last.pt`` there (a
+    session that stopped) is continued exactly instead of started again (``rec`` says from which
+    epoch). The final test top-1 is the last epoch's, also when the run had already finished."""
+    from tp_vgg.pruning import graph as pruning
+    from tp_vgg.train import loop as train
+
+    last = os.path.join(run_dir, "last.pt")
+    if os.path.exists(last):
+        point = train.ResumePoint.read(last)
+        def recipe(c):
+            return {k: v for k, v in c.resolved().to_dict().items()
+                    if k not in train.TrainConfig.RUNTIME}
+        if recipe(point.config) != recipe(cfg) or point.checkpoint.history != history:
+            raise SystemExit(f"{run_dir}: a scratch run of another recipe or architecture; "
+                             "remove it to start again")
+        rec["resumed_after_epoch"] = int(point.checkpoint.train_state["epoch"])
+        res = train.resume(point, data, run_dir, runtime={"progress": cfg.progress}, log=log)
+    else:
+        train.seed_everything(cfg.seed)
+        model = pruning.replay(ck.build_unpruned(), spec, history)
+        res = train.fit(model, spec, data, cfg, run_dir, data_cfg=data_cfg, history=history,
+                        preprocessing=pre, command="scratch", log=log)
+    if res.final is None:  # finished before: its last epoch's figures
+        res = dataclasses.replace(res, final=types.SimpleNamespace(
+            top1=res.records[-1]["test_top1"]))
+    return res
 
 
 @dataclasses.dataclass

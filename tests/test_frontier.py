@@ -113,3 +113,52 @@ def test_gpu_frontier_dry_runs_on_cpu_at_tiny_sizes(tmp_path):
     assert all(x["speedup"] == 4 and x["seed"] == 0 for x in done["runs"])
     assert (tmp_path / "out" / f"frontier_cifar{tag}_widths.png").is_file()
     assert json.loads((tmp_path / "out" / "env.json").read_text())["device"] == "cpu"
+
+
+def test_a_stopped_scratch_row_continues_exactly_from_its_run_directory(tmp_path):
+    """The scratch control trains for the base's epochs plus the fine-tuning's, longer than a
+    session: its row trains in a run directory, and a second invocation continues the cut run
+    from its last.pt to the weights of the uninterrupted one (a finished one is read, not
+    trained again; another recipe there is refused)."""
+    import dataclasses
+
+    from resume_util import Stop, assert_same_weights
+
+    from tp_vgg.checkpoint import store as checkpoint
+    from tp_vgg.data.datasets import DataConfig, load_data
+    from tp_vgg.models.zoo import ModelSpec, build_model
+    from tp_vgg.pruning import graph as pruning
+    from tp_vgg.train import loop as train
+
+    fr = runpy.run_path(str(ROOT / "benchmarks" / "frontier_cifar.py"), run_name="frontier")
+    spec = ModelSpec("cifar_vgg11_bn", width=0.125, num_classes=10).resolved()
+    data_cfg = DataConfig("fake", kwargs={"train_size": 64, "test_size": 32})
+    data = load_data(data_cfg)
+    model = build_model(spec)
+    result = pruning.prune(model, spec, pruning.PruneConfig(ratio=0.5))
+    checkpoint.save(str(tmp_path / "p.pt"), model, spec, result.history)
+    ck = checkpoint.load_checkpoint(str(tmp_path / "p.pt"))
+    cfg = train.TrainConfig(epochs=2, batch_size=32, device="cpu", progress="plain", seed=3)
+
+    def row(run_dir, log=lambda s: None, c=cfg):
+        rec = {}
+        res = fr["scratch"](ck, spec, ck.history, data, data_cfg, None, c, log, str(run_dir), rec)
+        return res, rec
+
+    full, rec = row(tmp_path / "full")
+    assert "resumed_after_epoch" not in rec
+
+    def stop(line):
+        if line.startswith("epoch 1/"):
+            raise Stop
+    with pytest.raises(Stop):
+        row(tmp_path / "cut", stop)
+    cut, rec = row(tmp_path / "cut")
+    assert rec["resumed_after_epoch"] == 1
+    assert cut.final.top1 == full.final.top1
+    assert_same_weights(*(checkpoint.load_checkpoint(str(tmp_path / d / "last.pt")).state_dict
+                          for d in ("full", "cut")))
+    again, rec = row(tmp_path / "full")  # finished: its last epoch, nothing trained
+    assert rec["resumed_after_epoch"] == 2 and again.final.top1 == full.final.top1
+    with pytest.raises(SystemExit, match="another recipe"):
+        row(tmp_path / "full", c=dataclasses.replace(cfg, lr=0.01))
